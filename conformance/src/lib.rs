@@ -1,0 +1,224 @@
+//! Harness for end-to-end suites: a throwaway PostgreSQL (SCRAM, TLS), the real `gatehouse`
+//! binary in front of it on `127.0.0.1:0`, and helpers to drive real clients through it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use gatehouse::demo::{self, DemoSetup};
+
+/// The repository's `policies/` directory.
+pub fn repo_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+/// The `gatehouse` binary built alongside the tests (`$GATEHOUSE_BIN` overrides).
+pub fn gatehouse_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("GATEHOUSE_BIN") {
+        return PathBuf::from(p);
+    }
+    let mut p = std::env::current_exe().unwrap_or_default();
+    p.pop();
+    if p.ends_with("deps") {
+        p.pop();
+    }
+    p.join("gatehouse")
+}
+
+pub struct Harness {
+    pub setup: DemoSetup,
+    pub addr: SocketAddr,
+    gateway: Child,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Options<'a> {
+    pub policies: PathBuf,
+    pub extra_config: &'a str,
+    pub durability: &'a str,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Options {
+            policies: repo_policies(),
+            extra_config: "",
+            durability: "sync",
+        }
+    }
+}
+
+impl Harness {
+    pub fn start() -> Result<Harness> {
+        Self::start_with(Options::default())
+    }
+
+    pub fn start_with(o: Options<'_>) -> Result<Harness> {
+        let dir = tempfile::Builder::new().prefix("gatehouse-test-").tempdir()?;
+        let setup = demo::setup(&demo::SetupOptions {
+            dir: dir.path(),
+            policies: &o.policies,
+            listen: "127.0.0.1:0",
+            extra: o.extra_config,
+            durability: o.durability,
+        })?;
+        let (gateway, addr) = spawn_gateway(&setup.config_path)?;
+        Ok(Harness {
+            setup,
+            addr,
+            gateway,
+            dir,
+        })
+    }
+
+    pub fn key(&self, user: &str) -> &str {
+        match user {
+            "ai-agent" => &self.setup.agent_key,
+            "alice" => &self.setup.human_key,
+            _ => &self.setup.user_key,
+        }
+    }
+
+    /// libpq connection string through Gatehouse.
+    pub fn dsn(&self, user: &str, target: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} dbname={target} password={} sslmode=disable",
+            self.addr.port(),
+            self.key(user)
+        )
+    }
+
+    /// tokio-postgres client through Gatehouse (plaintext on loopback).
+    pub async fn connect(&self, user: &str, target: &str) -> Result<tokio_postgres::Client> {
+        connect_dsn(&self.dsn(user, target)).await
+    }
+
+    /// Run `psql` through Gatehouse with TLS required.
+    pub fn psql(&self, user: &str, target: &str, args: &[&str]) -> Result<Output> {
+        let conn = format!(
+            "host=127.0.0.1 port={} user={user} dbname={target} sslmode=require",
+            self.addr.port()
+        );
+        Ok(Command::new(self.setup.cluster.bindir.join("psql"))
+            .arg("-X")
+            .arg(conn)
+            .args(args)
+            .env("PGPASSWORD", self.key(user))
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(Stdio::null())
+            .output()?)
+    }
+
+    /// Run a `gatehouse` subcommand (e.g. `audit sessions --log …`).
+    pub fn gatehouse(&self, args: &[&str]) -> Result<Output> {
+        Ok(Command::new(gatehouse_bin()).args(args).output()?)
+    }
+
+    /// Recorded sessions as JSON, newest first.
+    pub fn audit_sessions(&self) -> Result<Vec<serde_json::Value>> {
+        let log = self.setup.log_dir.display().to_string();
+        let out = self.gatehouse(&["audit", "sessions", "--log", &log])?;
+        if !out.status.success() {
+            bail!("audit sessions: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).context("session line"))
+            .collect()
+    }
+
+    /// `gatehouse audit show SESSION`.
+    pub fn audit_show(&self, session: &str) -> Result<String> {
+        let log = self.setup.log_dir.display().to_string();
+        let out = self.gatehouse(&["audit", "show", session, "--log", &log])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Is the gateway process still running?
+    pub fn gateway_alive(&mut self) -> bool {
+        matches!(self.gateway.try_wait(), Ok(None))
+    }
+
+    /// Stop the gateway gracefully (SIGTERM) and wait for it.
+    pub fn stop_gateway(&mut self) -> Result<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.gateway.id().to_string())
+            .status();
+        for _ in 0..100 {
+            if let Some(s) = self.gateway.try_wait()? {
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.gateway.kill()?;
+        Ok(self.gateway.wait()?)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if matches!(self.gateway.try_wait(), Ok(None)) {
+            let _ = self.stop_gateway();
+        }
+    }
+}
+
+pub async fn connect_dsn(dsn: &str) -> Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// Start `gatehouse serve` and wait for its `listening` line.
+pub fn spawn_gateway(config: &Path) -> Result<(Child, SocketAddr)> {
+    let mut child = Command::new(gatehouse_bin())
+        .args(["serve", "--config"])
+        .arg(config)
+        .env(
+            "GATEHOUSE_LOG",
+            std::env::var("GATEHOUSE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", gatehouse_bin().display()))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        // Keep draining so the gateway never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(l) => l,
+        Err(_) => {
+            let _ = child.kill();
+            bail!("gateway did not report a listening address");
+        }
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&line).with_context(|| format!("bad ready line `{line}`"))?;
+    let addr = v["addr"].as_str().context("addr")?.parse()?;
+    Ok((child, addr))
+}
+
+/// SQLSTATE of a tokio-postgres error, if the server sent one.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
+    e.as_db_error().map(|d| d.code().code().to_string())
+}
+
+/// Message of a tokio-postgres error.
+pub fn db_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
+}

@@ -1,0 +1,466 @@
+//! The configuration file (`gatehouse.toml`), validated at start.
+//!
+//! Every struct denies unknown fields, and every error names the file, the line and the field,
+//! so `gatehouse check-config` can point an operator at the exact spot.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::principal::PrincipalKind;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    pub policy: PolicyConfig,
+    pub recorder: RecorderConfig,
+    #[serde(default, rename = "identity")]
+    pub identities: Vec<IdentityConfig>,
+    #[serde(default, rename = "target")]
+    pub targets: Vec<TargetConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Worker threads for each service; default: number of CPUs.
+    pub threads: Option<usize>,
+    /// Seconds to wait for sessions to finish on graceful shutdown.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_secs: u64,
+}
+
+fn default_grace() -> u64 {
+    10
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            threads: None,
+            shutdown_grace_secs: default_grace(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    Postgres,
+}
+
+/// When a client may connect without TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PlaintextPolicy {
+    /// Always require TLS.
+    Never,
+    /// Allow plaintext from loopback addresses only (default).
+    #[default]
+    Loopback,
+    /// Allow plaintext from anywhere (not recommended).
+    Always,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: Spanned<String>,
+    pub protocol: ListenerProtocol,
+    /// `host:port`; port 0 picks a free port (printed at start).
+    pub address: Spanned<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub plaintext: PlaintextPolicy,
+}
+
+impl ListenerConfig {
+    pub fn socket_addr(&self) -> Result<SocketAddr, String> {
+        self.address
+            .get_ref()
+            .parse()
+            .map_err(|e| format!("`{}` is not an address: {e}", self.address.get_ref()))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Directory with `schema.cedarschema` and `*.cedar` policy files.
+    pub dir: PathBuf,
+    /// How often the directory is checked for changes; 0 disables hot reload.
+    #[serde(default = "default_reload_ms")]
+    pub reload_interval_ms: u64,
+}
+
+fn default_reload_ms() -> u64 {
+    1000
+}
+
+/// When is the decision record durable?
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// WAL fsync (group-committed) before the operation is forwarded (default).
+    #[default]
+    Sync,
+    /// Written to the WAL but not fsynced before forwarding: survives a gateway crash, not a
+    /// host crash. For load tests and non-regulated targets only.
+    Buffered,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecorderConfig {
+    pub dir: PathBuf,
+    #[serde(default)]
+    pub durability: Durability,
+    /// Largest number of events committed in one group.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+}
+
+fn default_max_batch() -> usize {
+    4096
+}
+
+/// Where a secret comes from. Secrets never appear in the config file itself.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum SecretRef {
+    /// Read from this environment variable at start.
+    Env(String),
+    /// Read from this file (trailing newline trimmed).
+    File(PathBuf),
+}
+
+impl SecretRef {
+    /// Resolve the secret. The error names the reference, never the value.
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            SecretRef::Env(var) => {
+                std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set"))
+            }
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| format!("cannot read secret file `{}`: {e}", path.display())),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// The name clients give as their user (`psql -U name`).
+    pub name: Spanned<String>,
+    pub kind: PrincipalKind,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// SCRAM-SHA-256 verifier of the access key, as printed by `gatehouse identity hash-key`
+    /// (`SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`).
+    pub key_verifier: Spanned<String>,
+    /// For agents acting for a human: the human's identity name.
+    pub on_behalf_of: Option<String>,
+    #[serde(default)]
+    pub attrs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Postgres,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// The name clients give as their database (`psql -d name`).
+    pub name: Spanned<String>,
+    pub kind: TargetKind,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    pub postgres: Option<PgTargetConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTls {
+    /// Plain TCP.
+    Disable,
+    /// TLS without certificate verification (encryption only).
+    Require,
+    /// TLS, certificate chain verified against `ca_file`, host name not checked.
+    VerifyCa,
+    /// TLS, chain and host name verified (default).
+    #[default]
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgTargetConfig {
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    /// The upstream password; absent for trust or certificate authentication.
+    pub password: Option<SecretRef>,
+    #[serde(default)]
+    pub tls: UpstreamTls,
+    /// CA bundle for `verify-ca`/`verify-full`; default: the Web PKI roots.
+    pub ca_file: Option<PathBuf>,
+    /// Name checked against the certificate for `verify-full`; default: `host`.
+    pub server_name: Option<String>,
+    /// Idle authenticated connections kept per distinct set of startup parameters.
+    #[serde(default = "default_pool_idle")]
+    pub pool_max_idle: usize,
+    #[serde(default = "default_pool_idle_secs")]
+    pub pool_idle_timeout_secs: u64,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+fn default_pool_idle() -> usize {
+    16
+}
+fn default_pool_idle_secs() -> u64 {
+    300
+}
+fn default_connect_timeout() -> u64 {
+    5000
+}
+
+/// A configuration error pointing at a file position.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}:{line}:{column}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.display().to_string(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read config: {e}"),
+        })?;
+        let mut cfg = Config::parse(&text, &path.display().to_string())?;
+        // Relative paths in the file are relative to the file's directory.
+        if let Some(base) = path.parent() {
+            cfg.rebase_paths(base);
+        }
+        Ok(cfg)
+    }
+
+    /// Parse and validate config text; `origin` names the source in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let at = |span: Option<std::ops::Range<usize>>, message: String| {
+            let (line, column) = span.map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            ConfigError {
+                path: origin.to_string(),
+                line,
+                column,
+                message,
+            }
+        };
+        let cfg: Config = toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_string()))?;
+
+        let mut seen = HashSet::new();
+        for (i, l) in cfg.listeners.iter().enumerate() {
+            if !seen.insert(l.name.get_ref().clone()) {
+                return Err(at(
+                    Some(l.name.span()),
+                    format!("listener[{i}].name: duplicate listener `{}`", l.name.get_ref()),
+                ));
+            }
+            if let Err(m) = l.socket_addr() {
+                return Err(at(Some(l.address.span()), format!("listener[{i}].address: {m}")));
+            }
+            if l.tls_cert.is_some() != l.tls_key.is_some() {
+                return Err(at(
+                    Some(l.name.span()),
+                    format!("listener[{i}]: `tls_cert` and `tls_key` go together"),
+                ));
+            }
+            if l.plaintext == PlaintextPolicy::Never && l.tls_cert.is_none() {
+                return Err(at(
+                    Some(l.name.span()),
+                    format!("listener[{i}]: `plaintext = \"never\"` needs `tls_cert` and `tls_key`"),
+                ));
+            }
+        }
+        let mut seen = HashSet::new();
+        for (i, id) in cfg.identities.iter().enumerate() {
+            if !seen.insert(id.name.get_ref().clone()) {
+                return Err(at(
+                    Some(id.name.span()),
+                    format!("identity[{i}].name: duplicate identity `{}`", id.name.get_ref()),
+                ));
+            }
+            if !id.key_verifier.get_ref().starts_with("SCRAM-SHA-256$") {
+                return Err(at(
+                    Some(id.key_verifier.span()),
+                    format!(
+                        "identity[{i}].key_verifier: expected a SCRAM-SHA-256 verifier (see `gatehouse identity hash-key`)"
+                    ),
+                ));
+            }
+            if id.on_behalf_of.is_some() && id.kind != PrincipalKind::Agent {
+                return Err(at(
+                    Some(id.name.span()),
+                    format!("identity[{i}].on_behalf_of: only agents act on behalf of someone"),
+                ));
+            }
+        }
+        let mut seen = HashSet::new();
+        for (i, t) in cfg.targets.iter().enumerate() {
+            if !seen.insert(t.name.get_ref().clone()) {
+                return Err(at(
+                    Some(t.name.span()),
+                    format!("target[{i}].name: duplicate target `{}`", t.name.get_ref()),
+                ));
+            }
+            match t.kind {
+                TargetKind::Postgres => {
+                    let Some(pg) = &t.postgres else {
+                        return Err(at(
+                            Some(t.name.span()),
+                            format!(
+                                "target[{i}].postgres: a postgres target needs a `[target.postgres]` section"
+                            ),
+                        ));
+                    };
+                    if pg.tls == UpstreamTls::VerifyCa && pg.ca_file.is_none() {
+                        return Err(at(
+                            Some(t.name.span()),
+                            format!("target[{i}].postgres.ca_file: `tls = \"verify-ca\"` needs `ca_file`"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    fn rebase_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.policy.dir);
+        fix(&mut self.recorder.dir);
+        for l in &mut self.listeners {
+            if let Some(p) = &mut l.tls_cert {
+                fix(p);
+            }
+            if let Some(p) = &mut l.tls_key {
+                fix(p);
+            }
+        }
+        for t in &mut self.targets {
+            if let Some(pg) = &mut t.postgres {
+                if let Some(p) = &mut pg.ca_file {
+                    fix(p);
+                }
+                if let Some(SecretRef::File(p)) = &mut pg.password {
+                    fix(p);
+                }
+            }
+        }
+    }
+
+    pub fn target(&self, name: &str) -> Option<&TargetConfig> {
+        self.targets.iter().find(|t| t.name.get_ref() == name)
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[policy]
+dir = "policies"
+
+[recorder]
+dir = "/tmp/log"
+
+[[listener]]
+name = "pg"
+protocol = "postgres"
+address = "127.0.0.1:0"
+
+[[target]]
+name = "app"
+kind = "postgres"
+tags = { env = "prod" }
+[target.postgres]
+host = "127.0.0.1"
+database = "app"
+user = "svc"
+password = { env = "APP_PW" }
+tls = "disable"
+"#;
+
+    #[test]
+    fn parses_example() {
+        let cfg = Config::parse(BASE, "t.toml").unwrap();
+        assert_eq!(cfg.targets[0].postgres.as_ref().unwrap().port, 5432);
+        assert_eq!(
+            cfg.targets[0].postgres.as_ref().unwrap().password,
+            Some(SecretRef::Env("APP_PW".into()))
+        );
+        assert_eq!(cfg.listeners[0].plaintext, PlaintextPolicy::Loopback);
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_field() {
+        let text = BASE.replace("user = \"svc\"", "user = \"svc\"\nusr = \"typo\"");
+        let err = Config::parse(&text, "t.toml").unwrap_err();
+        assert_eq!(err.line, 22, "{err}");
+        assert!(err.message.contains("unknown field `usr`"), "{err}");
+    }
+
+    #[test]
+    fn semantic_error_names_line() {
+        let text = BASE.replace("address = \"127.0.0.1:0\"", "address = \"nonsense\"");
+        let err = Config::parse(&text, "t.toml").unwrap_err();
+        assert_eq!(err.line, 11, "{err}");
+        assert!(err.message.starts_with("listener[0].address"), "{err}");
+    }
+
+    #[test]
+    fn missing_section_is_reported() {
+        let text = BASE.split("[target.postgres]").next().unwrap();
+        let err = Config::parse(text, "t.toml").unwrap_err();
+        assert!(err.message.contains("[target.postgres]"), "{err}");
+        assert_eq!(err.line, 15);
+    }
+}

@@ -1,0 +1,17 @@
+//! Shared types for every Gatehouse crate: who is connecting ([`Principal`]), to what
+//! ([`TargetRef`]), what they want to do ([`Operation`]), what the guard said ([`Verdict`]),
+//! and the validated configuration ([`config`]).
+//!
+//! This crate is a leaf: it depends on nothing else in the workspace.
+
+pub mod config;
+pub mod error;
+pub mod guard;
+pub mod op;
+pub mod principal;
+pub mod time;
+
+pub use error::{ClientError, ErrorKind};
+pub use guard::{Checked, Guard, GuardError, OpOutcome, SessionGuard};
+pub use op::{Operation, SqlStatement, StatementKind, Verdict};
+pub use principal::{AuthInfo, Principal, PrincipalKind, SessionCtx, TargetRef};

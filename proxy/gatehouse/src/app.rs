@@ -1,0 +1,167 @@
+//! Building a running gateway from a validated [`Config`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use gatehouse_core::TargetRef;
+use gatehouse_core::config::{Config, ListenerProtocol, TargetKind};
+use gatehouse_identity::StaticKeys;
+use gatehouse_pg::upstream::PgTarget;
+use gatehouse_pg::{PgFront, PgFrontConfig};
+use gatehouse_policy::PolicyEngine;
+use gatehouse_recorder::Recorder;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::{ListenFds, RunArgs, Server, ShutdownWatch};
+use pingora_core::services::Service;
+
+use crate::guard::GatehouseGuard;
+
+/// Everything a gateway process runs, built but not yet serving.
+pub struct Gateway {
+    pub config: Config,
+    pub recorder: Recorder,
+    pub policy: Arc<PolicyEngine>,
+    pub listeners: Vec<BoundListener>,
+}
+
+pub struct BoundListener {
+    pub name: String,
+    pub addr: std::net::SocketAddr,
+    socket: Option<std::net::TcpListener>,
+    front: Arc<PgFront>,
+}
+
+impl Gateway {
+    /// Load policies, open the recorder, resolve target credentials and bind every listener.
+    pub fn build(config: Config) -> Result<Gateway> {
+        let policy = Arc::new(
+            PolicyEngine::load(&config.policy.dir)
+                .with_context(|| format!("loading policies from `{}`", config.policy.dir.display()))?,
+        );
+        let recorder = Recorder::open(&config.recorder)
+            .with_context(|| format!("opening the audit log in `{}`", config.recorder.dir.display()))?;
+        let identities = Arc::new(StaticKeys::from_config(&config.identities).map_err(anyhow::Error::msg)?);
+        let guard = Arc::new(GatehouseGuard::new(policy.clone(), recorder.clone()));
+        let mut targets = Vec::new();
+        for t in &config.targets {
+            match t.kind {
+                TargetKind::Postgres => {
+                    let Some(pg) = &t.postgres else { continue };
+                    let target = PgTarget::new(t.name.get_ref(), pg).map_err(anyhow::Error::msg)?;
+                    let tref = TargetRef {
+                        name: t.name.get_ref().clone(),
+                        kind: "postgres".into(),
+                        tags: t.tags.clone(),
+                    };
+                    targets.push((Arc::new(target), tref));
+                }
+            }
+        }
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            match l.protocol {
+                ListenerProtocol::Postgres => {
+                    let tls = match (&l.tls_cert, &l.tls_key) {
+                        (Some(c), Some(k)) => {
+                            Some(gatehouse_pg::tls::server_config(c, k).map_err(anyhow::Error::msg)?)
+                        }
+                        _ => None,
+                    };
+                    let addr = l.socket_addr().map_err(anyhow::Error::msg)?;
+                    let socket = std::net::TcpListener::bind(addr)
+                        .with_context(|| format!("listener `{}`: cannot bind {addr}", l.name.get_ref()))?;
+                    socket.set_nonblocking(true)?;
+                    let front = PgFront::new(PgFrontConfig {
+                        listener_name: l.name.get_ref().clone(),
+                        targets: targets.clone(),
+                        identities: identities.clone(),
+                        guard: guard.clone(),
+                        tls,
+                        plaintext: l.plaintext,
+                    });
+                    listeners.push(BoundListener {
+                        name: l.name.get_ref().clone(),
+                        addr: socket.local_addr()?,
+                        socket: Some(socket),
+                        front,
+                    });
+                }
+            }
+        }
+        Ok(Gateway {
+            config,
+            recorder,
+            policy,
+            listeners,
+        })
+    }
+
+    /// Serve until SIGTERM (graceful) / SIGINT (fast); returns after the services stopped.
+    pub fn run(self) -> Result<()> {
+        if self.config.policy.reload_interval_ms > 0 {
+            self.policy
+                .watch(Duration::from_millis(self.config.policy.reload_interval_ms))
+                .context("starting the policy reload thread")?;
+        }
+        let threads = self
+            .config
+            .gateway
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+        let conf = ServerConf {
+            threads,
+            grace_period_seconds: Some(0),
+            graceful_shutdown_timeout_seconds: Some(self.config.gateway.shutdown_grace_secs),
+            ..ServerConf::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+        server.bootstrap();
+        let grace = Duration::from_secs(self.config.gateway.shutdown_grace_secs);
+        for l in self.listeners {
+            server.add_service(PgService {
+                name: format!("pg:{}", l.name),
+                socket: l.socket,
+                front: l.front,
+                grace,
+            });
+        }
+        server.run(RunArgs::default());
+        self.recorder.shutdown();
+        Ok(())
+    }
+}
+
+/// A PostgreSQL listener as a pingora service: pingora owns runtimes, signals and shutdown; the
+/// listening socket is bound by us before start so `127.0.0.1:0` works and is reported.
+struct PgService {
+    name: String,
+    socket: Option<std::net::TcpListener>,
+    front: Arc<PgFront>,
+    grace: Duration,
+}
+
+#[async_trait]
+impl Service for PgService {
+    async fn start_service(
+        &mut self,
+        _fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        let Some(socket) = self.socket.take() else { return };
+        let listener = match tokio::net::TcpListener::from_std(socket) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(service = %self.name, "cannot register listener: {e}");
+                return;
+            }
+        };
+        self.front.clone().serve(listener, shutdown, self.grace).await;
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}

@@ -1,0 +1,179 @@
+//! The guard pipeline (DESIGN.md §3): Cedar decision → (plugins, approval holds: later) →
+//! durable record. Protocol crates reach it only through `gatehouse_core::guard`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use gatehouse_core::guard::AuthFailure;
+use gatehouse_core::time::now_micros;
+use gatehouse_core::{Checked, Guard, GuardError, OpOutcome, Operation, SessionCtx, SessionGuard, Verdict};
+use gatehouse_policy::{PolicyEngine, SessionPolicy};
+use gatehouse_recorder::{EventBody, NewEvent, OpError, Recorder};
+
+pub struct GatehouseGuard {
+    policy: Arc<PolicyEngine>,
+    recorder: Recorder,
+}
+
+impl GatehouseGuard {
+    pub fn new(policy: Arc<PolicyEngine>, recorder: Recorder) -> Self {
+        GatehouseGuard { policy, recorder }
+    }
+}
+
+struct Session {
+    ctx: SessionCtx,
+    principal: String,
+    policy: Arc<PolicyEngine>,
+    /// `None` when the session's entities could not be built: every decision denies.
+    sp: Option<SessionPolicy>,
+    recorder: Recorder,
+    ops: AtomicU64,
+    started: Instant,
+    closed: AtomicBool,
+}
+
+impl Session {
+    fn event(&self, body: EventBody) -> NewEvent {
+        NewEvent {
+            time_us: now_micros(),
+            session_id: self.ctx.session_id.clone(),
+            principal: Some(self.principal.clone()),
+            body,
+        }
+    }
+
+    async fn decide(&self, op: &Operation) -> Result<Checked, GuardError> {
+        let n = self.ops.fetch_add(1, Ordering::Relaxed) + 1;
+        let (verdict, generation, errors) = match &self.sp {
+            Some(sp) => {
+                let d = self.policy.decide(sp, op, false);
+                (d.verdict, d.generation, d.errors)
+            }
+            None => (
+                Verdict::Deny {
+                    reason: "the session could not be evaluated by policy".into(),
+                    policy_ids: vec![],
+                },
+                self.policy.generation(),
+                vec!["session entities could not be built".into()],
+            ),
+        };
+        let statement = match op {
+            Operation::Query(s) => Some((**s).clone()),
+            Operation::Connect => None,
+        };
+        let body = EventBody::Decision {
+            op: n,
+            action: op.action().to_string(),
+            statement,
+            verdict: verdict.clone(),
+            policy_generation: generation,
+            errors,
+        };
+        // No record, no access.
+        self.recorder
+            .append(self.event(body))
+            .await
+            .map_err(|_| GuardError::RecorderUnavailable)?;
+        Ok(Checked { op: n, verdict })
+    }
+}
+
+#[async_trait]
+impl Guard for GatehouseGuard {
+    async fn open(&self, ctx: SessionCtx) -> Result<(Arc<dyn SessionGuard>, Verdict), GuardError> {
+        let sp = match self.policy.session(&ctx) {
+            Ok(sp) => Some(sp),
+            Err(e) => {
+                tracing::warn!(session = %ctx.session_id, "cannot build policy entities: {e}");
+                None
+            }
+        };
+        let session = Arc::new(Session {
+            principal: ctx.principal.display(),
+            ctx,
+            policy: self.policy.clone(),
+            sp,
+            recorder: self.recorder.clone(),
+            ops: AtomicU64::new(0),
+            started: Instant::now(),
+            closed: AtomicBool::new(false),
+        });
+        let start = EventBody::SessionStart {
+            protocol: session.ctx.target.kind.clone(),
+            source: session.ctx.source_ip.to_string(),
+            target: session.ctx.target.name.clone(),
+            client_app: session.ctx.client_app.clone(),
+            auth_method: session.ctx.auth.method.clone(),
+            principal: session.ctx.principal.clone(),
+        };
+        self.recorder
+            .append(session.event(start))
+            .await
+            .map_err(|_| GuardError::RecorderUnavailable)?;
+        let checked = session.decide(&Operation::Connect).await?;
+        Ok((session, checked.verdict))
+    }
+
+    fn connection_failed(&self, f: AuthFailure) {
+        self.recorder.append_nowait(NewEvent {
+            time_us: now_micros(),
+            // Each failed attempt is its own (never opened) session in the record.
+            session_id: format!("failed-{}", crate::pgcluster::hex_token()),
+            principal: None,
+            body: EventBody::AuthFailure {
+                protocol: f.protocol.to_string(),
+                source: f.source.to_string(),
+                user: f.user,
+                target: f.target,
+                reason: f.reason,
+            },
+        });
+    }
+}
+
+#[async_trait]
+impl SessionGuard for Session {
+    async fn check(&self, op: Operation) -> Result<Checked, GuardError> {
+        self.decide(&op).await
+    }
+
+    fn outcome(&self, op: u64, o: OpOutcome) {
+        let body = EventBody::OpResult {
+            op,
+            tag: o.tag,
+            rows: o.rows,
+            duration_us: o.duration_us,
+            error: o.error.map(|(code, message)| OpError { code, message }),
+            skipped: o.skipped,
+        };
+        self.recorder.append_nowait(self.event(body));
+    }
+
+    fn notice(&self, level: &'static str, message: String) {
+        let body = EventBody::Notice {
+            level: level.to_string(),
+            message,
+        };
+        self.recorder.append_nowait(self.event(body));
+    }
+
+    fn close(&self, reason: &str) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let body = EventBody::SessionEnd {
+            reason: reason.to_string(),
+            ops: self.ops.load(Ordering::Relaxed),
+            duration_us: self.started.elapsed().as_micros() as u64,
+        };
+        self.recorder.append_nowait(self.event(body));
+    }
+
+    fn ctx(&self) -> &SessionCtx {
+        &self.ctx
+    }
+}

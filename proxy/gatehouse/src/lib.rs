@@ -1,0 +1,7 @@
+//! The Gatehouse binary's wiring: configuration → components → a pingora `Server` with one
+//! service per listener. `main.rs` is only the command line.
+
+pub mod app;
+pub mod demo;
+pub mod guard;
+pub mod pgcluster;

@@ -1,0 +1,254 @@
+//! The `gatehouse` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use gatehouse::app::Gateway;
+use gatehouse::demo;
+use gatehouse_core::config::Config;
+
+#[derive(Parser)]
+#[command(name = "gatehouse", version, about = "Identity-aware Layer 7 access gateway")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file (and the policies it names) without serving.
+    CheckConfig { config: PathBuf },
+    /// Start a throwaway PostgreSQL with demo data and a gateway in front of it.
+    Demo {
+        /// Working directory (default: a new temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Listen address of the gateway.
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: String,
+        /// Policy directory.
+        #[arg(long, default_value = "policies")]
+        policies: PathBuf,
+    },
+    /// Read the audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+    /// Manage identities.
+    Identity {
+        #[command(subcommand)]
+        cmd: IdentityCmd,
+    },
+    /// Work with policy sets.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// List recorded sessions, newest first.
+    Sessions {
+        #[arg(long)]
+        log: PathBuf,
+    },
+    /// Print one session as a transcript.
+    Show {
+        session: String,
+        #[arg(long)]
+        log: PathBuf,
+    },
+    /// List failed connection attempts (bad credentials, unknown targets, TLS or protocol errors).
+    Failures {
+        #[arg(long)]
+        log: PathBuf,
+    },
+    /// Check the hash chain of the log.
+    Verify {
+        #[arg(long)]
+        log: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum IdentityCmd {
+    /// Print a SCRAM-SHA-256 verifier for an access key (a new random key if none is given).
+    HashKey {
+        #[arg(long)]
+        key: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Load and strictly validate a policy directory.
+    Check { dir: PathBuf },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,gatehouse=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    match run(cli.cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<ExitCode> {
+    match cmd {
+        Cmd::Serve { config } => {
+            let cfg = Config::load(&config)?;
+            let gw = Gateway::build(cfg)?;
+            for l in &gw.listeners {
+                // One machine-readable line per listener: tests and scripts read the real port.
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "listening", "listener": l.name, "addr": l.addr.to_string()})
+                );
+            }
+            gw.run()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::CheckConfig { config } => {
+            let cfg = Config::load(&config)?;
+            gatehouse_policy::PolicyEngine::load(&cfg.policy.dir)
+                .with_context(|| format!("policies in `{}`", cfg.policy.dir.display()))?;
+            gatehouse_identity::StaticKeys::from_config(&cfg.identities).map_err(anyhow::Error::msg)?;
+            for t in &cfg.targets {
+                if let Some(pg) = &t.postgres {
+                    gatehouse_pg::upstream::PgTarget::new(t.name.get_ref(), pg)
+                        .map_err(anyhow::Error::msg)?;
+                }
+            }
+            println!(
+                "{}: ok ({} listeners, {} identities, {} targets)",
+                config.display(),
+                cfg.listeners.len(),
+                cfg.identities.len(),
+                cfg.targets.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo {
+            dir,
+            listen,
+            policies,
+        } => {
+            let tmp;
+            let dir = match dir {
+                Some(d) => d,
+                None => {
+                    tmp = tempfile::Builder::new().prefix("gatehouse-demo-").tempdir()?;
+                    tmp.path().to_path_buf()
+                }
+            };
+            eprintln!("starting a throwaway PostgreSQL cluster in {} ...", dir.display());
+            let setup = demo::setup(&demo::SetupOptions {
+                dir: &dir,
+                policies: &policies,
+                listen: &listen,
+                extra: "",
+                durability: "sync",
+            })?;
+            let cfg = Config::load(&setup.config_path)?;
+            let gw = Gateway::build(cfg)?;
+            let addr = gw.listeners.first().map(|l| l.addr).context("no listener")?;
+            let exe = std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "gatehouse".into());
+            println!("{}", demo::banner(&setup, addr, &exe));
+            gw.run()?;
+            drop(setup);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Audit { cmd } => audit(cmd),
+        Cmd::Identity {
+            cmd: IdentityCmd::HashKey { key },
+        } => {
+            let key = key.unwrap_or_else(|| {
+                format!(
+                    "gh_{}{}",
+                    gatehouse::pgcluster::hex_token(),
+                    gatehouse::pgcluster::hex_token()
+                )
+            });
+            println!("key:          {key}");
+            println!(
+                "key_verifier: {}",
+                gatehouse_identity::scram::ScramVerifier::generate(&key)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Policy {
+            cmd: PolicyCmd::Check { dir },
+        } => {
+            let engine = gatehouse_policy::PolicyEngine::load(&dir)?;
+            println!("{}: ok (generation {})", dir.display(), engine.generation());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn audit(cmd: AuditCmd) -> Result<ExitCode> {
+    use gatehouse_recorder::LogReader;
+    match cmd {
+        AuditCmd::Sessions { log } => {
+            let r = LogReader::open(&log)?;
+            for s in r.sessions()? {
+                println!("{}", serde_json::to_string(&s)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Show { session, log } => {
+            let r = LogReader::open(&log)?;
+            let events = r.session_events(&session)?;
+            if events.is_empty() {
+                eprintln!("no session `{session}` in {}", log.display());
+                return Ok(ExitCode::from(2));
+            }
+            print!("{}", gatehouse_recorder::render_transcript(&events));
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Failures { log } => {
+            let r = LogReader::open(&log)?;
+            for s in r.sessions()?.into_iter().filter(|s| s.auth_failed) {
+                println!(
+                    "{}  {}  user={:?} target={:?}  {}",
+                    gatehouse_core::time::rfc3339_micros(s.start_us),
+                    s.source,
+                    s.user.unwrap_or_default(),
+                    s.target,
+                    s.end_reason.unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Verify { log } => {
+            let r = LogReader::open(&log)?;
+            let report = r.verify_chain()?;
+            println!("{report:?}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

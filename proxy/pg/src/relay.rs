@@ -1,0 +1,677 @@
+//! Relaying a live session. Two tasks per session:
+//!
+//! * client → upstream ([`client_to_upstream`]): reads client messages, classifies statements
+//!   and asks the guard about each one *before* forwarding it. A denied statement is replaced
+//!   by a message the upstream is certain to reject (a syntax error, or an Execute of a portal
+//!   that cannot exist), named with this session's secret nonce. The upstream's own error
+//!   handling then gives exactly PostgreSQL's semantics: the transaction is aborted, the rest of
+//!   an extended-protocol batch is skipped until Sync, and ReadyForQuery carries the right
+//!   status.
+//! * upstream → client ([`upstream_to_client`]): forwards upstream messages untouched except
+//!   the error carrying the nonce, which becomes the client-facing denial (SQLSTATE 42501,
+//!   naming the deciding policy), and records each operation's outcome.
+//!
+//! The client→upstream side tells the other side what responses to expect through an ordered
+//! channel of [`Pending`] items, pushed before the corresponding message is written upstream.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use gatehouse_core::{GuardError, OpOutcome, Operation, SessionGuard, SqlStatement, StatementKind, Verdict};
+use rand::RngCore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::classify::{ClassifyCache, classify};
+use crate::proto::{self, Severity};
+use crate::stream::Stream;
+use crate::upstream::{Upstream, track_param};
+
+type ClientWriter = Arc<Mutex<WriteHalf<Stream>>>;
+
+/// How long an abandoned session may take to finish what the upstream is still doing, so its
+/// outcome is recorded, before the upstream connection is closed.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) struct RelayEnd {
+    /// The upstream connection, when it is idle and may be pooled.
+    pub upstream: Option<Upstream>,
+    pub reason: String,
+}
+
+/// What the upstream will answer, in order.
+enum Pending {
+    /// A statement (or Execute) that was allowed and forwarded.
+    Exec {
+        op: Option<u64>,
+        start: Instant,
+        rows: u64,
+    },
+    /// A denied operation: the nonce-carrying upstream error is rewritten to this.
+    Denied { code: &'static str, message: String },
+    /// A Query or Sync: a ReadyForQuery ends the batch.
+    Sync,
+}
+
+struct Shared {
+    nonce: String,
+    syncs_sent: AtomicU64,
+    copy_in: AtomicBool,
+}
+
+enum ClientEnd {
+    /// Terminate message.
+    Terminated,
+    Disconnected,
+    ProtocolError(String),
+    UpstreamWriteFailed,
+}
+
+pub(crate) async fn run(
+    client: Stream,
+    client_buf: BytesMut,
+    up: Upstream,
+    sg: Arc<dyn SessionGuard>,
+    cache: Arc<ClassifyCache>,
+) -> RelayEnd {
+    let Upstream {
+        stream,
+        mut params,
+        pid,
+        secret,
+        startup_notices,
+        key,
+        reused,
+    } = up;
+    let (crd, cwr) = tokio::io::split(client);
+    let (urd, uwr) = tokio::io::split(stream);
+    let cw: ClientWriter = Arc::new(Mutex::new(cwr));
+    let mut raw = [0u8; 12];
+    rand::rng().fill_bytes(&mut raw);
+    let shared = Arc::new(Shared {
+        nonce: format!("gatehouse_denied_{}", hex::encode(raw)),
+        syncs_sent: AtomicU64::new(0),
+        copy_in: AtomicBool::new(false),
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    let c2u = tokio::spawn(client_to_upstream(
+        crd,
+        client_buf,
+        uwr,
+        cw.clone(),
+        sg.clone(),
+        cache,
+        shared.clone(),
+        tx,
+    ));
+    let mut u2c = UpstreamSide {
+        cw,
+        sg,
+        shared,
+        rx,
+        queue: VecDeque::new(),
+        params: &mut params,
+        status: b'I',
+        rfq_seen: 0,
+        client_alive: true,
+    };
+    let (urd, uwr, reason) = u2c.run(urd, c2u).await;
+    let upstream = match (urd, uwr) {
+        (Some(r), Some(w)) => Some(Upstream {
+            stream: r.unsplit(w),
+            params,
+            pid,
+            secret,
+            startup_notices,
+            key,
+            reused,
+        }),
+        _ => None,
+    };
+    RelayEnd { upstream, reason }
+}
+
+fn unknown_statement(command: &str) -> Arc<SqlStatement> {
+    Arc::new(SqlStatement {
+        text: String::new(),
+        kind: Some(StatementKind::Unknown),
+        command: command.to_string(),
+        ..SqlStatement::default()
+    })
+}
+
+fn denial(verdict: &Verdict) -> String {
+    match verdict {
+        Verdict::Deny { reason, .. } => format!("gatehouse: {reason}"),
+        Verdict::Allow { .. } => String::new(),
+    }
+}
+
+fn refusal(e: &GuardError) -> (&'static str, String) {
+    ("58000", format!("gatehouse: {e}; statement refused"))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn client_to_upstream(
+    mut crd: ReadHalf<Stream>,
+    mut buf: BytesMut,
+    mut uwr: WriteHalf<Stream>,
+    cw: ClientWriter,
+    sg: Arc<dyn SessionGuard>,
+    cache: Arc<ClassifyCache>,
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Pending>,
+) -> (WriteHalf<Stream>, ClientEnd) {
+    let mut statements: HashMap<String, Arc<SqlStatement>> = HashMap::new();
+    let mut portals: HashMap<String, Arc<SqlStatement>> = HashMap::new();
+    let mut out = BytesMut::with_capacity(8192);
+    let send = |p: Pending| {
+        // The receiver lives as long as the session; a send error means it is ending anyway.
+        let _ = tx.send(p);
+    };
+    loop {
+        loop {
+            let frame = match proto::peek_frame(&buf, proto::MAX_MESSAGE_LEN) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    let end = protocol_error(&cw, &format!("invalid message: {e}")).await;
+                    return (uwr, end);
+                }
+            };
+            let msg = buf.split_to(frame.len);
+            let body = proto::body(&msg);
+            match frame.tag {
+                b'Q' => {
+                    let Ok(text) = proto::parse_query(body) else {
+                        return (uwr, protocol_error(&cw, "malformed Query message").await);
+                    };
+                    if !flush(&mut uwr, &mut out).await {
+                        return (uwr, ClientEnd::UpstreamWriteFailed);
+                    }
+                    let stmts = classify(&text);
+                    let mut allowed = Vec::with_capacity(stmts.len());
+                    let mut denied = None;
+                    for s in stmts {
+                        match sg.check(Operation::Query(Arc::new(s))).await {
+                            Ok(c) if c.verdict.is_allow() => allowed.push(c.op),
+                            Ok(c) => {
+                                denied = Some(("42501", denial(&c.verdict)));
+                                break;
+                            }
+                            Err(e) => {
+                                denied = Some(refusal(&e));
+                                break;
+                            }
+                        }
+                    }
+                    if let Some((code, message)) = denied {
+                        for op in allowed {
+                            sg.outcome(
+                                op,
+                                OpOutcome {
+                                    skipped: true,
+                                    ..OpOutcome::default()
+                                },
+                            );
+                        }
+                        send(Pending::Denied { code, message });
+                        send(Pending::Sync);
+                        proto::query(&mut out, &shared.nonce);
+                    } else {
+                        let now = Instant::now();
+                        if allowed.is_empty() {
+                            send(Pending::Exec {
+                                op: None,
+                                start: now,
+                                rows: 0,
+                            });
+                        }
+                        for op in allowed {
+                            send(Pending::Exec {
+                                op: Some(op),
+                                start: now,
+                                rows: 0,
+                            });
+                        }
+                        send(Pending::Sync);
+                        out.extend_from_slice(&msg);
+                    }
+                    shared.syncs_sent.fetch_add(1, Ordering::Release);
+                }
+                b'P' => {
+                    let Ok((name, sql)) = proto::parse_parse(body) else {
+                        return (uwr, protocol_error(&cw, "malformed Parse message").await);
+                    };
+                    statements.insert(name, cache.classify_one(&sql));
+                    out.extend_from_slice(&msg);
+                }
+                b'B' => {
+                    let Ok((portal, stmt)) = proto::parse_bind(body) else {
+                        return (uwr, protocol_error(&cw, "malformed Bind message").await);
+                    };
+                    let c = statements
+                        .get(&stmt)
+                        .cloned()
+                        .unwrap_or_else(|| unknown_statement("UnknownPreparedStatement"));
+                    portals.insert(portal, c);
+                    out.extend_from_slice(&msg);
+                }
+                b'E' => {
+                    let Ok(portal) = proto::parse_execute(body) else {
+                        return (uwr, protocol_error(&cw, "malformed Execute message").await);
+                    };
+                    let stmt = portals
+                        .get(&portal)
+                        .cloned()
+                        .unwrap_or_else(|| unknown_statement("UnknownPortal"));
+                    // Let the upstream work on what came before while the decision is recorded.
+                    if !flush(&mut uwr, &mut out).await {
+                        return (uwr, ClientEnd::UpstreamWriteFailed);
+                    }
+                    match sg.check(Operation::Query(stmt)).await {
+                        Ok(c) if c.verdict.is_allow() => {
+                            send(Pending::Exec {
+                                op: Some(c.op),
+                                start: Instant::now(),
+                                rows: 0,
+                            });
+                            out.extend_from_slice(&msg);
+                        }
+                        Ok(c) => {
+                            send(Pending::Denied {
+                                code: "42501",
+                                message: denial(&c.verdict),
+                            });
+                            proto::execute(&mut out, &shared.nonce, 0);
+                        }
+                        Err(e) => {
+                            let (code, message) = refusal(&e);
+                            send(Pending::Denied { code, message });
+                            proto::execute(&mut out, &shared.nonce, 0);
+                        }
+                    }
+                }
+                b'C' => {
+                    match proto::parse_target(body, "Close") {
+                        Ok((b'S', name)) => {
+                            statements.remove(&name);
+                        }
+                        Ok((_, name)) => {
+                            portals.remove(&name);
+                        }
+                        Err(_) => return (uwr, protocol_error(&cw, "malformed Close message").await),
+                    }
+                    out.extend_from_slice(&msg);
+                }
+                b'S' if shared.copy_in.load(Ordering::Acquire) => {
+                    // PostgreSQL ignores Sync during COPY IN; so must the bookkeeping.
+                    out.extend_from_slice(&msg);
+                }
+                b'S' => {
+                    send(Pending::Sync);
+                    shared.syncs_sent.fetch_add(1, Ordering::Release);
+                    out.extend_from_slice(&msg);
+                }
+                b'F' => {
+                    // Fast-path function call: runs a function by OID, bypassing SQL.
+                    if !flush(&mut uwr, &mut out).await {
+                        return (uwr, ClientEnd::UpstreamWriteFailed);
+                    }
+                    match sg
+                        .check(Operation::Query(unknown_statement("FunctionCall")))
+                        .await
+                    {
+                        Ok(c) if c.verdict.is_allow() => {
+                            send(Pending::Exec {
+                                op: Some(c.op),
+                                start: Instant::now(),
+                                rows: 0,
+                            });
+                            out.extend_from_slice(&msg);
+                        }
+                        other => {
+                            let (code, message) = match other {
+                                Ok(c) => ("42501", denial(&c.verdict)),
+                                Err(e) => refusal(&e),
+                            };
+                            send(Pending::Denied { code, message });
+                            proto::query(&mut out, &shared.nonce);
+                        }
+                    }
+                    send(Pending::Sync);
+                    shared.syncs_sent.fetch_add(1, Ordering::Release);
+                }
+                b'D' | b'H' | b'd' | b'c' | b'f' => out.extend_from_slice(&msg),
+                b'X' => {
+                    let ok = flush(&mut uwr, &mut out).await;
+                    return (
+                        uwr,
+                        if ok {
+                            ClientEnd::Terminated
+                        } else {
+                            ClientEnd::UpstreamWriteFailed
+                        },
+                    );
+                }
+                other => {
+                    let m = format!("invalid frontend message type {}", other as char);
+                    return (uwr, protocol_error(&cw, &m).await);
+                }
+            }
+        }
+        if !flush(&mut uwr, &mut out).await {
+            return (uwr, ClientEnd::UpstreamWriteFailed);
+        }
+        buf.reserve(8192);
+        match crd.read_buf(&mut buf).await {
+            Ok(n) if n > 0 => {}
+            _ => {
+                if shared.copy_in.load(Ordering::Acquire) {
+                    // Abort the upstream COPY cleanly so nothing half-copied is committed.
+                    proto::copy_fail(&mut out, "client disconnected during COPY");
+                    proto::sync(&mut out);
+                    shared.syncs_sent.fetch_add(1, Ordering::Release);
+                    send(Pending::Sync);
+                    let _ = flush(&mut uwr, &mut out).await;
+                }
+                return (uwr, ClientEnd::Disconnected);
+            }
+        }
+    }
+}
+
+async fn flush(uwr: &mut WriteHalf<Stream>, out: &mut BytesMut) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let ok = uwr.write_all(out).await.is_ok();
+    out.clear();
+    ok
+}
+
+async fn protocol_error(cw: &ClientWriter, message: &str) -> ClientEnd {
+    let mut out = BytesMut::new();
+    proto::error_msg(&mut out, Severity::Fatal, "08P01", message, None);
+    let mut w = cw.lock().await;
+    let _ = w.write_all(&out).await;
+    let _ = w.shutdown().await;
+    ClientEnd::ProtocolError(message.to_string())
+}
+
+struct UpstreamSide<'a> {
+    cw: ClientWriter,
+    sg: Arc<dyn SessionGuard>,
+    shared: Arc<Shared>,
+    rx: mpsc::UnboundedReceiver<Pending>,
+    queue: VecDeque<Pending>,
+    params: &'a mut BTreeMap<String, String>,
+    status: u8,
+    rfq_seen: u64,
+    client_alive: bool,
+}
+
+type C2U = tokio::task::JoinHandle<(WriteHalf<Stream>, ClientEnd)>;
+
+impl UpstreamSide<'_> {
+    fn front(&mut self) -> Option<&mut Pending> {
+        if self.queue.is_empty() {
+            while let Ok(p) = self.rx.try_recv() {
+                self.queue.push_back(p);
+            }
+        }
+        self.queue.front_mut()
+    }
+
+    fn pop(&mut self) -> Option<Pending> {
+        self.front()?;
+        self.queue.pop_front()
+    }
+
+    /// Pop the front item if it is an allowed operation: (op, start, rows so far).
+    fn pop_exec(&mut self) -> Option<(Option<u64>, Instant, u64)> {
+        if !matches!(self.front(), Some(Pending::Exec { .. })) {
+            return None;
+        }
+        match self.queue.pop_front() {
+            Some(Pending::Exec { op, start, rows }) => Some((op, start, rows)),
+            _ => None,
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.shared.syncs_sent.load(Ordering::Acquire) == self.rfq_seen
+    }
+
+    async fn run(
+        &mut self,
+        mut urd: ReadHalf<Stream>,
+        mut c2u: C2U,
+    ) -> (Option<ReadHalf<Stream>>, Option<WriteHalf<Stream>>, String) {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let mut client_end: Option<(WriteHalf<Stream>, ClientEnd)> = None;
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            if let Some((_, end)) = &client_end
+                && self.idle()
+            {
+                let clean = matches!(end, ClientEnd::Terminated) && self.status == b'I';
+                let reason = describe(end);
+                let Some((uwr, _)) = client_end.take() else {
+                    return (None, None, reason);
+                };
+                return if clean && buf.is_empty() {
+                    (Some(urd), Some(uwr), reason)
+                } else {
+                    (None, None, reason)
+                };
+            }
+            let read = tokio::select! {
+                r = urd.read_buf(&mut buf) => r,
+                j = &mut c2u, if client_end.is_none() => {
+                    match j {
+                        Ok((uwr, end)) => {
+                            if !matches!(end, ClientEnd::Terminated) {
+                                self.client_alive = false;
+                            }
+                            client_end = Some((uwr, end));
+                        }
+                        Err(_) => return (None, None, "internal error in session task".into()),
+                    }
+                    drain_deadline = Some(tokio::time::Instant::now() + DRAIN_TIMEOUT);
+                    continue;
+                }
+                _ = sleep_until(drain_deadline) => {
+                    let reason = client_end.as_ref().map(|(_, e)| describe(e)).unwrap_or_default();
+                    return (None, None, reason);
+                }
+            };
+            match read {
+                Ok(n) if n > 0 => {}
+                _ => {
+                    c2u.abort();
+                    let reason = match &client_end {
+                        Some((_, e)) => describe(e),
+                        None => {
+                            self.sg.notice("error", "upstream closed the connection".into());
+                            "upstream closed the connection".into()
+                        }
+                    };
+                    let mut w = self.cw.lock().await;
+                    let _ = w.shutdown().await;
+                    return (None, None, reason);
+                }
+            }
+            if !self.process(&mut buf).await {
+                // Upstream sent something unframeable: nothing safe can follow.
+                c2u.abort();
+                self.sg.notice("error", "malformed message from upstream".into());
+                let mut out = BytesMut::new();
+                proto::error_msg(
+                    &mut out,
+                    Severity::Fatal,
+                    "08P01",
+                    "gatehouse: protocol error from the upstream server",
+                    None,
+                );
+                let mut w = self.cw.lock().await;
+                let _ = w.write_all(&out).await;
+                let _ = w.shutdown().await;
+                return (None, None, "protocol error from upstream".into());
+            }
+        }
+    }
+
+    /// Handle every whole message in `buf`, forward them, keep any partial tail.
+    async fn process(&mut self, buf: &mut BytesMut) -> bool {
+        let mut pos = 0usize;
+        let mut written = 0usize;
+        let mut out = BytesMut::new();
+        let mut chunks: Vec<(usize, usize, Option<BytesMut>)> = Vec::new();
+        loop {
+            let frame = match proto::peek_frame(buf.get(pos..).unwrap_or(&[]), proto::MAX_MESSAGE_LEN) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(_) => return false,
+            };
+            let start = pos;
+            pos += frame.len;
+            let body = buf.get(start + 5..pos).unwrap_or(&[]);
+            match frame.tag {
+                b'D' => {
+                    if let Some(Pending::Exec { rows, .. }) = self.front() {
+                        *rows += 1;
+                    }
+                }
+                b'C' | b'I' | b's' | b'V' => {
+                    let tag = (frame.tag == b'C').then(|| {
+                        let mut b = body;
+                        proto::read_cstr(&mut b).unwrap_or_default()
+                    });
+                    if let Some((Some(op), start, rows)) = self.pop_exec() {
+                        let rows = tag
+                            .as_deref()
+                            .map(proto::tag_rows)
+                            .filter(|&n| n > 0)
+                            .unwrap_or(rows);
+                        self.sg.outcome(
+                            op,
+                            OpOutcome {
+                                tag,
+                                rows,
+                                duration_us: start.elapsed().as_micros() as u64,
+                                error: None,
+                                skipped: false,
+                            },
+                        );
+                    }
+                    if frame.tag == b'C' {
+                        self.shared.copy_in.store(false, Ordering::Release);
+                    }
+                }
+                b'E' => {
+                    self.shared.copy_in.store(false, Ordering::Release);
+                    let fields = proto::error_fields(body);
+                    let ours = fields.iter().any(|(_, v)| v.contains(&self.shared.nonce));
+                    if ours {
+                        // Find the denial this error stands for.
+                        let mut replacement = None;
+                        while let Some(p) = self.front() {
+                            match p {
+                                Pending::Denied { .. } => {
+                                    if let Some(Pending::Denied { code, message }) = self.pop() {
+                                        replacement = Some((code, message));
+                                    }
+                                    break;
+                                }
+                                Pending::Sync => break,
+                                Pending::Exec { .. } => {
+                                    self.pop();
+                                }
+                            }
+                        }
+                        let (code, message) =
+                            replacement.unwrap_or(("42501", "gatehouse: statement denied".into()));
+                        out.clear();
+                        proto::error_msg(&mut out, Severity::Error, code, &message, None);
+                        chunks.push((written, start, Some(out.split())));
+                        written = pos;
+                    } else if let Some((Some(op), start, rows)) = self.pop_exec() {
+                        let code = proto::error_field(&fields, b'C').unwrap_or("").to_string();
+                        let message = proto::error_field(&fields, b'M').unwrap_or("").to_string();
+                        self.sg.outcome(
+                            op,
+                            OpOutcome {
+                                tag: None,
+                                rows,
+                                duration_us: start.elapsed().as_micros() as u64,
+                                error: Some((code, message)),
+                                skipped: false,
+                            },
+                        );
+                    }
+                }
+                b'Z' => {
+                    self.status = body.first().copied().unwrap_or(b'I');
+                    while let Some(p) = self.pop() {
+                        match p {
+                            Pending::Sync => break,
+                            Pending::Exec { op: Some(op), .. } => {
+                                self.sg.outcome(
+                                    op,
+                                    OpOutcome {
+                                        skipped: true,
+                                        ..OpOutcome::default()
+                                    },
+                                );
+                            }
+                            Pending::Exec { .. } | Pending::Denied { .. } => {}
+                        }
+                    }
+                    self.rfq_seen += 1;
+                }
+                b'S' => track_param(self.params, body),
+                b'G' => self.shared.copy_in.store(true, Ordering::Release),
+                _ => {}
+            }
+        }
+        chunks.push((written, pos, None));
+        if self.client_alive {
+            let mut w = self.cw.lock().await;
+            for (from, to, replacement) in &chunks {
+                let seg = buf.get(*from..*to).unwrap_or(&[]);
+                if !seg.is_empty() && w.write_all(seg).await.is_err() {
+                    self.client_alive = false;
+                    break;
+                }
+                if let Some(r) = replacement
+                    && w.write_all(r).await.is_err()
+                {
+                    self.client_alive = false;
+                    break;
+                }
+            }
+        }
+        buf.advance(pos);
+        true
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn describe(end: &ClientEnd) -> String {
+    match end {
+        ClientEnd::Terminated => "client terminated".into(),
+        ClientEnd::Disconnected => "client disconnected".into(),
+        ClientEnd::ProtocolError(m) => format!("protocol error: {m}"),
+        ClientEnd::UpstreamWriteFailed => "upstream connection lost".into(),
+    }
+}

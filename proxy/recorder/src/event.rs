@@ -1,0 +1,230 @@
+//! Events and the v1 chain encoding.
+
+use gatehouse_core::{Principal, SqlStatement, Verdict};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::RecorderError;
+
+/// `prev_hash` of the first event: 32 zero bytes, hex-encoded.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Name of the chain encoding implemented here (see the crate documentation).
+pub const CHAIN_FORMAT: &str = "v1";
+
+/// One record of the log, as stored (its JSON is the stored value, byte for byte).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Position in the log, 1-based and contiguous.
+    pub seq: u64,
+    /// Microseconds since the Unix epoch, as given by the caller.
+    pub time_us: i64,
+    pub session_id: String,
+    /// `agent:name` / `user:name`, when known.
+    pub principal: Option<String>,
+    pub body: EventBody,
+    /// Hex SHA-256 of the previous event ([`GENESIS_HASH`] for seq 1).
+    pub prev_hash: String,
+    /// Hex SHA-256 of this event (see the crate documentation for what is hashed).
+    pub hash: String,
+}
+
+/// What happened.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventBody {
+    /// A client authenticated and a session began.
+    SessionStart {
+        protocol: String,
+        /// `ip:port` of the client.
+        source: String,
+        target: String,
+        client_app: Option<String>,
+        auth_method: String,
+        principal: Principal,
+    },
+    /// A client failed to authenticate.
+    AuthFailure {
+        protocol: String,
+        source: String,
+        /// The user name the client presented.
+        user: String,
+        target: String,
+        reason: String,
+    },
+    /// The guard's decision for one operation; recorded before the operation is forwarded.
+    Decision {
+        /// Per-session operation number.
+        op: u64,
+        /// `connect` | `query`.
+        action: String,
+        statement: Option<SqlStatement>,
+        verdict: Verdict,
+        policy_generation: u64,
+        /// Problems met while deciding (e.g. policy evaluation errors).
+        errors: Vec<String>,
+    },
+    /// How an allowed (or skipped) operation ended.
+    OpResult {
+        op: u64,
+        /// The CommandComplete tag, e.g. `SELECT 3`.
+        tag: Option<String>,
+        rows: u64,
+        duration_us: u64,
+        error: Option<OpError>,
+        /// The operation was not run (e.g. skipped after an earlier error in the same batch).
+        skipped: bool,
+    },
+    /// The session ended.
+    SessionEnd {
+        reason: String,
+        ops: u64,
+        duration_us: u64,
+    },
+    /// A gateway-side anomaly for the session (protocol error, upstream failure, ...).
+    Notice { level: String, message: String },
+}
+
+/// An error the upstream returned for an operation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct OpError {
+    /// E.g. the SQLSTATE.
+    pub code: String,
+    pub message: String,
+}
+
+/// What callers pass to the recorder: an event without `seq`, `prev_hash` and `hash`, which
+/// the writer assigns.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub time_us: i64,
+    pub session_id: String,
+    pub principal: Option<String>,
+    pub body: EventBody,
+}
+
+impl NewEvent {
+    /// An event stamped with the current time.
+    pub fn now(session_id: impl Into<String>, principal: Option<String>, body: EventBody) -> Self {
+        NewEvent {
+            time_us: gatehouse_core::time::now_micros(),
+            session_id: session_id.into(),
+            principal,
+            body,
+        }
+    }
+}
+
+/// The stored value ends with this, followed by 64 hex digits and `"}`.
+const HASH_FIELD: &[u8] = b",\"hash\":\"";
+const HEX_LEN: usize = 64;
+
+/// SHA-256(prev_hash bytes ‖ canonical bytes).
+pub fn chain_hash(prev: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(canonical);
+    h.finalize().into()
+}
+
+/// Decode a 64-digit hex hash.
+pub fn decode_hash(hex_hash: &str) -> Option<[u8; 32]> {
+    if hex_hash.len() != HEX_LEN {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_hash, &mut out).ok()?;
+    Some(out)
+}
+
+/// Build the stored event for `new` at `seq` after `prev` (raw bytes of the previous hash).
+/// Returns the event and its stored (= serialized) bytes.
+pub(crate) fn seal(
+    new: NewEvent,
+    seq: u64,
+    prev: &[u8; 32],
+) -> Result<(Event, Vec<u8>, [u8; 32]), RecorderError> {
+    let mut ev = Event {
+        seq,
+        time_us: new.time_us,
+        session_id: new.session_id,
+        principal: new.principal,
+        body: new.body,
+        prev_hash: hex::encode(prev),
+        hash: String::new(),
+    };
+    let mut bytes = serde_json::to_vec(&ev).map_err(|e| RecorderError::Encode(e.to_string()))?;
+    let hash = chain_hash(prev, &bytes);
+    let hash_hex = hex::encode(hash);
+    // `bytes` ends with `,"hash":""}` (hash is the last field): splice the hex digest in, so
+    // the stored value equals the serialization of the finished event.
+    let tail_ok = bytes.ends_with(b"\"\"}")
+        && bytes
+            .len()
+            .checked_sub(2)
+            .and_then(|n| bytes.get(..n))
+            .is_some_and(|b| b.ends_with(HASH_FIELD));
+    if !tail_ok {
+        return Err(RecorderError::Encode(
+            "unexpected event encoding (hash is not the last field)".to_string(),
+        ));
+    }
+    bytes.truncate(bytes.len() - 2);
+    bytes.extend_from_slice(hash_hex.as_bytes());
+    bytes.extend_from_slice(b"\"}");
+    ev.hash = hash_hex;
+    Ok((ev, bytes, hash))
+}
+
+/// Split a stored value into its canonical bytes (with `"hash":""`) and the recorded hash.
+/// `None` when the value does not have the v1 shape.
+pub fn canonical_from_stored(stored: &[u8]) -> Option<(Vec<u8>, [u8; 32])> {
+    let n = stored.len();
+    let body_end = n.checked_sub(HEX_LEN + 2)?;
+    if stored.get(n - 2..)? != b"\"}" {
+        return None;
+    }
+    let prefix = stored.get(..body_end)?;
+    if !prefix.ends_with(HASH_FIELD) {
+        return None;
+    }
+    let hex_part = std::str::from_utf8(stored.get(body_end..n - 2)?).ok()?;
+    // Only the lowercase form is canonical.
+    if hex_part.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let hash = decode_hash(hex_part)?;
+    let mut canonical = Vec::with_capacity(body_end + 3);
+    canonical.extend_from_slice(prefix);
+    canonical.extend_from_slice(b"\"}");
+    Some((canonical, hash))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_bytes_are_the_event_json_and_split_back() {
+        let new = NewEvent {
+            time_us: 1,
+            session_id: "s".into(),
+            principal: Some("agent:a".into()),
+            body: EventBody::Notice {
+                level: "warn".into(),
+                message: "x \"quoted\" }".into(),
+            },
+        };
+        let prev = [7u8; 32];
+        let (ev, stored, hash) = seal(new, 5, &prev).unwrap();
+        assert_eq!(stored, serde_json::to_vec(&ev).unwrap());
+        let (canonical, h2) = canonical_from_stored(&stored).unwrap();
+        assert_eq!(h2, hash);
+        let mut blank = ev.clone();
+        blank.hash = String::new();
+        assert_eq!(canonical, serde_json::to_vec(&blank).unwrap());
+        assert_eq!(chain_hash(&prev, &canonical), hash);
+        assert_eq!(decode_hash(GENESIS_HASH), Some([0u8; 32]));
+    }
+}

@@ -1,0 +1,62 @@
+//! Gatehouse recorder: the append-only, hash-chained event log in RocksDB.
+//!
+//! # Write path ("no record, no access")
+//!
+//! [`Recorder::append`] hands an event to one dedicated writer thread and waits until it is
+//! durable. The writer drains everything queued (up to `max_batch` events), assigns each event
+//! its `seq`, `prev_hash` and `hash`, writes the whole group — events, indexes, session
+//! summaries and the chain head — as **one** `WriteBatch` (WAL fsync for
+//! [`Durability::Sync`](gatehouse_core::config::Durability::Sync), WAL write without fsync for
+//! `Buffered`) and then answers every waiter. If the write fails, every event of the batch is
+//! refused, the chain head does not move, and the next batch reopens the database and recomputes
+//! the head from what is durable, so the recorder recovers once the cause (e.g. a full disk) is
+//! gone. [`Recorder::append_nowait`] is the fire-and-forget variant for results and session ends.
+//!
+//! # Storage layout
+//!
+//! | column family | key | value |
+//! |---|---|---|
+//! | `events` | seq, u64 big-endian | the event's JSON (see below) |
+//! | `by_session` | session id ‖ `0x00` ‖ seq (u64 BE) | empty |
+//! | `sessions` | session id | JSON [`SessionSummary`], updated by the writer in the same batch |
+//! | `meta` | `head` / `format` | `{"seq":N,"hash":"…"}` / `gatehouse-log-v1` |
+//!
+//! # Chain encoding, v1
+//!
+//! Events are numbered from 1 without gaps. For each event:
+//!
+//! - **canonical bytes** = the compact `serde_json` serialization of the [`Event`] with
+//!   `hash` set to the empty string: no whitespace, fields in struct declaration order
+//!   (`seq, time_us, session_id, principal, body, prev_hash, hash`; `body` carries its `kind`
+//!   tag first, then its fields in declaration order). The bytes therefore end with
+//!   `,"hash":""}`.
+//! - **hash** = SHA-256(prev ‖ canonical bytes), where *prev* is the previous event's hash as
+//!   32 raw bytes (not hex); for seq 1 it is 32 zero bytes ([`GENESIS_HASH`]). `prev_hash` and
+//!   `hash` are written as 64 lowercase hex digits.
+//! - The **stored value** is the canonical bytes with the hex hash placed between the final
+//!   pair of quotes, i.e. the serialization of the finished event.
+//!
+//! A verifier never re-serializes: it takes the stored bytes, checks they end with
+//! `,"hash":"<64 hex>"}`, replaces the digits with nothing to get the canonical bytes, and
+//! recomputes the hash. Verification therefore does not depend on this crate's types (fields
+//! added later do not break old events) and works on exported records too.
+
+mod error;
+mod event;
+mod reader;
+mod store;
+mod transcript;
+mod writer;
+
+pub use error::RecorderError;
+pub use event::{
+    CHAIN_FORMAT, Event, EventBody, GENESIS_HASH, NewEvent, OpError, canonical_from_stored, chain_hash,
+    decode_hash,
+};
+pub use reader::{BrokenLink, LogReader, VerifyReport};
+pub use store::SessionSummary;
+pub use transcript::render_transcript;
+pub use writer::{Recorder, RecorderStats};
+
+#[cfg(test)]
+mod tests;

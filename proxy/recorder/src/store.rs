@@ -1,0 +1,247 @@
+//! The RocksDB layout: column families, keys, the chain head and session summaries.
+
+use std::path::Path;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, IteratorMode, Options};
+use serde::{Deserialize, Serialize};
+
+use crate::error::RecorderError;
+use crate::event::{canonical_from_stored, decode_hash};
+
+/// key = seq (u64 big-endian), value = the event's JSON.
+pub(crate) const CF_EVENTS: &str = "events";
+/// key = session id ‖ 0x00 ‖ seq (u64 big-endian), empty value.
+pub(crate) const CF_BY_SESSION: &str = "by_session";
+/// key = session id, value = JSON [`SessionSummary`].
+pub(crate) const CF_SESSIONS: &str = "sessions";
+/// Chain head and format marker.
+pub(crate) const CF_META: &str = "meta";
+
+pub(crate) const ALL_CFS: [&str; 4] = [CF_EVENTS, CF_BY_SESSION, CF_SESSIONS, CF_META];
+
+pub(crate) const META_HEAD: &[u8] = b"head";
+pub(crate) const META_FORMAT: &[u8] = b"format";
+pub(crate) const FORMAT_VALUE: &[u8] = b"gatehouse-log-v1";
+
+pub(crate) fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+pub(crate) fn seq_from_key(key: &[u8]) -> Option<u64> {
+    let arr: [u8; 8] = key.try_into().ok()?;
+    Some(u64::from_be_bytes(arr))
+}
+
+pub(crate) fn session_prefix(session_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(session_id.len() + 9);
+    k.extend_from_slice(session_id.as_bytes());
+    k.push(0);
+    k
+}
+
+pub(crate) fn by_session_key(session_id: &str, seq: u64) -> Vec<u8> {
+    let mut k = session_prefix(session_id);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily, RecorderError> {
+    db.cf_handle(name)
+        .ok_or_else(|| RecorderError::Corrupt(format!("column family `{name}` is missing")))
+}
+
+fn cf_options() -> Options {
+    let mut o = Options::default();
+    o.set_compression_type(DBCompressionType::Lz4);
+    o
+}
+
+/// Open (creating if needed) the database for writing.
+pub(crate) fn open_rw(dir: &Path) -> Result<DB, RecorderError> {
+    let open_err = |message: String| RecorderError::Open {
+        path: dir.display().to_string(),
+        message,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_keep_log_file_num(10);
+    let cfs = ALL_CFS
+        .iter()
+        .map(|name| ColumnFamilyDescriptor::new(*name, cf_options()));
+    let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| open_err(e.to_string()))?;
+    match db
+        .get_cf(cf(&db, CF_META)?, META_FORMAT)
+        .map_err(|e| open_err(e.to_string()))?
+    {
+        Some(v) if v == FORMAT_VALUE => {}
+        Some(v) => {
+            return Err(open_err(format!(
+                "unsupported log format `{}`",
+                String::from_utf8_lossy(&v)
+            )));
+        }
+        None => {
+            let mut wo = rocksdb::WriteOptions::default();
+            wo.set_sync(true);
+            db.put_cf_opt(cf(&db, CF_META)?, META_FORMAT, FORMAT_VALUE, &wo)
+                .map_err(|e| open_err(e.to_string()))?;
+        }
+    }
+    Ok(db)
+}
+
+/// Open the database read-only; needs no lock, so it works while a gateway writes to it.
+/// It sees what was committed when it was opened.
+pub(crate) fn open_ro(dir: &Path) -> Result<DB, RecorderError> {
+    let path = dir.display().to_string();
+    if !dir.join("CURRENT").exists() {
+        return Err(RecorderError::NotFound { path });
+    }
+    let opts = Options::default();
+    // Opening races with the writer's file rotation now and then; retry a few times.
+    let mut last = String::new();
+    for attempt in 0..3u64 {
+        match DB::open_cf_for_read_only(&opts, dir, ALL_CFS, false) {
+            Ok(db) => return Ok(db),
+            Err(e) => {
+                last = e.to_string();
+                std::thread::sleep(std::time::Duration::from_millis(20 * (attempt + 1)));
+            }
+        }
+    }
+    Err(RecorderError::Open { path, message: last })
+}
+
+/// The chain head: the last durable event's seq and hash (seq 0 and genesis when empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub seq: u64,
+    pub hash: [u8; 32],
+}
+
+impl Head {
+    pub(crate) const GENESIS: Head = Head {
+        seq: 0,
+        hash: [0u8; 32],
+    };
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StoredHead {
+    pub seq: u64,
+    pub hash: String,
+}
+
+impl StoredHead {
+    pub(crate) fn from_head(h: &Head) -> Self {
+        StoredHead {
+            seq: h.seq,
+            hash: hex::encode(h.hash),
+        }
+    }
+}
+
+/// The head as recorded in `meta`.
+pub(crate) fn meta_head(db: &DB) -> Result<Option<StoredHead>, RecorderError> {
+    let Some(v) = db
+        .get_cf(cf(db, CF_META)?, META_HEAD)
+        .map_err(RecorderError::read)?
+    else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&v)
+        .map(Some)
+        .map_err(|e| RecorderError::Corrupt(format!("unreadable chain head: {e}")))
+}
+
+/// The last event's (seq, hash), read from the `events` column family.
+pub(crate) fn last_event(db: &DB) -> Result<Option<Head>, RecorderError> {
+    let mut it = db.iterator_cf(cf(db, CF_EVENTS)?, IteratorMode::End);
+    let Some(item) = it.next() else {
+        return Ok(None);
+    };
+    let (k, v) = item.map_err(RecorderError::read)?;
+    let seq = seq_from_key(&k).ok_or_else(|| RecorderError::Corrupt("malformed event key".to_string()))?;
+    let (_, hash) = canonical_from_stored(&v)
+        .ok_or_else(|| RecorderError::Corrupt(format!("event {seq} is malformed")))?;
+    Ok(Some(Head { seq, hash }))
+}
+
+/// Recover the chain head: the last event, which must agree with `meta` (they are written in
+/// the same batch, so a mismatch means the log was truncated or edited).
+pub(crate) fn recover_head(db: &DB) -> Result<Head, RecorderError> {
+    let last = last_event(db)?;
+    let meta = meta_head(db)?;
+    match (last, meta) {
+        (None, None) => Ok(Head::GENESIS),
+        (Some(h), Some(m)) if m.seq == h.seq && decode_hash(&m.hash) == Some(h.hash) => Ok(h),
+        (last, meta) => Err(RecorderError::Corrupt(format!(
+            "chain head in meta ({}) does not match the last event ({})",
+            meta.map(|m| format!("seq {}", m.seq))
+                .unwrap_or_else(|| "none".to_string()),
+            last.map(|h| format!("seq {}", h.seq))
+                .unwrap_or_else(|| "none".to_string()),
+        ))),
+    }
+}
+
+/// One session as listed by `gatehouse audit sessions`; maintained by the writer at every
+/// session event, so listing never scans events.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub session_id: String,
+    /// Verified identity (`agent:name`); `None` for failed authentication.
+    pub principal: Option<String>,
+    /// The user name a client presented when authentication failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    pub protocol: String,
+    pub target: String,
+    /// `ip:port` of the client.
+    pub source: String,
+    pub client_app: Option<String>,
+    pub auth_method: Option<String>,
+    /// Time of the session's first event (normally its `session_start`).
+    pub start_us: i64,
+    /// Seq of the session's first event.
+    pub first_seq: u64,
+    /// Seq of the session's latest event that changed this summary.
+    pub last_seq: u64,
+    /// Set once the session ended (or failed to authenticate).
+    pub end_us: Option<i64>,
+    pub end_reason: Option<String>,
+    /// Decisions recorded for the session (including `connect`).
+    pub ops: u64,
+    /// Of those, denied.
+    pub denied: u64,
+    pub auth_failed: bool,
+}
+
+impl SessionSummary {
+    pub(crate) fn stub(session_id: &str, principal: Option<String>, time_us: i64, seq: u64) -> Self {
+        SessionSummary {
+            session_id: session_id.to_string(),
+            principal,
+            user: None,
+            protocol: String::new(),
+            target: String::new(),
+            source: String::new(),
+            client_app: None,
+            auth_method: None,
+            start_us: time_us,
+            first_seq: seq,
+            last_seq: seq,
+            end_us: None,
+            end_reason: None,
+            ops: 0,
+            denied: 0,
+            auth_failed: false,
+        }
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.end_us.is_some()
+    }
+}

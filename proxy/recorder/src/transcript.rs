@@ -1,0 +1,179 @@
+//! Human-readable session transcripts (`gatehouse audit show SESSION`).
+
+use std::fmt::Write as _;
+
+use gatehouse_core::Verdict;
+use gatehouse_core::time::rfc3339_micros;
+
+use crate::event::{Event, EventBody};
+
+/// Render one session's events (in log order) as a transcript:
+///
+/// ```text
+/// session 7f3c…  agent:etl
+/// 2026-11-23T08:00:00.123Z  #12  session start  agent:etl from 10.0.0.5:51234 to app via postgres (auth scram-sha-256, app psql)
+/// 2026-11-23T08:00:00.130Z  #13  op 1 query  ALLOW  policies: read-only  (generation 3)
+///                                   [select] SELECT * FROM public.orders
+/// 2026-11-23T08:00:00.140Z  #14  op 1 result  SELECT 3  3 rows  9.870 ms
+/// ```
+pub fn render_transcript(events: &[Event]) -> String {
+    let mut out = String::new();
+    let Some(first) = events.first() else {
+        return out;
+    };
+    let who = events
+        .iter()
+        .find_map(|e| e.principal.clone())
+        .unwrap_or_else(|| "(unauthenticated)".to_string());
+    let _ = writeln!(out, "session {}  {who}", first.session_id);
+    for ev in events {
+        let t = rfc3339_micros(ev.time_us);
+        let lead = format!("{t}  #{}  ", ev.seq);
+        let indent = " ".repeat(lead.chars().count() + 4);
+        out.push_str(&lead);
+        match &ev.body {
+            EventBody::SessionStart {
+                protocol,
+                source,
+                target,
+                client_app,
+                auth_method,
+                principal,
+            } => {
+                let _ = write!(
+                    out,
+                    "session start  {} from {source} to {target} via {protocol} (auth {auth_method}",
+                    principal.display()
+                );
+                if let Some(app) = client_app {
+                    let _ = write!(out, ", app {:?}", app);
+                }
+                if let Some(h) = &principal.on_behalf_of {
+                    let _ = write!(out, ", on behalf of {h}");
+                }
+                out.push_str(")\n");
+            }
+            EventBody::AuthFailure {
+                protocol,
+                source,
+                user,
+                target,
+                reason,
+            } => {
+                let _ = writeln!(
+                    out,
+                    "auth failure  user {user:?} from {source} to {target} via {protocol}: {reason}"
+                );
+            }
+            EventBody::Decision {
+                op,
+                action,
+                statement,
+                verdict,
+                policy_generation,
+                errors,
+            } => {
+                let _ = write!(out, "op {op} {action}  ");
+                match verdict {
+                    Verdict::Allow { .. } => out.push_str("ALLOW"),
+                    Verdict::Deny { reason, .. } => {
+                        let _ = write!(out, "DENY {reason:?}");
+                    }
+                }
+                let ids = verdict.policy_ids();
+                if ids.is_empty() {
+                    out.push_str("  policies: (none)");
+                } else {
+                    let _ = write!(out, "  policies: {}", ids.join(", "));
+                }
+                let _ = writeln!(out, "  (generation {policy_generation})");
+                if let Some(st) = statement {
+                    let kind = st.kind();
+                    let mut first = true;
+                    for line in st.text.lines() {
+                        if first {
+                            let _ = writeln!(out, "{indent}[{kind}] {}", clean(line));
+                            first = false;
+                        } else {
+                            let _ = writeln!(out, "{indent}{}", clean(line));
+                        }
+                    }
+                    if first {
+                        let _ = writeln!(out, "{indent}[{kind}] (empty statement)");
+                    }
+                    if let Some(e) = &st.parse_error {
+                        let _ = writeln!(out, "{indent}parse error: {}", clean(e));
+                    }
+                }
+                for e in errors {
+                    let _ = writeln!(out, "{indent}error: {}", clean(e));
+                }
+            }
+            EventBody::OpResult {
+                op,
+                tag,
+                rows,
+                duration_us,
+                error,
+                skipped,
+            } => {
+                let _ = write!(out, "op {op} result  ");
+                if *skipped {
+                    out.push_str("skipped");
+                } else {
+                    if let Some(tag) = tag {
+                        let _ = write!(out, "{}  ", clean(tag));
+                    }
+                    let _ = write!(out, "{rows} rows  {}", fmt_duration(*duration_us));
+                }
+                if let Some(e) = error {
+                    let _ = write!(out, "  error {}: {}", clean(&e.code), clean(&e.message));
+                }
+                out.push('\n');
+            }
+            EventBody::SessionEnd {
+                reason,
+                ops,
+                duration_us,
+            } => {
+                let _ = writeln!(
+                    out,
+                    "session end  {} ({ops} ops, {})",
+                    clean(reason),
+                    fmt_duration(*duration_us)
+                );
+            }
+            EventBody::Notice { level, message } => {
+                let _ = writeln!(out, "notice [{}] {}", clean(level), clean(message));
+            }
+        }
+    }
+    out
+}
+
+/// Client-supplied text with control characters escaped, so a transcript cannot drive the
+/// reader's terminal.
+fn clean(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn fmt_duration(us: u64) -> String {
+    if us < 1_000 {
+        format!("{us} µs")
+    } else if us < 1_000_000 {
+        format!("{:.3} ms", us as f64 / 1e3)
+    } else {
+        format!("{:.3} s", us as f64 / 1e6)
+    }
+}

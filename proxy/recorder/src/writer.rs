@@ -1,0 +1,513 @@
+//! The write side: [`Recorder`] and its group-commit writer thread.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use gatehouse_core::config::{Durability, RecorderConfig};
+use rocksdb::{DB, WriteBatch, WriteOptions};
+use tokio::sync::oneshot;
+
+use crate::error::RecorderError;
+use crate::event::{EventBody, NewEvent, seal};
+use crate::store::{
+    self, CF_BY_SESSION, CF_EVENTS, CF_META, CF_SESSIONS, Head, META_HEAD, SessionSummary, StoredHead,
+    by_session_key, seq_key,
+};
+
+/// Open sessions whose summaries the writer keeps in memory; past this it starts over
+/// (summaries are re-read from the database on demand).
+const SUMMARY_CACHE_MAX: usize = 65_536;
+
+type Waiter = oneshot::Sender<Result<u64, RecorderError>>;
+
+struct Pending {
+    ev: NewEvent,
+    done: Option<Waiter>,
+}
+
+/// Counters, readable at any time (e.g. for `/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecorderStats {
+    /// Events made durable since open.
+    pub appended: u64,
+    /// Events that could not be recorded (write failures, appends after shutdown).
+    pub failed: u64,
+    /// Successful group commits (one WriteBatch each).
+    pub batches: u64,
+    /// Seq of the last durable event (0: empty log).
+    pub last_seq: u64,
+    /// Events enqueued and not yet committed or failed.
+    pub pending: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    appended: AtomicU64,
+    failed: AtomicU64,
+    batches: AtomicU64,
+    last_seq: AtomicU64,
+    pending: AtomicU64,
+    closed_logged: AtomicBool,
+    /// Test hook: fail this many upcoming batches as if the write had failed.
+    #[cfg(test)]
+    fail_batches: AtomicU64,
+}
+
+struct Inner {
+    tx: RwLock<Option<Sender<Pending>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    counters: Arc<Counters>,
+}
+
+/// The write side of the event log. Cheap to clone; all clones share one writer thread.
+#[derive(Clone)]
+pub struct Recorder {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder").field("stats", &self.stats()).finish()
+    }
+}
+
+impl Recorder {
+    /// Open (creating if needed) the log in `cfg.dir`, recover the chain head and start the
+    /// writer thread.
+    pub fn open(cfg: &RecorderConfig) -> Result<Recorder, RecorderError> {
+        let db = store::open_rw(&cfg.dir)?;
+        let head = store::recover_head(&db)?;
+        let counters = Arc::new(Counters::default());
+        counters.last_seq.store(head.seq, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            dir: cfg.dir.clone(),
+            db: Some(db),
+            head,
+            sync: cfg.durability == Durability::Sync,
+            max_batch: cfg.max_batch.max(1),
+            counters: counters.clone(),
+            summaries: HashMap::new(),
+            outage: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("gatehouse-recorder".to_string())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| RecorderError::Open {
+                path: cfg.dir.display().to_string(),
+                message: format!("cannot start the writer thread: {e}"),
+            })?;
+        tracing::info!(
+            dir = %cfg.dir.display(),
+            last_seq = head.seq,
+            durability = ?cfg.durability,
+            "event log opened"
+        );
+        Ok(Recorder {
+            inner: Arc::new(Inner {
+                tx: RwLock::new(Some(tx)),
+                thread: Mutex::new(Some(thread)),
+                counters,
+            }),
+        })
+    }
+
+    fn enqueue(&self, p: Pending) -> Result<(), RecorderError> {
+        let c = &self.inner.counters;
+        let guard = self.inner.tx.read().map_err(|_| RecorderError::Closed)?;
+        let tx = guard.as_ref().ok_or(RecorderError::Closed)?;
+        c.pending.fetch_add(1, Ordering::Relaxed);
+        tx.send(p).map_err(|_| {
+            c.pending.fetch_sub(1, Ordering::Relaxed);
+            RecorderError::Closed
+        })
+    }
+
+    /// Record `ev` and wait until it is durable (Sync: WAL fsynced; Buffered: written to the
+    /// WAL without fsync). Returns its seq. An error means the event is not recorded and the
+    /// caller must refuse the operation.
+    pub async fn append(&self, ev: NewEvent) -> Result<u64, RecorderError> {
+        let (done, rx) = oneshot::channel();
+        if let Err(e) = self.enqueue(Pending { ev, done: Some(done) }) {
+            self.inner.counters.failed.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        // A dropped waiter means the writer thread is gone.
+        rx.await.unwrap_or(Err(RecorderError::Closed))
+    }
+
+    /// Record `ev` without waiting (for results and session ends). Never blocks. A failure is
+    /// counted in [`RecorderStats::failed`] and logged at error level by the recorder.
+    pub fn append_nowait(&self, ev: NewEvent) {
+        if self.enqueue(Pending { ev, done: None }).is_err() {
+            let c = &self.inner.counters;
+            c.failed.fetch_add(1, Ordering::Relaxed);
+            if !c.closed_logged.swap(true, Ordering::Relaxed) {
+                tracing::error!("event dropped: the recorder is shut down (further drops are only counted)");
+            }
+        }
+    }
+
+    pub fn stats(&self) -> RecorderStats {
+        let c = &self.inner.counters;
+        RecorderStats {
+            appended: c.appended.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            last_seq: c.last_seq.load(Ordering::Relaxed),
+            pending: c.pending.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Commit everything already enqueued, fsync the WAL, stop the writer thread and close
+    /// the database. Later appends fail with [`RecorderError::Closed`]. Blocks until the
+    /// writer is done (normally a few milliseconds). Idempotent.
+    pub fn shutdown(&self) {
+        self.inner.shutdown();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn fail_next_batches(&self, n: u64) {
+        self.inner.counters.fail_batches.store(n, Ordering::SeqCst);
+    }
+}
+
+impl Inner {
+    fn shutdown(&self) {
+        // Dropping the only sender lets the writer drain the queue and exit.
+        let tx = match self.tx.write() {
+            Ok(mut g) => g.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        drop(tx);
+        let handle = match self.thread.lock() {
+            Ok(mut g) => g.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(h) = handle
+            && h.join().is_err()
+        {
+            tracing::error!("the recorder writer thread panicked");
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    /// `None` after a failed write: the next batch reopens the database and recomputes the
+    /// head from what is durable.
+    db: Option<DB>,
+    head: Head,
+    sync: bool,
+    max_batch: usize,
+    counters: Arc<Counters>,
+    /// Summaries of open sessions, as committed.
+    summaries: HashMap<String, SessionSummary>,
+    /// Outage bookkeeping, so a persistent failure is logged once (plus a periodic reminder),
+    /// not once per batch.
+    outage: Option<Outage>,
+}
+
+struct Outage {
+    since: Instant,
+    last_logged: Instant,
+    /// Events refused since the last log line.
+    unlogged: u64,
+    total: u64,
+}
+
+/// While writes keep failing, remind at most this often.
+const OUTAGE_REMINDER: Duration = Duration::from_secs(30);
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Pending>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = Vec::with_capacity(64);
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            self.counters
+                .pending
+                .fetch_sub(batch.len() as u64, Ordering::Relaxed);
+            self.commit(batch);
+        }
+        if let Some(db) = &self.db
+            && let Err(e) = db.flush_wal(true)
+        {
+            tracing::error!(error = %e, "cannot sync the event log at shutdown");
+        }
+        tracing::info!(last_seq = self.head.seq, "event log closed");
+    }
+
+    /// The database, reopened (and the head recomputed) after an earlier failure.
+    fn ensure_db(&mut self) -> Result<(), RecorderError> {
+        if self.db.is_none() {
+            let db = store::open_rw(&self.dir)?;
+            self.head = store::recover_head(&db)?;
+            self.counters.last_seq.store(self.head.seq, Ordering::Relaxed);
+            self.summaries.clear();
+            self.db = Some(db);
+            tracing::info!(last_seq = self.head.seq, "event log reopened");
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, batch: Vec<Pending>) {
+        let n = batch.len() as u64;
+        let (events, waiters): (Vec<NewEvent>, Vec<Option<Waiter>>) =
+            batch.into_iter().map(|p| (p.ev, p.done)).unzip();
+        match self.try_commit(events) {
+            Ok(results) => {
+                if let Some(o) = self.outage.take() {
+                    tracing::info!(
+                        refused_events = o.total,
+                        outage_secs = o.since.elapsed().as_secs(),
+                        "event log writable again"
+                    );
+                }
+                for (done, r) in waiters.into_iter().zip(results) {
+                    match done {
+                        // The waiter may have gone away (client disconnected); nothing to do.
+                        Some(done) => {
+                            if r.is_err() {
+                                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            let _ = done.send(r);
+                        }
+                        None => {
+                            if let Err(e) = r {
+                                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                                tracing::error!(error = %e, "event not recorded");
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let lost = waiters.iter().filter(|w| w.is_none()).count() as u64;
+                self.note_failure(&e, n, lost);
+                self.counters.failed.fetch_add(n, Ordering::Relaxed);
+                for done in waiters.into_iter().flatten() {
+                    let _ = done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    fn note_failure(&mut self, e: &RecorderError, n: u64, lost: u64) {
+        let now = Instant::now();
+        match &mut self.outage {
+            None => {
+                tracing::error!(
+                    error = %e,
+                    events = n,
+                    unacknowledged_lost = lost,
+                    "event log write failed; operations are refused until it is writable again"
+                );
+                self.outage = Some(Outage {
+                    since: now,
+                    last_logged: now,
+                    unlogged: 0,
+                    total: n,
+                });
+            }
+            Some(o) => {
+                o.total += n;
+                o.unlogged += n;
+                if now.duration_since(o.last_logged) >= OUTAGE_REMINDER {
+                    tracing::error!(
+                        error = %e,
+                        refused_since_last_report = o.unlogged,
+                        outage_secs = o.since.elapsed().as_secs(),
+                        "event log still not writable"
+                    );
+                    o.last_logged = now;
+                    o.unlogged = 0;
+                }
+            }
+        }
+    }
+
+    /// Write the batch; per-event results (an event can be rejected on its own), or one error
+    /// for the whole batch, in which case nothing was acknowledged and the head did not move.
+    fn try_commit(
+        &mut self,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Result<u64, RecorderError>>, RecorderError> {
+        if let Err(e) = self.ensure_db() {
+            return Err(RecorderError::Write(e.to_string()));
+        }
+        let Some(db) = self.db.as_ref() else {
+            return Err(RecorderError::Write("the database is not open".to_string()));
+        };
+        let (cf_events, cf_by_session, cf_sessions, cf_meta) = (
+            store::cf(db, CF_EVENTS)?,
+            store::cf(db, CF_BY_SESSION)?,
+            store::cf(db, CF_SESSIONS)?,
+            store::cf(db, CF_META)?,
+        );
+
+        let mut head = self.head;
+        let mut wb = WriteBatch::default();
+        let mut staged: HashMap<String, SessionSummary> = HashMap::new();
+        let mut results = Vec::with_capacity(events.len());
+        let mut written = 0u64;
+        for new in events {
+            if new.session_id.as_bytes().contains(&0) {
+                results.push(Err(RecorderError::Invalid(
+                    "session id contains a NUL byte".to_string(),
+                )));
+                continue;
+            }
+            let seq = head.seq + 1;
+            let (ev, stored, hash) = match seal(new, seq, &head.hash) {
+                Ok(x) => x,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            wb.put_cf(cf_events, seq_key(seq), &stored);
+            wb.put_cf(cf_by_session, by_session_key(&ev.session_id, seq), []);
+            if !staged.contains_key(&ev.session_id) {
+                let known = match self.summaries.get(&ev.session_id) {
+                    Some(s) => Some(s.clone()),
+                    None => db
+                        .get_cf(cf_sessions, ev.session_id.as_bytes())
+                        .map_err(|e| RecorderError::Write(format!("reading session summary: {e}")))?
+                        .and_then(|v| serde_json::from_slice::<SessionSummary>(&v).ok()),
+                };
+                let s = known.unwrap_or_else(|| {
+                    SessionSummary::stub(&ev.session_id, ev.principal.clone(), ev.time_us, seq)
+                });
+                staged.insert(ev.session_id.clone(), s);
+            }
+            if let Some(s) = staged.get_mut(&ev.session_id) {
+                update_summary(s, &ev.body, ev.principal.as_deref(), ev.time_us, seq);
+            }
+            head = Head { seq, hash };
+            results.push(Ok(seq));
+            written += 1;
+        }
+        if written == 0 {
+            return Ok(results);
+        }
+        for (id, s) in &staged {
+            let v = serde_json::to_vec(s).map_err(|e| RecorderError::Encode(e.to_string()))?;
+            wb.put_cf(cf_sessions, id.as_bytes(), v);
+        }
+        let stored_head = serde_json::to_vec(&StoredHead::from_head(&head))
+            .map_err(|e| RecorderError::Encode(e.to_string()))?;
+        wb.put_cf(cf_meta, META_HEAD, stored_head);
+
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync);
+        #[cfg(test)]
+        let injected = self
+            .counters
+            .fail_batches
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        #[cfg(not(test))]
+        let injected = false;
+        let res = if injected {
+            Err("injected failure".to_string())
+        } else {
+            db.write_opt(wb, &wo).map_err(|e| e.to_string())
+        };
+        if let Err(e) = res {
+            // Nothing of the batch is acknowledged. Reopen before the next batch so the head
+            // is recomputed from what is actually durable and a failed DB state is cleared.
+            self.db = None;
+            return Err(RecorderError::Write(e));
+        }
+
+        self.head = head;
+        let c = &self.counters;
+        c.appended.fetch_add(written, Ordering::Relaxed);
+        c.batches.fetch_add(1, Ordering::Relaxed);
+        c.last_seq.store(head.seq, Ordering::Relaxed);
+        if self.summaries.len() > SUMMARY_CACHE_MAX {
+            self.summaries.clear();
+        }
+        for (id, s) in staged {
+            if s.is_ended() {
+                self.summaries.remove(&id);
+            } else {
+                self.summaries.insert(id, s);
+            }
+        }
+        Ok(results)
+    }
+}
+
+fn update_summary(s: &mut SessionSummary, body: &EventBody, principal: Option<&str>, time_us: i64, seq: u64) {
+    s.last_seq = seq;
+    // An auth failure names no verified identity, whatever the caller passed.
+    let failed_auth = matches!(body, EventBody::AuthFailure { .. });
+    if s.principal.is_none()
+        && !failed_auth
+        && let Some(p) = principal
+    {
+        s.principal = Some(p.to_string());
+    }
+    match body {
+        EventBody::SessionStart {
+            protocol,
+            source,
+            target,
+            client_app,
+            auth_method,
+            principal,
+        } => {
+            s.principal = Some(principal.display());
+            s.protocol.clone_from(protocol);
+            s.source.clone_from(source);
+            s.target.clone_from(target);
+            s.client_app.clone_from(client_app);
+            s.auth_method = Some(auth_method.clone());
+            s.start_us = time_us;
+        }
+        EventBody::AuthFailure {
+            protocol,
+            source,
+            user,
+            target,
+            reason,
+        } => {
+            s.protocol.clone_from(protocol);
+            s.source.clone_from(source);
+            s.target.clone_from(target);
+            s.user = Some(user.clone());
+            s.auth_failed = true;
+            s.end_us = Some(time_us);
+            s.end_reason = Some(format!("authentication failed: {reason}"));
+        }
+        EventBody::Decision { verdict, .. } => {
+            s.ops += 1;
+            if !verdict.is_allow() {
+                s.denied += 1;
+            }
+        }
+        EventBody::SessionEnd { reason, .. } => {
+            s.end_us = Some(time_us);
+            s.end_reason = Some(reason.clone());
+        }
+        EventBody::OpResult { .. } | EventBody::Notice { .. } => {}
+    }
+}
