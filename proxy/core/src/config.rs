@@ -444,7 +444,7 @@ tls = "disable"
     fn unknown_field_names_line_and_field() {
         let text = BASE.replace("user = \"svc\"", "user = \"svc\"\nusr = \"typo\"");
         let err = Config::parse(&text, "t.toml").unwrap_err();
-        assert_eq!(err.line, 22, "{err}");
+        assert_eq!(err.line, 21, "{err}");
         assert!(err.message.contains("unknown field `usr`"), "{err}");
     }
 
@@ -461,6 +461,6 @@ tls = "disable"
         let text = BASE.split("[target.postgres]").next().unwrap();
         let err = Config::parse(text, "t.toml").unwrap_err();
         assert!(err.message.contains("[target.postgres]"), "{err}");
-        assert_eq!(err.line, 15);
+        assert_eq!(err.line, 14);
     }
 }
