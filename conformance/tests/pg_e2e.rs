@@ -293,7 +293,6 @@ async fn cancel_request_reaches_the_right_backend() {
     let h = Harness::start().unwrap();
     let c = h.connect("alice", "app").await.unwrap();
     let token = c.cancel_token();
-    let started = std::time::Instant::now();
     let q = tokio::spawn(async move { c.batch_execute("SELECT pg_sleep(30)").await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
