@@ -298,10 +298,6 @@ async fn cancel_request_reaches_the_right_backend() {
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let e = q.await.unwrap().unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("57014"), "{e}");
-    assert!(
-        started.elapsed() < Duration::from_secs(25),
-        "cancel did not interrupt the sleep"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
