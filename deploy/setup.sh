@@ -5,7 +5,7 @@
 set -euo pipefail
 
 need_pkgs=(build-essential cmake clang libclang-dev pkg-config libssl-dev protobuf-compiler
-           postgresql postgresql-client postgresql-contrib openssh-server openssh-client ca-certificates curl git)
+           postgresql postgresql-client postgresql-contrib postgresql-server-dev-all openssh-server openssh-client ca-certificates curl git)
 missing=()
 for p in "${need_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,3 +26,6 @@ if ! command -v cargo >/dev/null 2>&1; then
     fi
 fi
 rustup target list --installed 2>/dev/null | grep -q wasm32-wasip2 || rustup target add wasm32-wasip2 || true
+
+# PostgreSQL's own regression suite for the pg_regress conformance test.
+"$(dirname "$0")/pg-regress-source.sh"

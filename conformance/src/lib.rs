@@ -15,6 +15,26 @@ pub fn repo_policies() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
 }
 
+/// The built plugins: `$GATEHOUSE_PLUGIN_DIR`, else `~/.cache/gatehouse/plugins` (where
+/// `deploy/build-plugins.sh` puts them; `deploy/test.sh` runs it first).
+pub fn plugin_dir() -> Result<PathBuf> {
+    let dir = match std::env::var_os("GATEHOUSE_PLUGIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            Path::new(&std::env::var_os("HOME").context("HOME is not set")?).join(".cache/gatehouse/plugins")
+        }
+    };
+    for p in ["pii-mask", "sql-guard", "test-hostile"] {
+        if !dir.join(format!("{p}.wasm")).is_file() {
+            bail!(
+                "{}/{p}.wasm is missing: run ./deploy/build-plugins.sh",
+                dir.display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
 /// The `gatehouse` binary built alongside the tests (`$GATEHOUSE_BIN` overrides).
 pub fn gatehouse_bin() -> PathBuf {
     if let Ok(p) = std::env::var("GATEHOUSE_BIN") {
@@ -35,10 +55,18 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
 }
 
+/// A hook run between setup and gateway start.
+pub type BeforeStart = dyn Fn(&DemoSetup) -> Result<()>;
+
 pub struct Options<'a> {
     pub policies: PathBuf,
     pub extra_config: &'a str,
     pub durability: &'a str,
+    /// Runs after the cluster and config exist and before the gateway starts (e.g. to put the
+    /// log directory on a small filesystem).
+    pub before_start: Option<&'a BeforeStart>,
+    /// Plugin directory: target `app` gets `sql-guard` and `pii-mask` (see `demo::setup`).
+    pub plugins: Option<PathBuf>,
 }
 
 impl Default for Options<'_> {
@@ -47,6 +75,8 @@ impl Default for Options<'_> {
             policies: repo_policies(),
             extra_config: "",
             durability: "sync",
+            before_start: None,
+            plugins: None,
         }
     }
 }
@@ -64,7 +94,11 @@ impl Harness {
             listen: "127.0.0.1:0",
             extra: o.extra_config,
             durability: o.durability,
+            plugins: o.plugins.as_deref(),
         })?;
+        if let Some(f) = o.before_start {
+            f(&setup)?;
+        }
         let (gateway, addr) = spawn_gateway(&setup.config_path)?;
         Ok(Harness {
             setup,

@@ -266,9 +266,11 @@ async fn pooled_connection_is_indistinguishable_from_fresh() {
     let h = Harness::start().unwrap();
     let c = h.connect("alice", "app").await.unwrap();
     let pid1: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
-    c.batch_execute("SET statement_timeout = '5s'; CREATE TEMP TABLE t(x int); PREPARE p AS SELECT 1; SET application_name = 'changed'")
-        .await
-        .unwrap();
+    c.batch_execute(
+        "SET statement_timeout = '5s'; PREPARE p AS SELECT 1; SET application_name = 'changed'; LISTEN chan",
+    )
+    .await
+    .unwrap();
     drop(c);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let c = h.connect("alice", "app").await.unwrap();
@@ -278,14 +280,38 @@ async fn pooled_connection_is_indistinguishable_from_fresh() {
     assert_eq!(st, "0");
     let app: String = c.query_one("SHOW application_name", &[]).await.unwrap().get(0);
     assert_ne!(app, "changed");
-    let e = c.batch_execute("SELECT * FROM t").await.unwrap_err();
-    assert_eq!(sqlstate(&e).as_deref(), Some("42P01"), "temp table must be gone");
     let e = c.batch_execute("EXECUTE p").await.unwrap_err();
     assert_eq!(
         sqlstate(&e).as_deref(),
         Some("26000"),
         "prepared statement must be gone"
     );
+    let listening: i64 = c
+        .query_one("SELECT count(*) FROM pg_listening_channels()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(listening, 0);
+
+    // A backend that created its temporary schema cannot look fresh again (DISCARD ALL keeps
+    // the schema): it is closed, not reused.
+    c.batch_execute("CREATE TEMP TABLE t(x int)").await.unwrap();
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let c = h.connect("alice", "app").await.unwrap();
+    let pid3: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    assert_ne!(
+        pid3, pid2,
+        "a connection with a temporary schema must not be reused"
+    );
+    let e = c.batch_execute("SELECT * FROM t").await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("42P01"), "temp table must be gone");
+    let temp: bool = c
+        .query_one("SELECT pg_my_temp_schema() <> 0", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!temp);
 }
 
 #[tokio::test(flavor = "multi_thread")]

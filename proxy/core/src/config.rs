@@ -25,6 +25,99 @@ pub struct Config {
     pub identities: Vec<IdentityConfig>,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
+    #[serde(default, rename = "plugin")]
+    pub plugins: Vec<PluginConfig>,
+    /// Settings for all plugins.
+    #[serde(default)]
+    pub plugin_host: PluginHostSettings,
+}
+
+/// How a plugin fault (trap, timeout, memory blow-up, malformed return, error) is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Deny the operation / mask the whole batch.
+    #[default]
+    Closed,
+    /// Skip the plugin for this call (the fault is still recorded).
+    Open,
+}
+
+/// A WebAssembly plugin (`[[plugin]]`); targets list the plugins they use, in order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    pub name: Spanned<String>,
+    /// The component (`.wasm`), built for `wasm32-wasip2`.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub fail: FailMode,
+    /// Wall-clock limit per hook call.
+    #[serde(default = "default_plugin_timeout")]
+    pub timeout_ms: u64,
+    /// Linear memory limit per instance.
+    #[serde(default = "default_plugin_memory")]
+    pub memory_mb: u64,
+    /// Optional instruction budget per call (wasmtime fuel).
+    pub fuel: Option<u64>,
+    /// The plugin's own settings, handed to it as JSON by `host.config()`.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+impl PluginConfig {
+    /// The plugin's `config` table as a JSON document.
+    pub fn config_json(&self) -> String {
+        serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".to_string())
+    }
+}
+
+fn default_plugin_timeout() -> u64 {
+    100
+}
+fn default_plugin_memory() -> u64 {
+    64
+}
+
+/// `[plugin_host]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginHostSettings {
+    /// How often plugin files are checked for changes (hot reload); 0 disables.
+    #[serde(default = "default_plugin_reload")]
+    pub reload_interval_ms: u64,
+    /// A plugin that faults this many times within `quarantine_window_secs` is quarantined.
+    #[serde(default = "default_quarantine_faults")]
+    pub quarantine_faults: u32,
+    #[serde(default = "default_quarantine_window")]
+    pub quarantine_window_secs: u64,
+    /// How long a quarantined plugin is skipped (with its fail mode applied).
+    #[serde(default = "default_quarantine_secs")]
+    pub quarantine_secs: u64,
+}
+
+impl Default for PluginHostSettings {
+    fn default() -> Self {
+        PluginHostSettings {
+            reload_interval_ms: default_plugin_reload(),
+            quarantine_faults: default_quarantine_faults(),
+            quarantine_window_secs: default_quarantine_window(),
+            quarantine_secs: default_quarantine_secs(),
+        }
+    }
+}
+
+fn default_plugin_reload() -> u64 {
+    1000
+}
+fn default_quarantine_faults() -> u32 {
+    5
+}
+fn default_quarantine_window() -> u64 {
+    60
+}
+fn default_quarantine_secs() -> u64 {
+    60
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -187,6 +280,9 @@ pub struct TargetConfig {
     pub kind: TargetKind,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Plugins (by `[[plugin]]` name) that see this target's operations, in order.
+    #[serde(default)]
+    pub plugins: Vec<Spanned<String>>,
     pub postgres: Option<PgTargetConfig>,
 }
 
@@ -220,7 +316,9 @@ pub struct PgTargetConfig {
     pub ca_file: Option<PathBuf>,
     /// Name checked against the certificate for `verify-full`; default: `host`.
     pub server_name: Option<String>,
-    /// Idle authenticated connections kept per distinct set of startup parameters.
+    /// Idle authenticated connections kept for this target in all (the least recently used
+    /// goes first when full). Connections are reused only by clients with the same startup
+    /// parameters.
     #[serde(default = "default_pool_idle")]
     pub pool_max_idle: usize,
     #[serde(default = "default_pool_idle_secs")]
@@ -329,8 +427,31 @@ impl Config {
                 ));
             }
         }
+        let mut plugins = HashSet::new();
+        for (i, p) in cfg.plugins.iter().enumerate() {
+            if !plugins.insert(p.name.get_ref().clone()) {
+                return Err(at(
+                    Some(p.name.span()),
+                    format!("plugin[{i}].name: duplicate plugin `{}`", p.name.get_ref()),
+                ));
+            }
+            if p.timeout_ms == 0 || p.memory_mb == 0 {
+                return Err(at(
+                    Some(p.name.span()),
+                    format!("plugin[{i}]: `timeout_ms` and `memory_mb` must be positive"),
+                ));
+            }
+        }
         let mut seen = HashSet::new();
         for (i, t) in cfg.targets.iter().enumerate() {
+            for p in &t.plugins {
+                if !plugins.contains(p.get_ref()) {
+                    return Err(at(
+                        Some(p.span()),
+                        format!("target[{i}].plugins: no `[[plugin]]` named `{}`", p.get_ref()),
+                    ));
+                }
+            }
             if !seen.insert(t.name.get_ref().clone()) {
                 return Err(at(
                     Some(t.name.span()),
@@ -367,6 +488,9 @@ impl Config {
         };
         fix(&mut self.policy.dir);
         fix(&mut self.recorder.dir);
+        for p in &mut self.plugins {
+            fix(&mut p.path);
+        }
         for l in &mut self.listeners {
             if let Some(p) = &mut l.tls_cert {
                 fix(p);

@@ -74,6 +74,14 @@ pub trait SessionGuard: Send + Sync {
     /// Record how an operation ended. Never blocks.
     fn outcome(&self, op: u64, outcome: OpOutcome);
 
+    /// The masking stage for this session's result rows; `None` when nothing masks them.
+    fn row_masker(&self) -> Option<std::sync::Arc<dyn crate::rows::RowMasker>> {
+        None
+    }
+
+    /// Record what masking did to an operation's results (findings, faults). Never blocks.
+    fn masked(&self, _op: u64, _findings: Vec<crate::rows::Finding>, _faults: Vec<crate::rows::MaskFault>) {}
+
     /// Record a gateway-side event in the session (protocol error, upstream failure). Never blocks.
     fn notice(&self, level: &'static str, message: String);
 

@@ -9,9 +9,11 @@ pub mod error;
 pub mod guard;
 pub mod op;
 pub mod principal;
+pub mod rows;
 pub mod time;
 
 pub use error::{ClientError, ErrorKind};
 pub use guard::{Checked, Guard, GuardError, OpOutcome, SessionGuard};
 pub use op::{Operation, SqlStatement, StatementKind, Verdict};
 pub use principal::{AuthInfo, Principal, PrincipalKind, SessionCtx, TargetRef};
+pub use rows::{CellEdit, ColumnDesc, Finding, MaskFault, Masked, RowBatch, RowMasker};

@@ -43,7 +43,8 @@ impl Gateway {
         let recorder = Recorder::open(&config.recorder)
             .with_context(|| format!("opening the audit log in `{}`", config.recorder.dir.display()))?;
         let identities = Arc::new(StaticKeys::from_config(&config.identities).map_err(anyhow::Error::msg)?);
-        let guard = Arc::new(GatehouseGuard::new(policy.clone(), recorder.clone()));
+        let plugins = crate::plugins::Plugins::load(&config)?.map(Arc::new);
+        let guard = Arc::new(GatehouseGuard::new(policy.clone(), recorder.clone(), plugins));
         let mut targets = Vec::new();
         for t in &config.targets {
             match t.kind {

@@ -12,14 +12,21 @@ use gatehouse_core::{Checked, Guard, GuardError, OpOutcome, Operation, SessionCt
 use gatehouse_policy::{PolicyEngine, SessionPolicy};
 use gatehouse_recorder::{EventBody, NewEvent, OpError, Recorder};
 
+use crate::plugins::{Plugins, SessionPlugins};
+
 pub struct GatehouseGuard {
     policy: Arc<PolicyEngine>,
     recorder: Recorder,
+    plugins: Option<Arc<Plugins>>,
 }
 
 impl GatehouseGuard {
-    pub fn new(policy: Arc<PolicyEngine>, recorder: Recorder) -> Self {
-        GatehouseGuard { policy, recorder }
+    pub fn new(policy: Arc<PolicyEngine>, recorder: Recorder, plugins: Option<Arc<Plugins>>) -> Self {
+        GatehouseGuard {
+            policy,
+            recorder,
+            plugins,
+        }
     }
 }
 
@@ -33,6 +40,8 @@ struct Session {
     ops: AtomicU64,
     started: Instant,
     closed: AtomicBool,
+    /// The target's plugin chain for this session, if it has one.
+    plugins: Option<Arc<SessionPlugins>>,
 }
 
 impl Session {
@@ -61,6 +70,16 @@ impl Session {
                 vec!["session entities could not be built".into()],
             ),
         };
+        // Plugins see what Cedar allowed; their deny, hold or fault turns it into a deny.
+        let mut plugin_runs = Vec::new();
+        let verdict = match (&verdict, op, &self.plugins) {
+            (Verdict::Allow { .. }, Operation::Query(s), Some(p)) => {
+                let (deny, runs) = p.on_statement(s).await;
+                plugin_runs = runs;
+                deny.unwrap_or(verdict)
+            }
+            _ => verdict,
+        };
         let statement = match op {
             Operation::Query(s) => Some((**s).clone()),
             Operation::Connect => None,
@@ -72,6 +91,7 @@ impl Session {
             verdict: verdict.clone(),
             policy_generation: generation,
             errors,
+            plugins: plugin_runs,
         };
         // No record, no access.
         self.recorder
@@ -92,6 +112,7 @@ impl Guard for GatehouseGuard {
                 None
             }
         };
+        let ctx_for_plugins = ctx.clone();
         let session = Arc::new(Session {
             principal: ctx.principal.display(),
             ctx,
@@ -101,6 +122,7 @@ impl Guard for GatehouseGuard {
             ops: AtomicU64::new(0),
             started: Instant::now(),
             closed: AtomicBool::new(false),
+            plugins: self.plugins.as_ref().and_then(|p| p.session(&ctx_for_plugins)),
         });
         let start = EventBody::SessionStart {
             protocol: session.ctx.target.kind.clone(),
@@ -153,6 +175,16 @@ impl SessionGuard for Session {
         self.recorder.append_nowait(self.event(body));
     }
 
+    fn masked(
+        &self,
+        op: u64,
+        findings: Vec<gatehouse_core::Finding>,
+        faults: Vec<gatehouse_core::MaskFault>,
+    ) {
+        self.recorder
+            .append_nowait(self.event(EventBody::Masking { op, findings, faults }));
+    }
+
     fn notice(&self, level: &'static str, message: String) {
         let body = EventBody::Notice {
             level: level.to_string(),
@@ -171,6 +203,15 @@ impl SessionGuard for Session {
             duration_us: self.started.elapsed().as_micros() as u64,
         };
         self.recorder.append_nowait(self.event(body));
+    }
+
+    fn row_masker(&self) -> Option<Arc<dyn gatehouse_core::RowMasker>> {
+        let p = self.plugins.as_ref()?;
+        if !p.wants_rows() {
+            return None;
+        }
+        let m: Arc<dyn gatehouse_core::RowMasker> = p.clone();
+        Some(m)
     }
 
     fn ctx(&self) -> &SessionCtx {

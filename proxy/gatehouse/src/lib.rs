@@ -5,3 +5,4 @@ pub mod app;
 pub mod demo;
 pub mod guard;
 pub mod pgcluster;
+pub mod plugins;

@@ -36,6 +36,10 @@ enum Cmd {
         /// Policy directory.
         #[arg(long, default_value = "policies")]
         policies: PathBuf,
+        /// Directory with the built plugins (`deploy/build-plugins.sh` makes them): target
+        /// `app` then masks PII and guards statements with `pii-mask` and `sql-guard`.
+        #[arg(long)]
+        plugins: Option<PathBuf>,
     },
     /// Read the audit log.
     Audit {
@@ -51,6 +55,33 @@ enum Cmd {
     Policy {
         #[command(subcommand)]
         cmd: PolicyCmd,
+    },
+    /// Work with WebAssembly plugins.
+    Plugin {
+        #[command(subcommand)]
+        cmd: PluginCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCmd {
+    /// Validate a plugin (compiles, matches the gatehouse:plugin WIT world, describes itself)
+    /// and print its name, version, content hash and hooks.
+    Check {
+        file: PathBuf,
+        /// The plugin's configuration as JSON (what `[plugin.config]` would give it).
+        #[arg(long, default_value = "{}")]
+        config: String,
+    },
+    /// Run a plugin's `on-rows` on sample rows and print the masked rows and findings (JSON).
+    /// The fixture is `{"columns": ["name", ...], "rows": [["a", null, ...], ...]}`.
+    Test {
+        file: PathBuf,
+        #[arg(long)]
+        rows: PathBuf,
+        /// The plugin's configuration as JSON.
+        #[arg(long, default_value = "{}")]
+        config: String,
     },
 }
 
@@ -154,6 +185,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             dir,
             listen,
             policies,
+            plugins,
         } => {
             let tmp;
             let dir = match dir {
@@ -170,6 +202,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 listen: &listen,
                 extra: "",
                 durability: "sync",
+                plugins: plugins.as_deref(),
             })?;
             let cfg = Config::load(&setup.config_path)?;
             let gw = Gateway::build(cfg)?;
@@ -200,12 +233,53 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Plugin { cmd } => plugin(cmd),
         Cmd::Policy {
             cmd: PolicyCmd::Check { dir },
         } => {
             let engine = gatehouse_policy::PolicyEngine::load(&dir)?;
             println!("{}: ok (generation {})", dir.display(), engine.generation());
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn plugin(cmd: PluginCmd) -> Result<ExitCode> {
+    use gatehouse_plugin_host as ph;
+    let parse = |c: &str| -> Result<serde_json::Value> {
+        serde_json::from_str(c).context("--config is not valid JSON")
+    };
+    match cmd {
+        PluginCmd::Check { file, config } => match ph::check_with_config(&file, &parse(&config)?) {
+            Ok(info) => {
+                let hooks: Vec<&str> = info.hooks.iter().map(|h| h.as_str()).collect();
+                println!(
+                    "{}: ok\n  plugin  {} {}\n  sha256  {}\n  world   {}\n  hooks   {}",
+                    file.display(),
+                    info.name,
+                    info.version,
+                    info.hash,
+                    ph::WIT_PACKAGE,
+                    hooks.join(", ")
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{}: invalid plugin: {e}", file.display());
+                Ok(ExitCode::from(1))
+            }
+        },
+        PluginCmd::Test { file, rows, config } => {
+            let text =
+                std::fs::read_to_string(&rows).with_context(|| format!("reading {}", rows.display()))?;
+            let fixture = ph::RowsFixture::parse(&text)?;
+            let report = ph::test_rows(&file, &parse(&config)?, &fixture)?;
+            println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            Ok(if report.fault.is_some() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }

@@ -76,3 +76,72 @@ fn policy_check_accepts_the_shipped_policies() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+fn plugin_dir() -> std::path::PathBuf {
+    std::env::var_os("GATEHOUSE_PLUGIN_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(&std::env::var("HOME").unwrap()).join(".cache/gatehouse/plugins")
+        })
+}
+
+#[test]
+fn plugin_check_describes_and_rejects() {
+    let wasm = plugin_dir().join("pii-mask.wasm");
+    assert!(
+        wasm.is_file(),
+        "{} missing: run deploy/build-plugins.sh",
+        wasm.display()
+    );
+    let out = gatehouse().args(["plugin", "check"]).arg(&wasm).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("plugin  pii-mask"), "{text}");
+    assert!(text.contains("gatehouse:plugin@0.1.0"), "{text}");
+    assert!(text.contains("on-rows"), "{text}");
+
+    let junk = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(junk.path(), b"\0asm\x01\0\0\0 not a component").unwrap();
+    let out = gatehouse()
+        .args(["plugin", "check"])
+        .arg(junk.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid plugin"));
+}
+
+#[test]
+fn plugin_test_masks_fixture_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = dir.path().join("rows.json");
+    std::fs::write(
+        &fixture,
+        r#"{"columns": ["note", "email"], "rows": [["card 4111 1111 1111 1111 on file", "a@example.com"], ["order 12345", null]]}"#,
+    )
+    .unwrap();
+    let out = gatehouse()
+        .args(["plugin", "test"])
+        .arg(plugin_dir().join("pii-mask.wasm"))
+        .arg("--rows")
+        .arg(&fixture)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let note = v["rows"][0][0].as_str().unwrap();
+    assert!(
+        !note.contains("4111 1111 1111 1111") && note.ends_with("1111 on file"),
+        "{note}"
+    );
+    assert_ne!(v["rows"][0][1], "a@example.com");
+    assert_eq!(v["rows"][1][0], "order 12345", "look-alikes are left alone");
+    assert!(v["rows"][1][1].is_null());
+    let findings = v["findings"].as_array().unwrap();
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["entity"] == "credit-card" && f["field"] == "note"),
+        "{v}"
+    );
+}

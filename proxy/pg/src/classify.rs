@@ -305,6 +305,13 @@ fn inner_statement<'a>(query: Option<&'a Node>, command: &str, w: &mut Walker<'a
     }
 }
 
+/// `SET [SESSION|LOCAL] ROLE r` and `SET SESSION AUTHORIZATION u` (but not their `RESET` /
+/// `DEFAULT` forms, which return to the login role).
+fn assumes_role(s: &protobuf::VariableSetStmt) -> bool {
+    (s.name.eq_ignore_ascii_case("role") || s.name.eq_ignore_ascii_case("session_authorization"))
+        && s.kind == protobuf::VariableSetKind::VarSetValue as i32
+}
+
 /// Whether an EXPLAIN executes its statement (`ANALYZE`, `(ANALYZE)`, `(ANALYZE true)`, …).
 fn explain_analyzes(e: &protobuf::ExplainStmt) -> bool {
     e.options.iter().any(|option| match &option.node {
@@ -361,6 +368,9 @@ fn base_kind(node: &NodeEnum) -> StatementKind {
 
         N::TransactionStmt(_) => K::Transaction,
 
+        // Assuming another role changes whose privileges every later statement runs with: a
+        // privilege change, not a setting.
+        N::VariableSetStmt(s) if assumes_role(s) => K::Dcl,
         N::VariableSetStmt(_) | N::VariableShowStmt(_) | N::DiscardStmt(_) | N::ConstraintsSetStmt(_) => {
             K::Set
         }
@@ -2956,6 +2966,21 @@ mod tests {
         let st = one("ALTER ROLE bob SET search_path = evil");
         assert_eq!(st.kind, Some(K::Dcl));
         assert!(st.sets_search_path);
+        for sql in [
+            "SET ROLE admin",
+            "SET LOCAL ROLE admin",
+            "set session role \"Admin\"",
+            "SET SESSION AUTHORIZATION bob",
+        ] {
+            assert_eq!(one(sql).kind, Some(K::Dcl), "{sql}");
+        }
+        for sql in [
+            "RESET ROLE",
+            "SET SESSION AUTHORIZATION DEFAULT",
+            "RESET SESSION AUTHORIZATION",
+        ] {
+            assert_eq!(one(sql).kind, Some(K::Set), "{sql}");
+        }
         let st = one("RESET work_mem");
         assert!(!st.sets_search_path);
         assert_eq!(one("DISCARD PLANS").kind, Some(K::Set));

@@ -7,6 +7,7 @@
 //! This crate never makes a policy decision itself.
 
 pub mod classify;
+mod mask;
 pub mod proto;
 mod relay;
 pub mod server;

@@ -385,6 +385,116 @@ pub fn parse_query(body: &[u8]) -> Result<String, ProtoError> {
     read_cstr(&mut b).ok_or(ProtoError::Malformed("Query"))
 }
 
+fn take_i16(b: &mut &[u8]) -> Option<i16> {
+    let (h, t) = b.split_first_chunk::<2>()?;
+    *b = t;
+    Some(i16::from_be_bytes(*h))
+}
+
+fn take_i32(b: &mut &[u8]) -> Option<i32> {
+    let (h, t) = b.split_first_chunk::<4>()?;
+    *b = t;
+    Some(i32::from_be_bytes(*h))
+}
+
+fn take_u32(b: &mut &[u8]) -> Option<u32> {
+    let (h, t) = b.split_first_chunk::<4>()?;
+    *b = t;
+    Some(u32::from_be_bytes(*h))
+}
+
+/// Bind: the result-column format codes (empty = all text; one = applies to all).
+pub fn bind_result_formats(body: &[u8]) -> Result<Vec<i16>, ProtoError> {
+    let bad = || ProtoError::Malformed("Bind");
+    let mut b = body;
+    cstr(&mut b).ok_or_else(bad)?;
+    cstr(&mut b).ok_or_else(bad)?;
+    let nparam_formats = take_i16(&mut b).ok_or_else(bad)?;
+    for _ in 0..nparam_formats.max(0) {
+        take_i16(&mut b).ok_or_else(bad)?;
+    }
+    let nparams = take_i16(&mut b).ok_or_else(bad)?;
+    for _ in 0..nparams.max(0) {
+        let len = take_i32(&mut b).ok_or_else(bad)?;
+        if len > 0 {
+            b = b.get(len as usize..).ok_or_else(bad)?;
+        }
+    }
+    let n = take_i16(&mut b).ok_or_else(bad)?;
+    (0..n.max(0)).map(|_| take_i16(&mut b).ok_or_else(bad)).collect()
+}
+
+/// One RowDescription field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldDesc {
+    pub name: String,
+    pub table_oid: u32,
+    pub column: i16,
+    pub type_oid: u32,
+    /// 0 text, 1 binary.
+    pub format: i16,
+}
+
+/// RowDescription body → its fields.
+pub fn parse_row_description(body: &[u8]) -> Result<Vec<FieldDesc>, ProtoError> {
+    let bad = || ProtoError::Malformed("RowDescription");
+    let mut b = body;
+    let n = take_i16(&mut b).ok_or_else(bad)?;
+    let mut fields = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n.max(0) {
+        let name = read_cstr(&mut b).ok_or_else(bad)?;
+        let table_oid = take_u32(&mut b).ok_or_else(bad)?;
+        let column = take_i16(&mut b).ok_or_else(bad)?;
+        let type_oid = take_u32(&mut b).ok_or_else(bad)?;
+        take_i16(&mut b).ok_or_else(bad)?; // type size
+        take_i32(&mut b).ok_or_else(bad)?; // type modifier
+        let format = take_i16(&mut b).ok_or_else(bad)?;
+        fields.push(FieldDesc {
+            name,
+            table_oid,
+            column,
+            type_oid,
+            format,
+        });
+    }
+    Ok(fields)
+}
+
+/// DataRow body → its cells (`None` = NULL), borrowed.
+pub fn parse_data_row(body: &[u8]) -> Result<Vec<Option<&[u8]>>, ProtoError> {
+    let bad = || ProtoError::Malformed("DataRow");
+    let mut b = body;
+    let n = take_i16(&mut b).ok_or_else(bad)?;
+    let mut cells = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n.max(0) {
+        let len = take_i32(&mut b).ok_or_else(bad)?;
+        if len < 0 {
+            cells.push(None);
+        } else {
+            let (v, rest) = b.split_at_checked(len as usize).ok_or_else(bad)?;
+            cells.push(Some(v));
+            b = rest;
+        }
+    }
+    Ok(cells)
+}
+
+/// Build a DataRow.
+pub fn data_row<'a>(out: &mut BytesMut, cells: impl ExactSizeIterator<Item = Option<&'a [u8]>>) {
+    let at = begin(out, b'D');
+    out.put_i16(cells.len() as i16);
+    for c in cells {
+        match c {
+            None => out.put_i32(-1),
+            Some(v) => {
+                out.put_i32(v.len() as i32);
+                out.extend_from_slice(v);
+            }
+        }
+    }
+    finish(out, at);
+}
+
 /// CommandComplete tag → affected/returned row count (last word when numeric).
 pub fn tag_rows(tag: &str) -> u64 {
     tag.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0)

@@ -20,12 +20,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use gatehouse_core::{GuardError, OpOutcome, Operation, SessionGuard, SqlStatement, StatementKind, Verdict};
+use gatehouse_core::{
+    Finding, GuardError, MaskFault, Masked, OpOutcome, Operation, RowMasker, SessionGuard, SqlStatement,
+    StatementKind, Verdict,
+};
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::classify::{ClassifyCache, classify};
+use crate::mask::{self, ColumnShape, ExecShape};
 use crate::proto::{self, Severity};
 use crate::stream::Stream;
 use crate::upstream::{Upstream, track_param};
@@ -49,7 +53,12 @@ enum Pending {
         op: Option<u64>,
         start: Instant,
         rows: u64,
+        /// Where the rows' description comes from (extended protocol, masking sessions only).
+        shape: Option<ExecShape>,
     },
+    /// A Describe (masking sessions only): the RowDescription or NoData that answers it
+    /// describes the statement or portal with this id.
+    Describe(u64),
     /// A denied operation: the nonce-carrying upstream error is rewritten to this.
     Denied { code: &'static str, message: String },
     /// A Query or Sync: a ReadyForQuery ends the batch.
@@ -97,6 +106,7 @@ pub(crate) async fn run(
         copy_in: AtomicBool::new(false),
     });
     let (tx, rx) = mpsc::unbounded_channel();
+    let masker = sg.row_masker();
     let c2u = tokio::spawn(client_to_upstream(
         crd,
         client_buf,
@@ -106,6 +116,7 @@ pub(crate) async fn run(
         cache,
         shared.clone(),
         tx,
+        masker.is_some(),
     ));
     let mut u2c = UpstreamSide {
         cw,
@@ -117,6 +128,11 @@ pub(crate) async fn run(
         status: b'I',
         rfq_seen: 0,
         client_alive: true,
+        masker,
+        descs: BTreeMap::new(),
+        current: None,
+        findings: Vec::new(),
+        faults: Vec::new(),
     };
     let (urd, uwr, reason) = u2c.run(urd, c2u).await;
     let upstream = match (urd, uwr) {
@@ -143,6 +159,28 @@ fn unknown_statement(command: &str) -> Arc<SqlStatement> {
     })
 }
 
+/// Results that would reach the client without passing the masking stage: COPY ... TO
+/// STDOUT (COPY data is not rows). Refused on sessions whose results are masked.
+fn bypasses_masking(s: &SqlStatement) -> bool {
+    s.kind() == StatementKind::Copy && s.tables_written.is_empty()
+}
+
+/// Refuse an allowed operation whose results could not be masked, and record why.
+fn unmaskable_refusal(sg: &dyn SessionGuard, op: u64) -> String {
+    let message = "gatehouse: refused: this target's results are masked, and COPY TO / fast-path \
+                   function results cannot pass the masking stage; use SELECT"
+        .to_string();
+    sg.outcome(
+        op,
+        OpOutcome {
+            error: Some(("42501".to_string(), message.clone())),
+            skipped: true,
+            ..OpOutcome::default()
+        },
+    );
+    message
+}
+
 fn denial(verdict: &Verdict) -> String {
     match verdict {
         Verdict::Deny { reason, .. } => format!("gatehouse: {reason}"),
@@ -164,9 +202,15 @@ async fn client_to_upstream(
     cache: Arc<ClassifyCache>,
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Pending>,
+    masking: bool,
 ) -> (WriteHalf<Stream>, ClientEnd) {
     let mut statements: HashMap<String, Arc<SqlStatement>> = HashMap::new();
     let mut portals: HashMap<String, Arc<SqlStatement>> = HashMap::new();
+    // Masking sessions only: ids of prepared statements and portals, so the other side can
+    // tell which RowDescription applies to an Execute's rows.
+    let mut next_id = 1u64;
+    let mut statement_ids: HashMap<String, u64> = HashMap::new();
+    let mut portal_shapes: HashMap<String, ExecShape> = HashMap::new();
     let mut out = BytesMut::with_capacity(8192);
     let send = |p: Pending| {
         // The receiver lives as long as the session; a send error means it is ending anyway.
@@ -196,7 +240,12 @@ async fn client_to_upstream(
                     let mut allowed = Vec::with_capacity(stmts.len());
                     let mut denied = None;
                     for s in stmts {
+                        let unmaskable = masking && bypasses_masking(&s);
                         match sg.check(Operation::Query(Arc::new(s))).await {
+                            Ok(c) if c.verdict.is_allow() && unmaskable => {
+                                denied = Some(("42501", unmaskable_refusal(&*sg, c.op)));
+                                break;
+                            }
                             Ok(c) if c.verdict.is_allow() => allowed.push(c.op),
                             Ok(c) => {
                                 denied = Some(("42501", denial(&c.verdict)));
@@ -228,6 +277,7 @@ async fn client_to_upstream(
                                 op: None,
                                 start: now,
                                 rows: 0,
+                                shape: None,
                             });
                         }
                         for op in allowed {
@@ -235,6 +285,7 @@ async fn client_to_upstream(
                                 op: Some(op),
                                 start: now,
                                 rows: 0,
+                                shape: None,
                             });
                         }
                         send(Pending::Sync);
@@ -246,6 +297,10 @@ async fn client_to_upstream(
                     let Ok((name, sql)) = proto::parse_parse(body) else {
                         return (uwr, protocol_error(&cw, "malformed Parse message").await);
                     };
+                    if masking {
+                        statement_ids.insert(name.clone(), next_id);
+                        next_id += 1;
+                    }
                     statements.insert(name, cache.classify_one(&sql));
                     out.extend_from_slice(&msg);
                 }
@@ -257,6 +312,18 @@ async fn client_to_upstream(
                         .get(&stmt)
                         .cloned()
                         .unwrap_or_else(|| unknown_statement("UnknownPreparedStatement"));
+                    if masking {
+                        let Ok(formats) = proto::bind_result_formats(body) else {
+                            return (uwr, protocol_error(&cw, "malformed Bind message").await);
+                        };
+                        let shape = ExecShape {
+                            stmt: statement_ids.get(&stmt).copied().unwrap_or(0),
+                            portal: next_id,
+                            formats: formats.into(),
+                        };
+                        next_id += 1;
+                        portal_shapes.insert(portal.clone(), shape);
+                    }
                     portals.insert(portal, c);
                     out.extend_from_slice(&msg);
                 }
@@ -272,12 +339,21 @@ async fn client_to_upstream(
                     if !flush(&mut uwr, &mut out).await {
                         return (uwr, ClientEnd::UpstreamWriteFailed);
                     }
+                    let unmaskable = masking && bypasses_masking(&stmt);
                     match sg.check(Operation::Query(stmt)).await {
+                        Ok(c) if c.verdict.is_allow() && unmaskable => {
+                            send(Pending::Denied {
+                                code: "42501",
+                                message: unmaskable_refusal(&*sg, c.op),
+                            });
+                            proto::execute(&mut out, &shared.nonce, 0);
+                        }
                         Ok(c) if c.verdict.is_allow() => {
                             send(Pending::Exec {
                                 op: Some(c.op),
                                 start: Instant::now(),
                                 rows: 0,
+                                shape: portal_shapes.get(&portal).cloned(),
                             });
                             out.extend_from_slice(&msg);
                         }
@@ -298,9 +374,11 @@ async fn client_to_upstream(
                 b'C' => {
                     match proto::parse_target(body, "Close") {
                         Ok((b'S', name)) => {
+                            statement_ids.remove(&name);
                             statements.remove(&name);
                         }
                         Ok((_, name)) => {
+                            portal_shapes.remove(&name);
                             portals.remove(&name);
                         }
                         Err(_) => return (uwr, protocol_error(&cw, "malformed Close message").await),
@@ -325,11 +403,20 @@ async fn client_to_upstream(
                         .check(Operation::Query(unknown_statement("FunctionCall")))
                         .await
                     {
+                        // A fast-path result is not rows: nothing could mask it.
+                        Ok(c) if c.verdict.is_allow() && masking => {
+                            send(Pending::Denied {
+                                code: "42501",
+                                message: unmaskable_refusal(&*sg, c.op),
+                            });
+                            proto::query(&mut out, &shared.nonce);
+                        }
                         Ok(c) if c.verdict.is_allow() => {
                             send(Pending::Exec {
                                 op: Some(c.op),
                                 start: Instant::now(),
                                 rows: 0,
+                                shape: None,
                             });
                             out.extend_from_slice(&msg);
                         }
@@ -344,6 +431,15 @@ async fn client_to_upstream(
                     }
                     send(Pending::Sync);
                     shared.syncs_sent.fetch_add(1, Ordering::Release);
+                }
+                b'D' if masking => {
+                    let id = match proto::parse_target(body, "Describe") {
+                        Ok((b'S', name)) => statement_ids.get(&name).copied().unwrap_or(0),
+                        Ok((_, name)) => portal_shapes.get(&name).map(|p| p.portal).unwrap_or(0),
+                        Err(_) => return (uwr, protocol_error(&cw, "malformed Describe message").await),
+                    };
+                    send(Pending::Describe(id));
+                    out.extend_from_slice(&msg);
                 }
                 b'D' | b'H' | b'd' | b'c' | b'f' => out.extend_from_slice(&msg),
                 b'X' => {
@@ -412,7 +508,19 @@ struct UpstreamSide<'a> {
     status: u8,
     rfq_seen: u64,
     client_alive: bool,
+    /// The session's masking stage; `None`: rows are forwarded untouched.
+    masker: Option<Arc<dyn RowMasker>>,
+    /// RowDescriptions answering Describe messages, by statement/portal id (bounded).
+    descs: BTreeMap<u64, Arc<[proto::FieldDesc]>>,
+    /// Shape of the rows now streaming (until the operation completes).
+    current: Option<Arc<[ColumnShape]>>,
+    /// What masking found and which maskers faulted, for the operation now streaming.
+    findings: Vec<Finding>,
+    faults: Vec<MaskFault>,
 }
+
+/// Row descriptions kept per session for Describe/Execute pairing.
+const MAX_DESCS: usize = 512;
 
 type C2U = tokio::task::JoinHandle<(WriteHalf<Stream>, ClientEnd)>;
 
@@ -437,8 +545,84 @@ impl UpstreamSide<'_> {
             return None;
         }
         match self.queue.pop_front() {
-            Some(Pending::Exec { op, start, rows }) => Some((op, start, rows)),
+            Some(Pending::Exec { op, start, rows, .. }) => {
+                if let Some(op) = op {
+                    self.masking_done(op);
+                }
+                Some((op, start, rows))
+            }
             _ => None,
+        }
+    }
+
+    /// Record what masking did to an operation's results, once it has completed.
+    fn masking_done(&mut self, op: u64) {
+        self.current = None;
+        if !self.findings.is_empty() || !self.faults.is_empty() {
+            let findings = std::mem::take(&mut self.findings);
+            let faults = std::mem::take(&mut self.faults);
+            self.sg.masked(op, findings, faults);
+        }
+    }
+
+    /// The shape of the rows the front operation is returning, if known.
+    fn row_shape(&mut self) -> Option<Arc<[ColumnShape]>> {
+        if let Some(s) = &self.current {
+            return Some(s.clone());
+        }
+        let es = match self.front() {
+            Some(Pending::Exec { shape: Some(es), .. }) => es.clone(),
+            _ => return None,
+        };
+        let shape = if let Some(f) = self.descs.get(&es.portal) {
+            mask::shape(f, None)
+        } else {
+            mask::shape(self.descs.get(&es.stmt)?, Some(&es.formats))
+        };
+        self.current = Some(shape.clone());
+        Some(shape)
+    }
+
+    /// Mask a run of DataRow messages (`raw`: whole messages) and write the result to `out`.
+    async fn mask_rows(&mut self, masker: &Arc<dyn RowMasker>, raw: &[&[u8]], out: &mut BytesMut) {
+        let bodies: Vec<&[u8]> = raw.iter().map(|m| proto::body(m)).collect();
+        let op = match self.front() {
+            Some(Pending::Exec { op: Some(op), .. }) => *op,
+            _ => 0,
+        };
+        let shape = self.row_shape();
+        let batch = shape.as_deref().and_then(|s| mask::batch(s, &bodies));
+        let masked = match batch {
+            Some(b) => masker.mask(op, &b).await,
+            None => {
+                // Rows we cannot lay out cannot be inspected: fail closed.
+                let fault = MaskFault {
+                    plugin: "gatehouse".into(),
+                    hash: String::new(),
+                    kind: "unknown-row-description".into(),
+                    message: "rows arrived without a description matching them; all values masked".into(),
+                };
+                Masked {
+                    mask_all: Some(fault),
+                    ..Masked::default()
+                }
+            }
+        };
+        let usable = if masked.mask_all.is_some() {
+            None
+        } else {
+            shape.as_deref()
+        };
+        mask::rewrite(usable.or(shape.as_deref()), raw, &bodies, &masked, out);
+        self.findings.extend(masked.findings);
+        self.faults.extend(masked.faults);
+        if let Some(f) = masked.mask_all
+            && !self
+                .faults
+                .iter()
+                .any(|x| x.plugin == f.plugin && x.kind == f.kind)
+        {
+            self.faults.push(f);
         }
     }
 
@@ -541,9 +725,53 @@ impl UpstreamSide<'_> {
             pos += frame.len;
             let body = buf.get(start + 5..pos).unwrap_or(&[]);
             match frame.tag {
+                b'D' if self.masker.is_some() => {
+                    // The run of DataRows that arrived together is one batch.
+                    let mut raw: Vec<&[u8]> = vec![buf.get(start..pos).unwrap_or(&[])];
+                    while let Ok(Some(f)) =
+                        proto::peek_frame(buf.get(pos..).unwrap_or(&[]), proto::MAX_MESSAGE_LEN)
+                    {
+                        if f.tag != b'D' {
+                            break;
+                        }
+                        raw.push(buf.get(pos..pos + f.len).unwrap_or(&[]));
+                        pos += f.len;
+                    }
+                    let n = raw.len() as u64;
+                    if let Some(Pending::Exec { rows, .. }) = self.front() {
+                        *rows += n;
+                    }
+                    out.clear();
+                    if let Some(masker) = self.masker.clone() {
+                        self.mask_rows(&masker, &raw, &mut out).await;
+                    }
+                    chunks.push((written, start, Some(out.split())));
+                    written = pos;
+                }
                 b'D' => {
                     if let Some(Pending::Exec { rows, .. }) = self.front() {
                         *rows += 1;
+                    }
+                }
+                b'T' if self.masker.is_some() => {
+                    let fields: Arc<[proto::FieldDesc]> = match proto::parse_row_description(body) {
+                        Ok(f) => f.into(),
+                        Err(_) => return false,
+                    };
+                    if let Some(Pending::Describe(id)) = self.front() {
+                        let id = *id;
+                        self.pop();
+                        self.descs.insert(id, fields);
+                        while self.descs.len() > MAX_DESCS {
+                            self.descs.pop_first();
+                        }
+                    } else {
+                        self.current = Some(mask::shape(&fields, None));
+                    }
+                }
+                b'n' => {
+                    if let Some(Pending::Describe(_)) = self.front() {
+                        self.pop();
                     }
                 }
                 b'C' | b'I' | b's' | b'V' => {
@@ -588,7 +816,7 @@ impl UpstreamSide<'_> {
                                     break;
                                 }
                                 Pending::Sync => break,
-                                Pending::Exec { .. } => {
+                                Pending::Exec { .. } | Pending::Describe(_) => {
                                     self.pop();
                                 }
                             }
@@ -616,6 +844,7 @@ impl UpstreamSide<'_> {
                 }
                 b'Z' => {
                     self.status = body.first().copied().unwrap_or(b'I');
+                    self.current = None;
                     while let Some(p) = self.pop() {
                         match p {
                             Pending::Sync => break,
@@ -628,7 +857,7 @@ impl UpstreamSide<'_> {
                                     },
                                 );
                             }
-                            Pending::Exec { .. } | Pending::Denied { .. } => {}
+                            Pending::Exec { .. } | Pending::Denied { .. } | Pending::Describe(_) => {}
                         }
                     }
                     self.rfq_seen += 1;

@@ -125,7 +125,32 @@ impl PgTarget {
                 return Ok(up);
             }
         }
-        self.connect(client_params, key).await
+        let mut attempts = 0;
+        loop {
+            match self.connect(client_params, key.clone()).await {
+                // Our own idle connections may be what fills the server: give their slots
+                // back and try again, rather than refuse a client for connections nobody uses.
+                Err(UpstreamError::Startup(msg)) if attempts < 20 && too_many_connections(&msg) => {
+                    if attempts == 0 && self.close_idle() == 0 {
+                        return Err(UpstreamError::Startup(msg));
+                    }
+                    attempts += 1;
+                    // Backends exit asynchronously after their socket closes.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Close every idle pooled connection; returns how many.
+    fn close_idle(&self) -> usize {
+        let Ok(mut pool) = self.pool.lock() else {
+            return 0;
+        };
+        let n = pool.values().map(Vec::len).sum();
+        pool.clear();
+        n
     }
 
     fn take_idle(&self, key: &PoolKey) -> Option<Upstream> {
@@ -156,10 +181,26 @@ impl PgTarget {
                     l.retain(|(_, since)| since.elapsed() < idle);
                     !l.is_empty()
                 });
-                let list = pool.entry(up.key.clone()).or_default();
-                if list.len() < this.cfg.pool_max_idle {
-                    list.push((up, Instant::now()));
+                // The cap is per target: evict the least recently used idle connection.
+                let total: usize = pool.values().map(Vec::len).sum();
+                if total >= this.cfg.pool_max_idle {
+                    let oldest = pool
+                        .iter()
+                        .filter_map(|(k, l)| l.first().map(|(_, t)| (k.clone(), *t)))
+                        .min_by_key(|(_, t)| *t)
+                        .map(|(k, _)| k);
+                    if let Some(k) = oldest
+                        && let Some(l) = pool.get_mut(&k)
+                    {
+                        if !l.is_empty() {
+                            l.remove(0);
+                        }
+                        if l.is_empty() {
+                            pool.remove(&k);
+                        }
+                    }
                 }
+                pool.entry(up.key.clone()).or_default().push((up, Instant::now()));
             }
         });
     }
@@ -330,17 +371,28 @@ const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 /// Send `sql` as a simple query and read to ReadyForQuery; fails on any error or on a
 /// transaction left open.
 async fn roundtrip(up: &mut Upstream, msg: &[u8]) -> Result<(), UpstreamError> {
+    roundtrip_value(up, msg).await.map(|_| ())
+}
+
+/// Send `msg`, wait for ReadyForQuery (idle); returns the first cell of the first DataRow.
+async fn roundtrip_value(up: &mut Upstream, msg: &[u8]) -> Result<Option<Vec<u8>>, UpstreamError> {
     up.stream.write_all(msg).await.map_err(UpstreamError::Connect)?;
     let mut buf = BytesMut::with_capacity(512);
+    let mut value = None;
     let fut = async {
         loop {
             let (tag, m) = proto::read_message(&mut up.stream, &mut buf, proto::MAX_MESSAGE_LEN).await?;
             match tag {
                 b'S' => track_param(&mut up.params, proto::body(&m)),
                 b'E' => return Err(UpstreamError::Startup(m)),
+                b'D' if value.is_none() => {
+                    value = proto::parse_data_row(proto::body(&m))
+                        .ok()
+                        .and_then(|cells| cells.first().copied().flatten().map(<[u8]>::to_vec));
+                }
                 b'Z' => {
                     return if proto::body(&m) == b"I" && buf.is_empty() {
-                        Ok(())
+                        Ok(value)
                     } else {
                         Err(ProtoError::Malformed("connection not idle").into())
                     };
@@ -354,11 +406,26 @@ async fn roundtrip(up: &mut Upstream, msg: &[u8]) -> Result<(), UpstreamError> {
         .map_err(|_| UpstreamError::Timeout)?
 }
 
-/// Return a connection to the state of a fresh one.
+/// Return a connection to the state of a fresh one, or fail if that is impossible.
+///
+/// `DISCARD ALL` resets what a session can change, except one thing a client can observe: a
+/// backend that has created its temporary schema keeps it, so e.g. `PREPARE TRANSACTION`
+/// after `current_schema()` behaves differently than in a fresh session (found by running
+/// PostgreSQL's own regression suite through Gatehouse). Such connections are not reused.
 async fn reset(up: &mut Upstream) -> Result<(), UpstreamError> {
     let mut m = BytesMut::new();
+    proto::query(&mut m, "SELECT pg_catalog.pg_my_temp_schema() <> 0");
+    if roundtrip_value(up, &m).await?.as_deref() != Some(b"f") {
+        return Err(ProtoError::Malformed("session has a temporary schema").into());
+    }
+    m.clear();
     proto::query(&mut m, "DISCARD ALL");
     roundtrip(up, &m).await
+}
+
+/// Whether a startup ErrorResponse is PostgreSQL's "too many clients" (SQLSTATE 53300).
+fn too_many_connections(msg: &[u8]) -> bool {
+    proto::error_field(&proto::error_fields(proto::body(msg)), b'C') == Some("53300")
 }
 
 /// Check a pooled connection is alive (one round trip).

@@ -63,6 +63,9 @@ pub enum EventBody {
         policy_generation: u64,
         /// Problems met while deciding (e.g. policy evaluation errors).
         errors: Vec<String>,
+        /// What each plugin of the target's chain did (after Cedar allowed).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        plugins: Vec<PluginRecord>,
     },
     /// How an allowed (or skipped) operation ended.
     OpResult {
@@ -83,6 +86,27 @@ pub enum EventBody {
     },
     /// A gateway-side anomaly for the session (protocol error, upstream failure, ...).
     Notice { level: String, message: String },
+    /// What the masking stage did to an operation's results: what it found (entity, column,
+    /// count; never values) and which maskers faulted. Recorded when the operation completes.
+    Masking {
+        op: u64,
+        findings: Vec<gatehouse_core::Finding>,
+        faults: Vec<gatehouse_core::MaskFault>,
+    },
+}
+
+/// One plugin's part in a decision: which plugin (name and content hash), which hook, what it
+/// said (`allow`, `deny`, `hold`, `rows`, `fault:<kind>`) and how long it took.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PluginRecord {
+    pub plugin: String,
+    /// Hex SHA-256 of the plugin's `.wasm`.
+    pub hash: String,
+    pub hook: String,
+    pub result: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    pub elapsed_us: u64,
 }
 
 /// An error the upstream returned for an operation.

@@ -50,13 +50,13 @@ mod writer;
 
 pub use error::RecorderError;
 pub use event::{
-    CHAIN_FORMAT, Event, EventBody, GENESIS_HASH, NewEvent, OpError, canonical_from_stored, chain_hash,
-    decode_hash,
+    CHAIN_FORMAT, Event, EventBody, GENESIS_HASH, NewEvent, OpError, PluginRecord, canonical_from_stored,
+    chain_hash, decode_hash,
 };
 pub use reader::{BrokenLink, LogReader, VerifyReport};
 pub use store::SessionSummary;
 pub use transcript::render_transcript;
-pub use writer::{Recorder, RecorderStats};
+pub use writer::{GATEWAY_SESSION, Recorder, RecorderStats};
 
 #[cfg(test)]
 mod tests;

@@ -52,7 +52,7 @@ pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily, Recorde
 
 fn cf_options() -> Options {
     let mut o = Options::default();
-    o.set_compression_type(DBCompressionType::Lz4);
+    o.set_compression_type(DBCompressionType::Zstd);
     o
 }
 

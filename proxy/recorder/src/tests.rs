@@ -33,34 +33,56 @@ async fn failed_write_refuses_batch_keeps_head_and_recovers() {
     assert_eq!(rec.stats().last_seq, 1);
     assert_eq!(rec.stats().failed, 1);
 
-    // The recorder reopens the database and continues the chain from the durable head.
+    // The recorder reopens the database and continues the chain from the durable head, then
+    // records the outage itself.
     assert_eq!(rec.append(notice("s", "b")).await.unwrap(), 2);
+    // An unacknowledged event (a fact, e.g. a result) from a failed batch is kept and written
+    // late, ahead of the next batch; it is not lost.
     rec.fail_next_batches(1);
-    rec.append_nowait(notice("s", "lost too"));
+    rec.append_nowait(notice("s", "late"));
     for _ in 0..500 {
-        if rec.stats().failed == 2 {
+        if rec.stats().pending == 0 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert_eq!(rec.stats().failed, 2);
-    assert_eq!(rec.append(notice("s", "c")).await.unwrap(), 3);
+    assert_eq!(rec.append(notice("s", "c")).await.unwrap(), 5);
     rec.shutdown();
     let st = rec.stats();
-    assert_eq!((st.appended, st.failed, st.last_seq), (3, 2, 3));
+    assert_eq!((st.appended, st.failed, st.last_seq), (6, 1, 6));
 
     let r = LogReader::open(dir.path()).unwrap();
     assert!(r.verify_chain().unwrap().is_ok());
-    let msgs: Vec<String> = r
-        .events(1, 10)
-        .unwrap()
+    let events = r.events(1, 10).unwrap();
+    let msgs: Vec<(String, String)> = events
         .into_iter()
         .map(|e| match e.body {
-            EventBody::Notice { message, .. } => message,
+            EventBody::Notice { message, .. } => (e.session_id, message),
             other => panic!("{other:?}"),
         })
         .collect();
-    assert_eq!(msgs, ["a", "b", "c"]);
+    let plain: Vec<&str> = msgs
+        .iter()
+        .filter(|(s, _)| s == "s")
+        .map(|(_, m)| m.as_str())
+        .collect();
+    assert_eq!(plain, ["a", "b", "late", "c"]);
+    let outages: Vec<&str> = msgs
+        .iter()
+        .filter(|(s, _)| s == crate::writer::GATEWAY_SESSION)
+        .map(|(_, m)| m.as_str())
+        .collect();
+    assert_eq!(outages.len(), 2, "{msgs:?}");
+    assert!(
+        outages[0].contains("1 operations refused unrecorded, 0 events recorded late, 0 events lost"),
+        "{}",
+        outages[0]
+    );
+    assert!(
+        outages[1].contains("0 operations refused unrecorded, 1 events recorded late, 0 events lost"),
+        "{}",
+        outages[1]
+    );
 }
 
 #[tokio::test]

@@ -72,6 +72,7 @@ pub fn render_transcript(events: &[Event]) -> String {
                 verdict,
                 policy_generation,
                 errors,
+                plugins,
             } => {
                 let _ = write!(out, "op {op} {action}  ");
                 match verdict {
@@ -107,6 +108,20 @@ pub fn render_transcript(events: &[Event]) -> String {
                 }
                 for e in errors {
                     let _ = writeln!(out, "{indent}error: {}", clean(e));
+                }
+                for p in plugins {
+                    let _ = write!(
+                        out,
+                        "{indent}plugin {} (sha256 {}) {}: {}",
+                        clean(&p.plugin),
+                        p.hash.get(..12).unwrap_or(&p.hash),
+                        clean(&p.hook),
+                        clean(&p.result)
+                    );
+                    if !p.detail.is_empty() {
+                        let _ = write!(out, " {}", clean(&p.detail));
+                    }
+                    let _ = writeln!(out, " ({} us)", p.elapsed_us);
                 }
             }
             EventBody::OpResult {
@@ -145,6 +160,28 @@ pub fn render_transcript(events: &[Event]) -> String {
             }
             EventBody::Notice { level, message } => {
                 let _ = writeln!(out, "notice [{}] {}", clean(level), clean(message));
+            }
+            EventBody::Masking { op, findings, faults } => {
+                for f in findings {
+                    let _ = writeln!(
+                        out,
+                        "  #{op} masked {} x{} in `{}` (by {})",
+                        clean(&f.entity),
+                        f.count,
+                        clean(&f.field),
+                        clean(&f.source)
+                    );
+                }
+                for f in faults {
+                    let _ = writeln!(
+                        out,
+                        "  #{op} MASKER FAULT {} ({}, sha256 {}): {}",
+                        clean(&f.plugin),
+                        clean(&f.kind),
+                        f.hash.get(..12).unwrap_or(&f.hash),
+                        clean(&f.message)
+                    );
+                }
             }
         }
     }

@@ -1,6 +1,6 @@
 //! The write side: [`Recorder`] and its group-commit writer thread.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
@@ -94,6 +94,7 @@ impl Recorder {
             counters: counters.clone(),
             summaries: HashMap::new(),
             outage: None,
+            backlog: VecDeque::new(),
         };
         let thread = std::thread::Builder::new()
             .name("gatehouse-recorder".to_string())
@@ -217,15 +218,30 @@ struct Writer {
     /// Outage bookkeeping, so a persistent failure is logged once (plus a periodic reminder),
     /// not once per batch.
     outage: Option<Outage>,
+    /// Events nobody waited for (results, session ends, notices: things that already
+    /// happened) from batches that failed, kept to be written first once the log is writable
+    /// again. Bounded by [`BACKLOG_MAX`].
+    backlog: VecDeque<NewEvent>,
 }
 
 struct Outage {
     since: Instant,
+    since_us: i64,
     last_logged: Instant,
     /// Events refused since the last log line.
     unlogged: u64,
     total: u64,
+    /// Appends whose caller was told they failed (the operation was refused).
+    refused: u64,
+    /// Events that did not fit the backlog and are lost.
+    dropped: u64,
 }
+
+/// At most this many unacknowledged events are kept for a late write during an outage.
+const BACKLOG_MAX: usize = 100_000;
+
+/// Session id of gateway-wide events that belong to no client session.
+pub const GATEWAY_SESSION: &str = "gatehouse";
 
 /// While writes keep failing, remind at most this often.
 const OUTAGE_REMINDER: Duration = Duration::from_secs(30);
@@ -268,17 +284,39 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: Vec<Pending>) {
-        let n = batch.len() as u64;
-        let (events, waiters): (Vec<NewEvent>, Vec<Option<Waiter>>) =
+        let (mut events, mut waiters): (Vec<NewEvent>, Vec<Option<Waiter>>) =
             batch.into_iter().map(|p| (p.ev, p.done)).unzip();
+        let mut late = 0u64;
+        if !self.backlog.is_empty() {
+            // Late events go first so that each session's events keep their order.
+            late = self.backlog.len() as u64;
+            let mut all: Vec<NewEvent> = self.backlog.drain(..).collect();
+            all.append(&mut events);
+            events = all;
+            let mut w: Vec<Option<Waiter>> = std::iter::repeat_with(|| None).take(late as usize).collect();
+            w.append(&mut waiters);
+            waiters = w;
+        }
+        let n = events.len() as u64;
+        // Unacknowledged events are facts, not requests: keep a copy in case the write fails.
+        // Only these are cloned; acknowledged appends are refused to their caller instead.
+        let keep: Vec<NewEvent> = events
+            .iter()
+            .zip(&waiters)
+            .filter(|(_, w)| w.is_none())
+            .map(|(e, _)| e.clone())
+            .collect();
         match self.try_commit(events) {
             Ok(results) => {
                 if let Some(o) = self.outage.take() {
                     tracing::info!(
-                        refused_events = o.total,
+                        refused_events = o.refused,
+                        late_events = o.total.saturating_sub(o.refused + o.dropped),
+                        lost_events = o.dropped,
                         outage_secs = o.since.elapsed().as_secs(),
                         "event log writable again"
                     );
+                    self.record_outage(&o);
                 }
                 for (done, r) in waiters.into_iter().zip(results) {
                     match done {
@@ -299,9 +337,14 @@ impl Writer {
                 }
             }
             Err(e) => {
-                let lost = waiters.iter().filter(|w| w.is_none()).count() as u64;
-                self.note_failure(&e, n, lost);
-                self.counters.failed.fetch_add(n, Ordering::Relaxed);
+                let refused = waiters.iter().filter(|w| w.is_some()).count() as u64;
+                let room = BACKLOG_MAX.saturating_sub(self.backlog.len());
+                let dropped = keep.len().saturating_sub(room) as u64;
+                self.backlog.extend(keep.into_iter().take(room));
+                self.note_failure(&e, n - late, refused, dropped);
+                self.counters
+                    .failed
+                    .fetch_add(refused + dropped, Ordering::Relaxed);
                 for done in waiters.into_iter().flatten() {
                     let _ = done.send(Err(e.clone()));
                 }
@@ -309,25 +352,62 @@ impl Writer {
         }
     }
 
-    fn note_failure(&mut self, e: &RecorderError, n: u64, lost: u64) {
+    /// After an outage, say in the log itself what it could not hold: when it started, how
+    /// long it lasted, how many operations were refused, how many events were written late
+    /// and how many were lost.
+    fn record_outage(&mut self, o: &Outage) {
+        let message = format!(
+            "event log was not writable from {} for {} s: {} operations refused unrecorded, \
+             {} events recorded late, {} events lost (backlog full)",
+            gatehouse_core::time::rfc3339_micros(o.since_us),
+            o.since.elapsed().as_secs(),
+            o.refused,
+            o.total.saturating_sub(o.refused + o.dropped),
+            o.dropped
+        );
+        let ev = NewEvent::now(
+            GATEWAY_SESSION,
+            None,
+            EventBody::Notice {
+                level: "error".to_string(),
+                message,
+            },
+        );
+        match self.try_commit(vec![ev.clone()]) {
+            Ok(_) => {}
+            // Failing again right away: keep it for the next successful write.
+            Err(_) => self.backlog.push_back(ev),
+        }
+    }
+
+    /// `fresh`: events of this batch that were not already in the backlog.
+    fn note_failure(&mut self, e: &RecorderError, fresh: u64, refused: u64, dropped: u64) {
+        let n = fresh;
         let now = Instant::now();
         match &mut self.outage {
             None => {
                 tracing::error!(
                     error = %e,
                     events = n,
-                    unacknowledged_lost = lost,
+                    refused,
+                    backlog = self.backlog.len(),
                     "event log write failed; operations are refused until it is writable again"
                 );
                 self.outage = Some(Outage {
                     since: now,
+                    since_us: gatehouse_core::time::now_micros(),
                     last_logged: now,
                     unlogged: 0,
                     total: n,
+                    refused,
+                    dropped,
                 });
             }
             Some(o) => {
-                o.total += n;
+                o.refused += refused;
+                o.dropped += dropped;
+                // Backlog events are counted once, when they first failed.
+                o.total += fresh;
                 o.unlogged += n;
                 if now.duration_since(o.last_logged) >= OUTAGE_REMINDER {
                     tracing::error!(
@@ -508,6 +588,6 @@ fn update_summary(s: &mut SessionSummary, body: &EventBody, principal: Option<&s
             s.end_us = Some(time_us);
             s.end_reason = Some(reason.clone());
         }
-        EventBody::OpResult { .. } | EventBody::Notice { .. } => {}
+        EventBody::OpResult { .. } | EventBody::Notice { .. } | EventBody::Masking { .. } => {}
     }
 }

@@ -68,6 +68,7 @@ fn query(session: &str, t: i64, op: u64, text: &str, verdict: Verdict) -> NewEve
             verdict,
             policy_generation: 3,
             errors: vec![],
+            plugins: vec![],
         },
     )
 }

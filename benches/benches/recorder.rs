@@ -1,0 +1,148 @@
+//! The recorder append: one Decision event per statement, awaited before the statement is
+//! forwarded (`durability = "sync"`: the WAL is fsynced; `"buffered"`: written, not fsynced),
+//! plus the OpResult event the gateway appends without waiting.
+//!
+//! The log lives in `$GATEHOUSE_BENCH_DIR` (default: the system temp dir): put it on the disk
+//! whose fsync you want to measure (a tmpfs makes `sync` look free).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use gatehouse_core::config::{Durability, RecorderConfig};
+use gatehouse_core::{SqlStatement, Verdict};
+use gatehouse_pg::classify::classify_one;
+use gatehouse_recorder::{EventBody, NewEvent, Recorder};
+
+/// Concurrent sessions in the group-commit benchmark.
+const SESSIONS: u64 = 64;
+
+fn fail(what: &str, e: impl std::fmt::Display) -> ! {
+    eprintln!("recorder bench: {what}: {e}");
+    std::process::exit(1)
+}
+
+fn decision(stmt: &SqlStatement, session: u64, op: u64) -> NewEvent {
+    NewEvent::now(
+        format!("bench-session-{session:04}"),
+        Some("user:bob".to_string()),
+        EventBody::Decision {
+            op,
+            action: "query".to_string(),
+            statement: Some(stmt.clone()),
+            verdict: Verdict::Allow {
+                policy_ids: vec!["users-read-anywhere".to_string()],
+            },
+            policy_generation: 1,
+            errors: Vec::new(),
+            plugins: Vec::new(),
+        },
+    )
+}
+
+fn result(session: u64, op: u64) -> NewEvent {
+    NewEvent::now(
+        format!("bench-session-{session:04}"),
+        Some("user:bob".to_string()),
+        EventBody::OpResult {
+            op,
+            tag: Some("SELECT 1".to_string()),
+            rows: 1,
+            duration_us: 87,
+            error: None,
+            skipped: false,
+        },
+    )
+}
+
+fn bench_append(c: &mut Criterion) {
+    let base = std::env::var_os("GATEHOUSE_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let tmp = tempfile::Builder::new()
+        .prefix("gatehouse-bench-recorder-")
+        .tempdir_in(&base)
+        .unwrap_or_else(|e| fail("creating a temporary directory", e));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail("starting tokio", e));
+    let stmt = Arc::new(classify_one(
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 48213",
+    ));
+
+    for (name, durability) in [("sync", Durability::Sync), ("buffered", Durability::Buffered)] {
+        let rec = Recorder::open(&RecorderConfig {
+            dir: tmp.path().join(name),
+            durability,
+            max_batch: 4096,
+        })
+        .unwrap_or_else(|e| fail("opening the recorder", e));
+
+        let mut g = c.benchmark_group(format!("recorder_{name}"));
+        if durability == Durability::Sync {
+            g.sample_size(20).measurement_time(Duration::from_secs(10));
+        }
+        // One session, one statement at a time: the latency a statement waits for its record.
+        g.throughput(Throughput::Elements(1));
+        g.bench_function("append_decision_awaited", |b| {
+            b.iter_custom(|iters| {
+                let rec = rec.clone();
+                let stmt = stmt.clone();
+                rt.block_on(async move {
+                    let start = Instant::now();
+                    for op in 0..iters {
+                        if let Err(e) = rec.append(decision(&stmt, 0, op)).await {
+                            fail("append", e);
+                        }
+                        rec.append_nowait(result(0, op));
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        // 64 sessions with a statement each in flight: what group commit buys.
+        g.throughput(Throughput::Elements(SESSIONS));
+        g.bench_function(format!("append_decision_{SESSIONS}_sessions"), |b| {
+            b.iter_custom(|iters| {
+                let rec = rec.clone();
+                let stmt = stmt.clone();
+                rt.block_on(async move {
+                    let start = Instant::now();
+                    for op in 0..iters {
+                        let mut set = tokio::task::JoinSet::new();
+                        for s in 0..SESSIONS {
+                            let (rec, stmt) = (rec.clone(), stmt.clone());
+                            set.spawn(async move {
+                                let r = rec.append(decision(&stmt, s, op)).await;
+                                rec.append_nowait(result(s, op));
+                                r
+                            });
+                        }
+                        while let Some(r) = set.join_next().await {
+                            match r {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(e)) => fail("append", e),
+                                Err(e) => fail("append task", e),
+                            }
+                        }
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        g.finish();
+        let stats = rec.stats();
+        eprintln!(
+            "recorder_{name}: {} events in {} group commits ({:.1} events/commit)",
+            stats.appended,
+            stats.batches,
+            stats.appended as f64 / stats.batches.max(1) as f64
+        );
+        rec.shutdown();
+    }
+}
+
+criterion_group!(benches, bench_append);
+criterion_main!(benches);

@@ -1,0 +1,112 @@
+//! The real `gatehouse` binary as a child process.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+/// The `gatehouse` binary next to the running executable (`target/release/loadbench` →
+/// `target/release/gatehouse`; from `deps/` one level up).
+pub fn default_bin() -> PathBuf {
+    let mut p = std::env::current_exe().unwrap_or_default();
+    p.pop();
+    if p.ends_with("deps") {
+        p.pop();
+    }
+    p.join("gatehouse")
+}
+
+/// A running `gatehouse serve`. Stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Gateway {
+    /// Start `BIN serve --config CONFIG` and wait for its first `listening` line.
+    pub fn spawn(bin: &Path, config: &Path, log_filter: &str) -> Result<Gateway> {
+        let mut child = Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("GATEHOUSE_LOG", log_filter)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stdout = child.stdout.take().context("gateway stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the gateway never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("gateway did not report a listening address");
+            }
+        };
+        let parsed: Result<SocketAddr> = (|| {
+            let v: serde_json::Value =
+                serde_json::from_str(&line).with_context(|| format!("bad ready line `{line}`"))?;
+            Ok(v["addr"].as_str().context("no addr in ready line")?.parse()?)
+        })();
+        match parsed {
+            Ok(addr) => Ok(Gateway { child, addr }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU seconds the gateway has used so far (all threads).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        crate::procstat::process_cpu_seconds(self.pid())
+    }
+
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, wait up to 10 s, then SIGKILL.
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        if let Some(s) = self.child.try_wait()? {
+            return Ok(s);
+        }
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        for _ in 0..100 {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.child.kill()?;
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
