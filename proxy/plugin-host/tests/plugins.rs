@@ -313,6 +313,27 @@ async fn memory_bomb_is_a_memory_fault() {
     assert_eq!(set.stats()[0].faults.memory, 1);
 }
 
+#[test]
+fn fuel_budget_stops_a_loop() {
+    let mut looping = hostile("fuel-loop", "loop");
+    looping.fuel = Some(5_000_000);
+    looping.timeout_ms = 10_000;
+    let configs = [looping, config("guard", "sql-guard", json!({}))];
+    // Fuel needs an engine that meters it.
+    assert!(PluginSet::load(host(), &configs).is_err());
+    let host = PluginHost::new(HostConfig {
+        max_instances: 8,
+        ..HostConfig::for_plugins(&configs)
+    })
+    .unwrap();
+    let set = PluginSet::load(&host, &configs).unwrap();
+    let out = session(&set, &["fuel-loop"]).on_statement_blocking(&select());
+    assert_eq!(fault_of(&out.verdict), &FaultKind::Fuel);
+    // Plugins without a budget run unmetered on the same engine.
+    let out = session(&set, &["guard"]).on_statement_blocking(&select());
+    assert_eq!(out.verdict, ChainVerdict::Allow);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panic_is_a_trap() {
     let set = PluginSet::load(host(), &[hostile("panic", "panic")]).unwrap();
