@@ -1,12 +1,11 @@
 //! The real `gatehouse` binary as a child process.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 
 /// The `gatehouse` binary next to the running executable (`target/release/loadbench` →
 /// `target/release/gatehouse`; from `deps/` one level up).
@@ -28,46 +27,8 @@ pub struct Gateway {
 impl Gateway {
     /// Start `BIN serve --config CONFIG` and wait for its first `listening` line.
     pub fn spawn(bin: &Path, config: &Path, log_filter: &str) -> Result<Gateway> {
-        let mut child = Command::new(bin)
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("GATEHOUSE_LOG", log_filter)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let stdout = child.stdout.take().context("gateway stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep draining so the gateway never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("gateway did not report a listening address");
-            }
-        };
-        let parsed: Result<SocketAddr> = (|| {
-            let v: serde_json::Value =
-                serde_json::from_str(&line).with_context(|| format!("bad ready line `{line}`"))?;
-            Ok(v["addr"].as_str().context("no addr in ready line")?.parse()?)
-        })();
-        match parsed {
-            Ok(addr) => Ok(Gateway { child, addr }),
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(e)
-            }
-        }
+        let (child, addr) = gatehouse_conformance::spawn_gateway_bin(bin, config, log_filter)?;
+        Ok(Gateway { child, addr })
     }
 
     pub fn pid(&self) -> u32 {

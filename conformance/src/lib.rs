@@ -211,18 +211,23 @@ pub async fn connect_dsn(dsn: &str) -> Result<tokio_postgres::Client> {
 
 /// Start `gatehouse serve` and wait for its `listening` line.
 pub fn spawn_gateway(config: &Path) -> Result<(Child, SocketAddr)> {
-    let mut child = Command::new(gatehouse_bin())
+    let filter = std::env::var("GATEHOUSE_LOG").unwrap_or_else(|_| "warn".into());
+    spawn_gateway_bin(&gatehouse_bin(), config, &filter)
+}
+
+/// Start `BIN serve --config CONFIG` with `GATEHOUSE_LOG=log_filter` and wait for its first
+/// `listening` line; the child is killed if it never reports an address.
+pub fn spawn_gateway_bin(bin: &Path, config: &Path, log_filter: &str) -> Result<(Child, SocketAddr)> {
+    let mut child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(config)
-        .env(
-            "GATEHOUSE_LOG",
-            std::env::var("GATEHOUSE_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        .env("GATEHOUSE_LOG", log_filter)
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .with_context(|| format!("starting {}", gatehouse_bin().display()))?;
-    let stdout = child.stdout.take().context("stdout")?;
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let stdout = child.stdout.take().context("gateway stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
@@ -232,17 +237,20 @@ pub fn spawn_gateway(config: &Path) -> Result<(Child, SocketAddr)> {
         // Keep draining so the gateway never blocks on a full pipe.
         for _ in lines {}
     });
-    let line = match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(l) => l,
-        Err(_) => {
-            let _ = child.kill();
-            bail!("gateway did not report a listening address");
-        }
+    let parsed: Result<SocketAddr> = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(line) => serde_json::from_str::<serde_json::Value>(&line)
+            .with_context(|| format!("bad ready line `{line}`"))
+            .and_then(|v| Ok(v["addr"].as_str().context("no addr in ready line")?.parse()?)),
+        Err(_) => Err(anyhow::anyhow!("gateway did not report a listening address")),
     };
-    let v: serde_json::Value =
-        serde_json::from_str(&line).with_context(|| format!("bad ready line `{line}`"))?;
-    let addr = v["addr"].as_str().context("addr")?.parse()?;
-    Ok((child, addr))
+    match parsed {
+        Ok(addr) => Ok((child, addr)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
 }
 
 /// SQLSTATE of a tokio-postgres error, if the server sent one.
