@@ -30,6 +30,19 @@ pub struct Config {
     /// Settings for all plugins.
     #[serde(default)]
     pub plugin_host: PluginHostSettings,
+    /// Column masking (Cedar `read_column` rules).
+    #[serde(default)]
+    pub masking: MaskingConfig,
+}
+
+/// `[masking]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MaskingConfig {
+    /// Key of the `hash` strategy (`tok_…` tokens). Every gateway that must produce the same
+    /// tokens needs the same key. Default: a random key generated once and kept in the
+    /// recorder directory (`mask-hash.key`).
+    pub hash_key: Option<SecretRef>,
 }
 
 /// How a plugin fault (trap, timeout, memory blow-up, malformed return, error) is handled.

@@ -13,7 +13,11 @@ pub mod rows;
 pub mod time;
 
 pub use error::{ClientError, ErrorKind};
+pub use gatehouse_mask::Strategy as MaskStrategy;
 pub use guard::{Checked, Guard, GuardError, OpOutcome, SessionGuard};
 pub use op::{Operation, SqlStatement, StatementKind, Verdict};
 pub use principal::{AuthInfo, Principal, PrincipalKind, SessionCtx, TargetRef};
-pub use rows::{CellEdit, ColumnDesc, Finding, MaskFault, Masked, RowBatch, RowMasker};
+pub use rows::{
+    CellEdit, ColumnDesc, ColumnRule, ColumnSource, Finding, MaskFault, Masked, RelationKind, RowBatch,
+    RowMasker,
+};

@@ -91,6 +91,11 @@ pub struct SqlStatement {
     pub has_where: bool,
     /// Called functions, schema-qualified when written so (`pg_read_file`, `pg_catalog.now`).
     pub functions: Vec<String>,
+    /// Column names the statement refers to (the last part of each reference, as parsed;
+    /// `*` for a star). Masking uses them to tell whether computed values may derive from a
+    /// masked column.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
     /// `COPY … PROGRAM`.
     pub copy_program: bool,
     /// `COPY … FROM/TO 'file'` (server-side file, not STDIN/STDOUT).

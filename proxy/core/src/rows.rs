@@ -2,6 +2,8 @@
 //! through (DESIGN.md §3, step 5). Protocol crates build [`RowBatch`]es from wire messages and
 //! hand them to the session's [`RowMasker`]; the masker (plugins, column rules) returns edits.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 /// Length of a cell that is SQL NULL.
@@ -15,8 +17,59 @@ pub const OPAQUE_CELL: i32 = -2;
 pub struct ColumnDesc {
     pub name: String,
     pub type_oid: u32,
+    /// Source table OID and attribute number, 0 when the column is not a plain table column.
     pub table_oid: u32,
     pub column_number: i16,
+    /// The named table column the value comes from, when the protocol crate could resolve it
+    /// (PostgreSQL: a cached catalog lookup of `table_oid`/`column_number`). `None` with a
+    /// non-zero `table_oid` means the lookup failed: column rules must fail closed.
+    pub source: Option<Arc<ColumnSource>>,
+    /// Whether a replacement string is a valid value of the column's type (text, varchar, …).
+    /// Values of other types can only be masked by making them NULL.
+    pub text_like: bool,
+}
+
+/// Where a result column's values come from, by name: the resource of a `read_column` decision.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ColumnSource {
+    pub schema: String,
+    /// The relation's name; for a partition, its root partitioned table.
+    pub table: String,
+    pub column: String,
+    pub relation: RelationKind,
+}
+
+impl ColumnSource {
+    /// `schema.table`.
+    pub fn qualified_table(&self) -> String {
+        format!("{}.{}", self.schema, self.table)
+    }
+
+    /// `schema.table.column`: the Cedar `Column` entity id.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}.{}", self.schema, self.table, self.column)
+    }
+}
+
+/// What kind of relation a column belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RelationKind {
+    /// A table (also a partitioned table, or a partition reported as its root).
+    Table,
+    /// A view or materialized view: its columns may carry any table's values.
+    View,
+    /// A foreign table, or anything else.
+    Other,
+}
+
+impl RelationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelationKind::Table => "table",
+            RelationKind::View => "view",
+            RelationKind::Other => "other",
+        }
+    }
 }
 
 /// A batch of rows: cells in row-major order, each cell's bytes concatenated in `data`, its
@@ -116,6 +169,41 @@ pub struct Masked {
 /// The session's masking stage for result rows.
 #[async_trait]
 pub trait RowMasker: Send + Sync {
-    /// Mask one batch of rows of operation `op`.
-    async fn mask(&self, op: u64, batch: &RowBatch) -> Masked;
+    /// Whether rows of this shape must pass [`RowMasker::mask`] at all (asked once per result;
+    /// `false` lets the protocol crate forward them untouched). `derived` is the strongest
+    /// column rule among the tables the operation reads, for columns without a plain-table
+    /// source (see [`RowMasker::mask`]).
+    fn needs(&self, columns: &[ColumnDesc], derived: Option<gatehouse_mask::Strategy>) -> bool {
+        let _ = (columns, derived);
+        true
+    }
+
+    /// Mask one batch of rows of operation `op`. `derived`: as in [`RowMasker::needs`].
+    async fn mask(&self, op: u64, batch: &RowBatch, derived: Option<gatehouse_mask::Strategy>) -> Masked;
+
+    /// The column rules that apply to these table columns for this session (`None` entries
+    /// are readable in the clear). Used before a statement runs: for the tables it reads (to
+    /// mask values derived from them) and to refuse results that cannot pass masking (COPY TO).
+    fn column_rules(&self, columns: &[Arc<ColumnSource>]) -> Vec<Option<ColumnRule>> {
+        vec![None; columns.len()]
+    }
+
+    /// Whether content maskers (plugins) inspect values, beyond column rules.
+    fn inspects_content(&self) -> bool {
+        true
+    }
+
+    /// Whether column rules are active: result columns must be named (their source table
+    /// resolved) before [`RowMasker::needs`] and [`RowMasker::mask`] see them.
+    fn has_column_rules(&self) -> bool {
+        false
+    }
+}
+
+/// A column the session may not read in the clear, and how it is masked instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnRule {
+    pub strategy: gatehouse_mask::Strategy,
+    /// The policies that masked it.
+    pub policy_ids: Vec<String>,
 }

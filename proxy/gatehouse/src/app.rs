@@ -44,7 +44,13 @@ impl Gateway {
             .with_context(|| format!("opening the audit log in `{}`", config.recorder.dir.display()))?;
         let identities = Arc::new(StaticKeys::from_config(&config.identities).map_err(anyhow::Error::msg)?);
         let plugins = crate::plugins::Plugins::load(&config)?.map(Arc::new);
-        let guard = Arc::new(GatehouseGuard::new(policy.clone(), recorder.clone(), plugins));
+        let hash = crate::masking::hash_masker(&config.masking, &config.recorder.dir)?;
+        let guard = Arc::new(GatehouseGuard::new(
+            policy.clone(),
+            recorder.clone(),
+            plugins,
+            hash,
+        ));
         let mut targets = Vec::new();
         for t in &config.targets {
             match t.kind {

@@ -12,20 +12,29 @@ use gatehouse_core::{Checked, Guard, GuardError, OpOutcome, Operation, SessionCt
 use gatehouse_policy::{PolicyEngine, SessionPolicy};
 use gatehouse_recorder::{EventBody, NewEvent, OpError, Recorder};
 
+use crate::masking::{ColumnRules, SessionMasker};
 use crate::plugins::{Plugins, SessionPlugins};
 
 pub struct GatehouseGuard {
     policy: Arc<PolicyEngine>,
     recorder: Recorder,
     plugins: Option<Arc<Plugins>>,
+    /// The `hash` masking strategy's keyed tokenizer.
+    hash: Arc<gatehouse_mask::Masker>,
 }
 
 impl GatehouseGuard {
-    pub fn new(policy: Arc<PolicyEngine>, recorder: Recorder, plugins: Option<Arc<Plugins>>) -> Self {
+    pub fn new(
+        policy: Arc<PolicyEngine>,
+        recorder: Recorder,
+        plugins: Option<Arc<Plugins>>,
+        hash: Arc<gatehouse_mask::Masker>,
+    ) -> Self {
         GatehouseGuard {
             policy,
             recorder,
             plugins,
+            hash,
         }
     }
 }
@@ -35,13 +44,15 @@ struct Session {
     principal: String,
     policy: Arc<PolicyEngine>,
     /// `None` when the session's entities could not be built: every decision denies.
-    sp: Option<SessionPolicy>,
+    sp: Option<Arc<SessionPolicy>>,
     recorder: Recorder,
     ops: AtomicU64,
     started: Instant,
     closed: AtomicBool,
     /// The target's plugin chain for this session, if it has one.
     plugins: Option<Arc<SessionPlugins>>,
+    /// Column rules and content maskers for result rows, if any apply.
+    masker: Option<Arc<SessionMasker>>,
 }
 
 impl Session {
@@ -106,13 +117,20 @@ impl Session {
 impl Guard for GatehouseGuard {
     async fn open(&self, ctx: SessionCtx) -> Result<(Arc<dyn SessionGuard>, Verdict), GuardError> {
         let sp = match self.policy.session(&ctx) {
-            Ok(sp) => Some(sp),
+            Ok(sp) => Some(Arc::new(sp)),
             Err(e) => {
                 tracing::warn!(session = %ctx.session_id, "cannot build policy entities: {e}");
                 None
             }
         };
         let ctx_for_plugins = ctx.clone();
+        let plugins = self.plugins.as_ref().and_then(|p| p.session(&ctx_for_plugins));
+        // Column rules apply to PostgreSQL results when the policy set has any (checked at
+        // session start: a reload that adds the first `read_column` policy applies to new
+        // sessions).
+        let rules = (ctx.target.kind == "postgres" && self.policy.has_column_rules())
+            .then(|| ColumnRules::new(self.policy.clone(), sp.clone(), self.hash.clone()));
+        let masker = SessionMasker::new(rules, plugins.clone()).map(Arc::new);
         let session = Arc::new(Session {
             principal: ctx.principal.display(),
             ctx,
@@ -122,7 +140,8 @@ impl Guard for GatehouseGuard {
             ops: AtomicU64::new(0),
             started: Instant::now(),
             closed: AtomicBool::new(false),
-            plugins: self.plugins.as_ref().and_then(|p| p.session(&ctx_for_plugins)),
+            plugins,
+            masker,
         });
         let start = EventBody::SessionStart {
             protocol: session.ctx.target.kind.clone(),
@@ -206,11 +225,7 @@ impl SessionGuard for Session {
     }
 
     fn row_masker(&self) -> Option<Arc<dyn gatehouse_core::RowMasker>> {
-        let p = self.plugins.as_ref()?;
-        if !p.wants_rows() {
-            return None;
-        }
-        let m: Arc<dyn gatehouse_core::RowMasker> = p.clone();
+        let m: Arc<dyn gatehouse_core::RowMasker> = self.masker.clone()?;
         Some(m)
     }
 

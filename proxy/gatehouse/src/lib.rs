@@ -4,5 +4,6 @@
 pub mod app;
 pub mod demo;
 pub mod guard;
+pub mod masking;
 pub mod pgcluster;
 pub mod plugins;

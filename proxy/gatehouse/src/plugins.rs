@@ -265,7 +265,12 @@ fn diff(before: &RowBatch, after: &ph::RowBatch) -> Vec<CellEdit> {
 
 #[async_trait]
 impl RowMasker for SessionPlugins {
-    async fn mask(&self, _op: u64, batch: &RowBatch) -> Masked {
+    async fn mask(
+        &self,
+        _op: u64,
+        batch: &RowBatch,
+        _derived: Option<gatehouse_core::MaskStrategy>,
+    ) -> Masked {
         let input = to_plugin_batch(batch);
         let outcome = self.session.lock().await.on_rows(input).await;
         let findings = |f: &[ph::PluginFinding]| -> Vec<Finding> {

@@ -500,6 +500,7 @@ struct Walker<'a> {
     read: BTreeSet<String>,
     written: BTreeSet<String>,
     functions: BTreeSet<String>,
+    columns: BTreeSet<String>,
     /// CTE names in scope, innermost last.
     ctes: Vec<&'a str>,
     /// Relations already recorded as written (DML/DDL targets): not reads, never CTE names.
@@ -555,6 +556,7 @@ impl<'a> Walker<'a> {
             tables_written: self.written.into_iter().collect(),
             has_where: verdict.has_where,
             functions: self.functions.into_iter().collect(),
+            columns: self.columns.into_iter().collect(),
             copy_program: self.copy_program,
             copy_server_file: self.copy_server_file,
             sets_search_path: self.sets_search_path,
@@ -592,6 +594,7 @@ impl<'a> Walker<'a> {
                 return;
             }
             NodeRef::FuncCall(call) => self.func_call(call),
+            NodeRef::ColumnRef(c) => self.column_ref(c),
             NodeRef::InsertStmt(s) => {
                 self.dml.insert = true;
                 self.target(s.relation.as_ref());
@@ -764,6 +767,20 @@ impl<'a> Walker<'a> {
             && let Some(name) = qualify_names(&list.items, drop_last)
         {
             self.written.insert(name);
+        }
+    }
+
+    /// The column a reference names (its last part; `*` for a star). A one-part reference
+    /// may also be a whole-row reference to a table or alias.
+    fn column_ref(&mut self, c: &protobuf::ColumnRef) {
+        match c.fields.last().and_then(|n| n.node.as_ref()) {
+            Some(NodeEnum::String(s)) => {
+                self.columns.insert(s.sval.clone());
+            }
+            Some(NodeEnum::AStar(_)) => {
+                self.columns.insert("*".to_owned());
+            }
+            _ => {}
         }
     }
 

@@ -6,6 +6,7 @@
 //! each statement is classified ([`classify`]) and decided by the guard before it is forwarded.
 //! This crate never makes a policy decision itself.
 
+pub mod catalog;
 pub mod classify;
 mod mask;
 pub mod proto;

@@ -58,6 +58,8 @@ pub(crate) fn shape(fields: &[FieldDesc], formats: Option<&[i16]>) -> Arc<[Colum
                     type_oid: f.type_oid,
                     table_oid: f.table_oid,
                     column_number: f.column,
+                    source: None,
+                    text_like: text_like(f.type_oid),
                 },
                 binary: format == 1,
                 text_like: text_like(f.type_oid),
@@ -135,12 +137,11 @@ pub(crate) fn rewrite(
             }
         } else {
             for &(j, v) in edits {
-                let opaque = shape
-                    .and_then(|s| s.get(j))
-                    .is_some_and(|s| s.binary && !s.text_like);
+                let typed = shape.and_then(|s| s.get(j)).is_some_and(|s| !s.text_like);
                 if let Some(c) = cells.get_mut(j) {
-                    // A value for a binary non-text column cannot be encoded: NULL it.
-                    *c = if opaque { None } else { v };
+                    // A replacement string is not a value of a number, date, … column (in
+                    // either format): clients would fail to parse it. NULL it instead.
+                    *c = if typed { None } else { v };
                 }
             }
         }

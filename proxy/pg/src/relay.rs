@@ -14,15 +14,15 @@
 //! The client→upstream side tells the other side what responses to expect through an ordered
 //! channel of [`Pending`] items, pushed before the corresponding message is written upstream.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use gatehouse_core::{
-    Finding, GuardError, MaskFault, Masked, OpOutcome, Operation, RowMasker, SessionGuard, SqlStatement,
-    StatementKind, Verdict,
+    ColumnSource, Finding, GuardError, MaskFault, MaskStrategy, Masked, OpOutcome, Operation, RelationKind,
+    RowMasker, SessionGuard, SqlStatement, StatementKind, Verdict,
 };
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -32,7 +32,7 @@ use crate::classify::{ClassifyCache, classify};
 use crate::mask::{self, ColumnShape, ExecShape};
 use crate::proto::{self, Severity};
 use crate::stream::Stream;
-use crate::upstream::{Upstream, track_param};
+use crate::upstream::{PgTarget, Upstream, track_param};
 
 type ClientWriter = Arc<Mutex<WriteHalf<Stream>>>;
 
@@ -55,6 +55,11 @@ enum Pending {
         rows: u64,
         /// Where the rows' description comes from (extended protocol, masking sessions only).
         shape: Option<ExecShape>,
+        /// Column rule for result columns without a plain-table source (expressions, views):
+        /// the strongest rule among the tables the statement reads.
+        derived: Option<MaskStrategy>,
+        /// The statement changes the schema: cached catalog names are stale once it ran.
+        ddl: bool,
     },
     /// A Describe (masking sessions only): the RowDescription or NoData that answers it
     /// describes the statement or portal with this id.
@@ -85,6 +90,7 @@ pub(crate) async fn run(
     up: Upstream,
     sg: Arc<dyn SessionGuard>,
     cache: Arc<ClassifyCache>,
+    target: Arc<PgTarget>,
 ) -> RelayEnd {
     let Upstream {
         stream,
@@ -116,7 +122,8 @@ pub(crate) async fn run(
         cache,
         shared.clone(),
         tx,
-        masker.is_some(),
+        masker.clone(),
+        target.clone(),
     ));
     let mut u2c = UpstreamSide {
         cw,
@@ -129,8 +136,11 @@ pub(crate) async fn run(
         rfq_seen: 0,
         client_alive: true,
         masker,
+        target,
         descs: BTreeMap::new(),
         current: None,
+        plan: None,
+        ddl_done: false,
         findings: Vec::new(),
         faults: Vec::new(),
     };
@@ -165,11 +175,103 @@ fn bypasses_masking(s: &SqlStatement) -> bool {
     s.kind() == StatementKind::Copy && s.tables_written.is_empty()
 }
 
+const UNMASKABLE: &str = "gatehouse: refused: this target's results are masked, and COPY TO / \
+                          fast-path function results cannot pass the masking stage; use SELECT";
+
+/// How an allowed statement's results will be masked: `Ok(derived)` (see [`Pending::Exec`]),
+/// or `Err(message)` when they could not be (the statement is refused).
+///
+/// With column rules, the relations the statement reads are looked up (cached) and their
+/// columns decided (cached per session): values computed from a masked column (`upper(ssn)`,
+/// a view over it) carry no table source in the RowDescription, so text-like columns without
+/// one are masked with the strongest rule among the tables read. COPY TO cannot be masked at
+/// all: it runs only when no column it could read is masked and no plugin inspects content.
+async fn mask_plan(
+    masker: &dyn RowMasker,
+    target: &Arc<PgTarget>,
+    stmt: &SqlStatement,
+) -> Result<Option<MaskStrategy>, String> {
+    let copy_out = bypasses_masking(stmt);
+    if copy_out && masker.inspects_content() {
+        return Err(UNMASKABLE.to_string());
+    }
+    if !masker.has_column_rules() || stmt.tables_read.is_empty() {
+        return Ok(None);
+    }
+    let rels = match target.relations_named(&stmt.tables_read).await {
+        Ok(r) => r,
+        Err(e) if copy_out => {
+            return Err(format!(
+                "gatehouse: refused: could not check this COPY's columns against column rules ({e})"
+            ));
+        }
+        Err(_) => return Ok(Some(MaskStrategy::Full)),
+    };
+    // Columns of the tables read, and the table columns the views read (transitively).
+    let columns: Vec<_> = rels.iter().flat_map(|r| r.all_columns()).collect();
+    let views: Vec<_> = rels
+        .iter()
+        .filter(|r| r.kind == RelationKind::View)
+        .cloned()
+        .collect();
+    let behind_views = if views.is_empty() {
+        Vec::new()
+    } else {
+        match target.view_reads(&views).await {
+            Ok(c) => c,
+            Err(e) if copy_out => {
+                return Err(format!(
+                    "gatehouse: refused: could not check this COPY's columns against column rules ({e})"
+                ));
+            }
+            Err(_) => return Ok(Some(MaskStrategy::Full)),
+        }
+    };
+    let rules = masker.column_rules(&columns);
+    let view_rules = masker.column_rules(&behind_views);
+    let masked: Vec<&ColumnSource> = columns
+        .iter()
+        .zip(&rules)
+        .chain(behind_views.iter().zip(&view_rules))
+        .filter(|(_, r)| r.is_some())
+        .map(|(c, _)| &**c)
+        .collect();
+    if masked.is_empty() {
+        return Ok(None);
+    }
+    if copy_out {
+        let mut names: Vec<String> = masked.iter().map(|c| c.qualified()).collect();
+        names.dedup();
+        return Err(format!(
+            "gatehouse: refused: COPY TO cannot mask column(s) {}; use SELECT",
+            names.join(", ")
+        ));
+    }
+    // Computed values can carry a masked column's data only if the statement refers to a
+    // masked column, a star, or a name that is no column of the tables it reads (an alias,
+    // a whole-row reference, a subquery's output). `count(*)` over the table does not. A
+    // view whose definition reads a masked column taints everything read through it.
+    let known: HashSet<&str> = columns.iter().map(|c| c.column.as_str()).collect();
+    let through_view = view_rules.iter().any(Option::is_some);
+    let tainted = through_view
+        || stmt
+            .columns
+            .iter()
+            .any(|r| r == "*" || !known.contains(r.as_str()) || masked.iter().any(|c| c.column == *r));
+    Ok(tainted
+        .then(|| {
+            rules
+                .into_iter()
+                .chain(view_rules)
+                .flatten()
+                .map(|r| r.strategy)
+                .reduce(MaskStrategy::max)
+        })
+        .flatten())
+}
+
 /// Refuse an allowed operation whose results could not be masked, and record why.
-fn unmaskable_refusal(sg: &dyn SessionGuard, op: u64) -> String {
-    let message = "gatehouse: refused: this target's results are masked, and COPY TO / fast-path \
-                   function results cannot pass the masking stage; use SELECT"
-        .to_string();
+fn unmaskable_refusal(sg: &dyn SessionGuard, op: u64, message: String) -> String {
     sg.outcome(
         op,
         OpOutcome {
@@ -202,8 +304,10 @@ async fn client_to_upstream(
     cache: Arc<ClassifyCache>,
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Pending>,
-    masking: bool,
+    masker: Option<Arc<dyn RowMasker>>,
+    target: Arc<PgTarget>,
 ) -> (WriteHalf<Stream>, ClientEnd) {
+    let masking = masker.is_some();
     let mut statements: HashMap<String, Arc<SqlStatement>> = HashMap::new();
     let mut portals: HashMap<String, Arc<SqlStatement>> = HashMap::new();
     // Masking sessions only: ids of prepared statements and portals, so the other side can
@@ -240,13 +344,19 @@ async fn client_to_upstream(
                     let mut allowed = Vec::with_capacity(stmts.len());
                     let mut denied = None;
                     for s in stmts {
-                        let unmaskable = masking && bypasses_masking(&s);
-                        match sg.check(Operation::Query(Arc::new(s))).await {
-                            Ok(c) if c.verdict.is_allow() && unmaskable => {
-                                denied = Some(("42501", unmaskable_refusal(&*sg, c.op)));
-                                break;
-                            }
-                            Ok(c) if c.verdict.is_allow() => allowed.push(c.op),
+                        let s = Arc::new(s);
+                        let ddl = s.kind() == StatementKind::Ddl;
+                        match sg.check(Operation::Query(s.clone())).await {
+                            Ok(c) if c.verdict.is_allow() => match &masker {
+                                Some(m) => match mask_plan(&**m, &target, &s).await {
+                                    Ok(derived) => allowed.push((c.op, derived, ddl)),
+                                    Err(message) => {
+                                        denied = Some(("42501", unmaskable_refusal(&*sg, c.op, message)));
+                                        break;
+                                    }
+                                },
+                                None => allowed.push((c.op, None, ddl)),
+                            },
                             Ok(c) => {
                                 denied = Some(("42501", denial(&c.verdict)));
                                 break;
@@ -258,7 +368,7 @@ async fn client_to_upstream(
                         }
                     }
                     if let Some((code, message)) = denied {
-                        for op in allowed {
+                        for (op, _, _) in allowed {
                             sg.outcome(
                                 op,
                                 OpOutcome {
@@ -278,14 +388,18 @@ async fn client_to_upstream(
                                 start: now,
                                 rows: 0,
                                 shape: None,
+                                derived: None,
+                                ddl: false,
                             });
                         }
-                        for op in allowed {
+                        for (op, derived, ddl) in allowed {
                             send(Pending::Exec {
                                 op: Some(op),
                                 start: now,
                                 rows: 0,
                                 shape: None,
+                                derived,
+                                ddl,
                             });
                         }
                         send(Pending::Sync);
@@ -339,24 +453,33 @@ async fn client_to_upstream(
                     if !flush(&mut uwr, &mut out).await {
                         return (uwr, ClientEnd::UpstreamWriteFailed);
                     }
-                    let unmaskable = masking && bypasses_masking(&stmt);
-                    match sg.check(Operation::Query(stmt)).await {
-                        Ok(c) if c.verdict.is_allow() && unmaskable => {
-                            send(Pending::Denied {
-                                code: "42501",
-                                message: unmaskable_refusal(&*sg, c.op),
-                            });
-                            proto::execute(&mut out, &shared.nonce, 0);
-                        }
-                        Ok(c) if c.verdict.is_allow() => {
-                            send(Pending::Exec {
-                                op: Some(c.op),
-                                start: Instant::now(),
-                                rows: 0,
-                                shape: portal_shapes.get(&portal).cloned(),
-                            });
-                            out.extend_from_slice(&msg);
-                        }
+                    let ddl = stmt.kind() == StatementKind::Ddl;
+                    let checked = sg.check(Operation::Query(stmt.clone())).await;
+                    let plan = match (&checked, &masker) {
+                        (Ok(c), Some(m)) if c.verdict.is_allow() => mask_plan(&**m, &target, &stmt).await,
+                        _ => Ok(None),
+                    };
+                    match checked {
+                        Ok(c) if c.verdict.is_allow() => match plan {
+                            Ok(derived) => {
+                                send(Pending::Exec {
+                                    op: Some(c.op),
+                                    start: Instant::now(),
+                                    rows: 0,
+                                    shape: portal_shapes.get(&portal).cloned(),
+                                    derived,
+                                    ddl,
+                                });
+                                out.extend_from_slice(&msg);
+                            }
+                            Err(message) => {
+                                send(Pending::Denied {
+                                    code: "42501",
+                                    message: unmaskable_refusal(&*sg, c.op, message),
+                                });
+                                proto::execute(&mut out, &shared.nonce, 0);
+                            }
+                        },
                         Ok(c) => {
                             send(Pending::Denied {
                                 code: "42501",
@@ -407,7 +530,7 @@ async fn client_to_upstream(
                         Ok(c) if c.verdict.is_allow() && masking => {
                             send(Pending::Denied {
                                 code: "42501",
-                                message: unmaskable_refusal(&*sg, c.op),
+                                message: unmaskable_refusal(&*sg, c.op, UNMASKABLE.to_string()),
                             });
                             proto::query(&mut out, &shared.nonce);
                         }
@@ -417,6 +540,8 @@ async fn client_to_upstream(
                                 start: Instant::now(),
                                 rows: 0,
                                 shape: None,
+                                derived: None,
+                                ddl: false,
                             });
                             out.extend_from_slice(&msg);
                         }
@@ -510,13 +635,28 @@ struct UpstreamSide<'a> {
     client_alive: bool,
     /// The session's masking stage; `None`: rows are forwarded untouched.
     masker: Option<Arc<dyn RowMasker>>,
+    target: Arc<PgTarget>,
     /// RowDescriptions answering Describe messages, by statement/portal id (bounded).
     descs: BTreeMap<u64, Arc<[proto::FieldDesc]>>,
-    /// Shape of the rows now streaming (until the operation completes).
+    /// Shape of the rows now streaming, as described (until the operation completes).
     current: Option<Arc<[ColumnShape]>>,
+    /// The same with column sources resolved, and whether its rows need masking at all; made
+    /// at the first row.
+    plan: Option<Plan>,
+    /// DDL completed in the current transaction: the catalog cache is dropped again when it
+    /// ends (a concurrent lookup may have cached what the transaction was changing).
+    ddl_done: bool,
     /// What masking found and which maskers faulted, for the operation now streaming.
     findings: Vec<Finding>,
     faults: Vec<MaskFault>,
+}
+
+/// How the rows now streaming are masked.
+struct Plan {
+    shape: Arc<[ColumnShape]>,
+    derived: Option<MaskStrategy>,
+    /// `false`: no column rule and no content masker applies; rows are forwarded untouched.
+    needed: bool,
 }
 
 /// Row descriptions kept per session for Describe/Execute pairing.
@@ -545,7 +685,13 @@ impl UpstreamSide<'_> {
             return None;
         }
         match self.queue.pop_front() {
-            Some(Pending::Exec { op, start, rows, .. }) => {
+            Some(Pending::Exec {
+                op, start, rows, ddl, ..
+            }) => {
+                if ddl {
+                    self.target.invalidate_catalog();
+                    self.ddl_done = true;
+                }
                 if let Some(op) = op {
                     self.masking_done(op);
                 }
@@ -558,11 +704,63 @@ impl UpstreamSide<'_> {
     /// Record what masking did to an operation's results, once it has completed.
     fn masking_done(&mut self, op: u64) {
         self.current = None;
+        self.plan = None;
         if !self.findings.is_empty() || !self.faults.is_empty() {
-            let findings = std::mem::take(&mut self.findings);
+            let findings = merge_findings(std::mem::take(&mut self.findings));
             let faults = std::mem::take(&mut self.faults);
             self.sg.masked(op, findings, faults);
         }
+    }
+
+    /// How the rows the front operation is returning are masked: made at its first row by
+    /// naming the columns' source tables (catalog, cached) and asking the masking stage.
+    /// `None`: the rows' shape is unknown (they must be masked whole).
+    async fn plan(
+        &mut self,
+        masker: &Arc<dyn RowMasker>,
+    ) -> Option<(Arc<[ColumnShape]>, Option<MaskStrategy>, bool)> {
+        if let Some(p) = &self.plan {
+            return Some((p.shape.clone(), p.derived, p.needed));
+        }
+        let derived = match self.front() {
+            Some(Pending::Exec { derived, .. }) => *derived,
+            _ => None,
+        };
+        let described = self.row_shape()?;
+        let shape: Arc<[ColumnShape]> = if masker.has_column_rules() {
+            let oids: Vec<u32> = described
+                .iter()
+                .map(|c| c.desc.table_oid)
+                .filter(|&o| o != 0)
+                .collect();
+            // A failed lookup leaves sources unset: column rules then mask those columns.
+            let rels = if oids.is_empty() {
+                Default::default()
+            } else {
+                self.target.relations(&oids).await.unwrap_or_default()
+            };
+            described
+                .iter()
+                .map(|c| {
+                    let mut c = c.clone();
+                    c.desc.source = rels
+                        .get(&c.desc.table_oid)
+                        .and_then(|r| r.columns.get(&c.desc.column_number))
+                        .cloned();
+                    c
+                })
+                .collect()
+        } else {
+            described
+        };
+        let descs: Vec<_> = shape.iter().map(|c| c.desc.clone()).collect();
+        let needed = masker.needs(&descs, derived);
+        self.plan = Some(Plan {
+            shape: shape.clone(),
+            derived,
+            needed,
+        });
+        Some((shape, derived, needed))
     }
 
     /// The shape of the rows the front operation is returning, if known.
@@ -584,16 +782,22 @@ impl UpstreamSide<'_> {
     }
 
     /// Mask a run of DataRow messages (`raw`: whole messages) and write the result to `out`.
-    async fn mask_rows(&mut self, masker: &Arc<dyn RowMasker>, raw: &[&[u8]], out: &mut BytesMut) {
+    async fn mask_rows(
+        &mut self,
+        masker: &Arc<dyn RowMasker>,
+        shape: Option<Arc<[ColumnShape]>>,
+        derived: Option<MaskStrategy>,
+        raw: &[&[u8]],
+        out: &mut BytesMut,
+    ) {
         let bodies: Vec<&[u8]> = raw.iter().map(|m| proto::body(m)).collect();
         let op = match self.front() {
             Some(Pending::Exec { op: Some(op), .. }) => *op,
             _ => 0,
         };
-        let shape = self.row_shape();
         let batch = shape.as_deref().and_then(|s| mask::batch(s, &bodies));
         let masked = match batch {
-            Some(b) => masker.mask(op, &b).await,
+            Some(b) => masker.mask(op, &b, derived).await,
             None => {
                 // Rows we cannot lay out cannot be inspected: fail closed.
                 let fault = MaskFault {
@@ -726,6 +930,21 @@ impl UpstreamSide<'_> {
             let body = buf.get(start + 5..pos).unwrap_or(&[]);
             match frame.tag {
                 b'D' if self.masker.is_some() => {
+                    let Some(masker) = self.masker.clone() else {
+                        continue;
+                    };
+                    let plan = self.plan(&masker).await;
+                    if let Some((_, _, false)) = plan {
+                        // Nothing masks these rows: forward them as received.
+                        if let Some(Pending::Exec { rows, .. }) = self.front() {
+                            *rows += 1;
+                        }
+                        continue;
+                    }
+                    let (shape, derived) = match plan {
+                        Some((shape, derived, _)) => (Some(shape), derived),
+                        None => (None, None),
+                    };
                     // The run of DataRows that arrived together is one batch.
                     let mut raw: Vec<&[u8]> = vec![buf.get(start..pos).unwrap_or(&[])];
                     while let Ok(Some(f)) =
@@ -742,9 +961,7 @@ impl UpstreamSide<'_> {
                         *rows += n;
                     }
                     out.clear();
-                    if let Some(masker) = self.masker.clone() {
-                        self.mask_rows(&masker, &raw, &mut out).await;
-                    }
+                    self.mask_rows(&masker, shape, derived, &raw, &mut out).await;
                     chunks.push((written, start, Some(out.split())));
                     written = pos;
                 }
@@ -767,6 +984,7 @@ impl UpstreamSide<'_> {
                         }
                     } else {
                         self.current = Some(mask::shape(&fields, None));
+                        self.plan = None;
                     }
                 }
                 b'n' => {
@@ -845,6 +1063,11 @@ impl UpstreamSide<'_> {
                 b'Z' => {
                     self.status = body.first().copied().unwrap_or(b'I');
                     self.current = None;
+                    self.plan = None;
+                    if self.ddl_done && self.status == b'I' {
+                        self.target.invalidate_catalog();
+                        self.ddl_done = false;
+                    }
                     while let Some(p) = self.pop() {
                         match p {
                             Pending::Sync => break,
@@ -887,6 +1110,21 @@ impl UpstreamSide<'_> {
         buf.advance(pos);
         true
     }
+}
+
+/// One finding per (entity, field, source) for an operation, however many batches it took.
+fn merge_findings(findings: Vec<Finding>) -> Vec<Finding> {
+    let mut merged: Vec<Finding> = Vec::new();
+    for f in findings {
+        match merged
+            .iter_mut()
+            .find(|m| m.entity == f.entity && m.field == f.field && m.source == f.source)
+        {
+            Some(m) => m.count = m.count.saturating_add(f.count),
+            None => merged.push(f),
+        }
+    }
+    merged
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

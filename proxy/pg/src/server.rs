@@ -403,7 +403,8 @@ impl PgFront {
 
         // ---- relay ----
         let pid = up.pid;
-        let RelayEnd { upstream, reason } = relay::run(stream, buf, up, sg.clone(), self.cache.clone()).await;
+        let RelayEnd { upstream, reason } =
+            relay::run(stream, buf, up, sg.clone(), self.cache.clone(), target.clone()).await;
         self.unregister_cancel(pid, key);
         if let Some(up) = upstream {
             target.release(up);

@@ -60,6 +60,8 @@ pub struct PgTarget {
     tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     password: Option<String>,
     pool: Mutex<HashMap<PoolKey, Vec<(Upstream, Instant)>>>,
+    /// Names of the relations result columns come from (for column rules).
+    pub(crate) catalog: crate::catalog::Catalog,
 }
 
 impl PgTarget {
@@ -77,6 +79,7 @@ impl PgTarget {
             tls,
             password,
             pool: Mutex::new(HashMap::new()),
+            catalog: crate::catalog::Catalog::default(),
         })
     }
 

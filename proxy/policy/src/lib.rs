@@ -31,7 +31,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use cedar_policy::{Authorizer, Entities, EntityUid, Response};
-use gatehouse_core::{Operation, SessionCtx, Verdict};
+use gatehouse_core::{ColumnRule, ColumnSource, MaskStrategy, Operation, SessionCtx, Verdict};
 
 pub use cases::{CaseOutcome, ExpectedDecision};
 pub use error::PolicyError;
@@ -105,6 +105,17 @@ impl SessionPolicy {
     pub fn resource(&self) -> String {
         self.entities.resource.to_string()
     }
+}
+
+/// The engine's answer for one `read_column`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnDecision {
+    /// `None`: the column is readable in the clear. Otherwise how it is masked and which
+    /// policies said so (empty when no policy permits reading it, or evaluation failed).
+    pub rule: Option<ColumnRule>,
+    pub generation: u64,
+    /// Request-building and evaluation errors (they mask the column fully).
+    pub errors: Vec<String>,
 }
 
 /// The engine's answer for one operation.
@@ -400,6 +411,99 @@ impl PolicyEngine {
             .is_authorized(&request, &snap.compiled.policies, entities))
     }
 
+    /// Whether the live policy set can mask columns: some policy names `read_column` (or a
+    /// `forbid` applies to every action). When false, sessions do not check results column by
+    /// column at all (with no policy on `read_column`, Cedar's default deny would otherwise
+    /// mask every column).
+    pub fn has_column_rules(&self) -> bool {
+        self.snapshot().compiled.column_rules
+    }
+
+    /// Decide `read_column` for one table column. A deny masks the column with the strongest
+    /// `@mask` strategy among the denying policies (`full` when none is annotated, when no
+    /// policy permits reading, or when evaluation fails).
+    pub fn decide_column(&self, session: &SessionPolicy, col: &ColumnSource) -> ColumnDecision {
+        let snap = self.snapshot();
+        let generation = snap.generation;
+        let full = |policy_ids: Vec<String>, errors: Vec<String>| ColumnDecision {
+            rule: Some(ColumnRule {
+                strategy: MaskStrategy::Full,
+                policy_ids,
+            }),
+            generation,
+            errors,
+        };
+        let response = match self.evaluate_column(&snap, session, col) {
+            Ok(r) => r,
+            Err(e) => return full(Vec::new(), vec![e]),
+        };
+        let diagnostics = response.diagnostics();
+        let mut ids: Vec<String> = diagnostics.reason().map(|id| id.to_string()).collect();
+        ids.sort();
+        let errors: Vec<String> = diagnostics.errors().map(ToString::to_string).collect();
+        if !errors.is_empty() {
+            return full(ids, errors);
+        }
+        match response.decision() {
+            cedar_policy::Decision::Allow => ColumnDecision {
+                rule: None,
+                generation,
+                errors,
+            },
+            cedar_policy::Decision::Deny => {
+                let strategy = ids
+                    .iter()
+                    .map(|id| {
+                        snap.compiled
+                            .masks
+                            .get(&cedar_policy::PolicyId::new(id))
+                            .copied()
+                            .unwrap_or(MaskStrategy::Full)
+                    })
+                    .reduce(MaskStrategy::max)
+                    .unwrap_or(MaskStrategy::Full);
+                ColumnDecision {
+                    rule: Some(ColumnRule {
+                        strategy,
+                        policy_ids: ids,
+                    }),
+                    generation,
+                    errors,
+                }
+            }
+        }
+    }
+
+    fn evaluate_column(
+        &self,
+        snap: &Snapshot,
+        session: &SessionPolicy,
+        col: &ColumnSource,
+    ) -> Result<Response, String> {
+        let schema = &snap.compiled.schema;
+        let rebuilt;
+        let base: &request::SessionEntities = if session.schema_digest == snap.compiled.schema_digest {
+            &session.entities
+        } else {
+            rebuilt =
+                request::session_entities(&self.names, schema, &session.ctx).map_err(|e| e.to_string())?;
+            &rebuilt
+        };
+        let (column, entities) = request::column_entities(&self.names, schema, base, col)?;
+        let now = gatehouse_core::time::rfc3339_micros(gatehouse_core::time::now_micros());
+        let context = session.base.connect(&now, false)?;
+        let request = request::request(
+            &base.principal,
+            &self.names.read_column,
+            &column,
+            context,
+            Some(schema),
+        )?;
+        Ok(self
+            .authorizer
+            .is_authorized(&request, &snap.compiled.policies, &entities))
+    }
+
     /// Run a decision test file (cedar-policy-cli `run-tests` format) against the live set.
     /// Each case's request, context and entities are checked against the schema. A case
     /// passes when the decision matches, its `reason` equals the determining policy ids (as a
@@ -480,6 +584,22 @@ fn self_check(names: &Names, compiled: &Compiled) -> Result<(), PolicyError> {
             )
             .map_err(&fail)?;
             if target_kind == "postgres" {
+                let col = ColumnSource {
+                    schema: "public".to_string(),
+                    table: "t".to_string(),
+                    column: "c".to_string(),
+                    relation: gatehouse_core::RelationKind::Table,
+                };
+                let (column, _) = request::column_entities(names, schema, &entities, &col).map_err(&fail)?;
+                let read = base.connect(&now, false).map_err(&fail)?;
+                request::request(
+                    &entities.principal,
+                    &names.read_column,
+                    &column,
+                    read,
+                    Some(schema),
+                )
+                .map_err(&fail)?;
                 let query = base.query(&now, false, &stmt).map_err(&fail)?;
                 request::request(
                     &entities.principal,

@@ -16,6 +16,10 @@ pub const SCHEMA_FILE: &str = "schema.cedarschema";
 const ID: &str = "id";
 /// The annotation turning a `forbid` into "needs approval from these groups".
 pub(crate) const APPROVERS: &str = "approvers";
+/// The annotation choosing how a denied `read_column` masks the column.
+pub(crate) const MASK: &str = "mask";
+/// The action whose policies make column masking active.
+pub(crate) const READ_COLUMN: &str = "read_column";
 
 /// The raw files of a policy directory and their content hash.
 pub(crate) struct Sources {
@@ -78,6 +82,11 @@ pub(crate) struct Compiled {
     pub(crate) policies: PolicySet,
     /// Approver groups of each policy annotated `@approvers`.
     pub(crate) approvers: HashMap<PolicyId, Vec<String>>,
+    /// Masking strategy of each policy annotated `@mask`.
+    pub(crate) masks: HashMap<PolicyId, gatehouse_core::MaskStrategy>,
+    /// Whether any policy can decide `read_column`: one naming the action, or a `forbid` on
+    /// every action. Without one, results are not checked column by column at all.
+    pub(crate) column_rules: bool,
     /// Where each policy was defined, for messages.
     pub(crate) locations: BTreeMap<String, Location>,
     /// SHA-256 of the schema text alone.
@@ -104,6 +113,8 @@ pub(crate) fn compile(sources: &Sources) -> Result<Compiled, PolicyError> {
 
     let mut policies = PolicySet::new();
     let mut approvers = HashMap::new();
+    let mut masks = HashMap::new();
+    let mut column_rules = false;
     let mut locations: BTreeMap<String, Location> = BTreeMap::new();
     for (file, text) in &sources.policies {
         for (policy, line) in parse_file(file, text)? {
@@ -149,6 +160,26 @@ pub(crate) fn compile(sources: &Sources) -> Result<Compiled, PolicyError> {
                 }
                 approvers.insert(policy.id().clone(), groups);
             }
+            let on_read_column = match policy.action_constraint() {
+                cedar_policy::ActionConstraint::Any => policy.effect() == cedar_policy::Effect::Forbid,
+                cedar_policy::ActionConstraint::Eq(a) => a.id().unescaped() == READ_COLUMN,
+                cedar_policy::ActionConstraint::In(list) => {
+                    list.iter().any(|a| a.id().unescaped() == READ_COLUMN)
+                }
+            };
+            column_rules |= on_read_column;
+            if let Some(strategy) = policy.annotation(MASK) {
+                if policy.effect() != cedar_policy::Effect::Forbid || !on_read_column {
+                    return Err(policy_error(
+                        &id,
+                        &here,
+                        "`@mask` is only meaningful on a `forbid` of `read_column`",
+                    ));
+                }
+                let strategy = gatehouse_core::MaskStrategy::from_str(strategy.trim())
+                    .map_err(|e| policy_error(&id, &here, &format!("`@mask`: {e}")))?;
+                masks.insert(policy.id().clone(), strategy);
+            }
             policies
                 .add(policy)
                 .map_err(|e| policy_error(&id, &here, &e.to_string()))?;
@@ -189,6 +220,8 @@ pub(crate) fn compile(sources: &Sources) -> Result<Compiled, PolicyError> {
         schema,
         policies,
         approvers,
+        masks,
+        column_rules,
         locations,
         schema_digest: Sha256::digest(schema_text.as_bytes()).into(),
     })

@@ -18,8 +18,11 @@ pub(crate) struct Names {
     pub(crate) target: EntityTypeName,
     pub(crate) database: EntityTypeName,
     pub(crate) host: EntityTypeName,
+    pub(crate) table: EntityTypeName,
+    pub(crate) column: EntityTypeName,
     pub(crate) connect: EntityUid,
     pub(crate) query: EntityUid,
+    pub(crate) read_column: EntityUid,
 }
 
 impl Names {
@@ -33,8 +36,11 @@ impl Names {
             target: type_name("Target")?,
             database: type_name("Database")?,
             host: type_name("Host")?,
+            table: type_name("Table")?,
+            column: type_name("Column")?,
             connect: act("connect"),
             query: act("query"),
+            read_column: act("read_column"),
         })
     }
 

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use cedar_policy::{Context, Entities, Entity, EntityUid, Request, RestrictedExpression, Schema};
-use gatehouse_core::{PrincipalKind, SessionCtx, SqlStatement};
+use gatehouse_core::{ColumnSource, PrincipalKind, SessionCtx, SqlStatement};
 
 use crate::error::PolicyError;
 use crate::names::Names;
@@ -114,6 +114,47 @@ pub(crate) fn session_entities(
         resource: resource_uid,
         entities,
     })
+}
+
+/// The session's entities plus a `Column` in its `Table` in the session's `Database`, checked
+/// against the schema. Returns the column's uid.
+pub(crate) fn column_entities(
+    names: &Names,
+    schema: &Schema,
+    session: &SessionEntities,
+    col: &ColumnSource,
+) -> Result<(EntityUid, Entities), String> {
+    let table_uid = Names::uid(&names.table, &col.qualified_table());
+    let column_uid = Names::uid(&names.column, &col.qualified());
+    let s = |v: &str| RestrictedExpression::new_string(v.to_string());
+    let table = Entity::new(
+        table_uid.clone(),
+        [
+            ("schema".to_string(), s(&col.schema)),
+            ("name".to_string(), s(&col.table)),
+        ]
+        .into(),
+        HashSet::from([session.resource.clone()]),
+    )
+    .map_err(|e| e.to_string())?;
+    let column = Entity::new(
+        column_uid.clone(),
+        [
+            ("schema".to_string(), s(&col.schema)),
+            ("table".to_string(), s(&col.table)),
+            ("name".to_string(), s(&col.column)),
+            ("relation".to_string(), s(col.relation.as_str())),
+        ]
+        .into(),
+        HashSet::from([table_uid]),
+    )
+    .map_err(|e| e.to_string())?;
+    let entities = session
+        .entities
+        .clone()
+        .add_entities([table, column], Some(schema))
+        .map_err(|e| e.to_string())?;
+    Ok((column_uid, entities))
 }
 
 fn entity(

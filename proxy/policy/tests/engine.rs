@@ -668,3 +668,117 @@ fn decide_cost() {
     println!("decide(query): {per:?} per call over {n} calls");
     assert!(per < Duration::from_millis(5), "{per:?}");
 }
+
+fn column(schema: &str, table: &str, name: &str) -> gatehouse_core::ColumnSource {
+    gatehouse_core::ColumnSource {
+        schema: schema.to_string(),
+        table: table.to_string(),
+        column: name.to_string(),
+        relation: gatehouse_core::RelationKind::Table,
+    }
+}
+
+#[test]
+fn column_rules_pick_the_strongest_mask_and_fail_closed() {
+    use gatehouse_core::MaskStrategy;
+    let dir = dir_with(&[(
+        "cols.cedar",
+        r#"
+@id("read-all")
+permit (principal, action == Gatehouse::Action::"read_column", resource);
+
+@id("partial-card")
+@mask("partial")
+forbid (principal is Gatehouse::Agent, action == Gatehouse::Action::"read_column", resource)
+when { resource.name == "card" };
+
+@id("hash-card-in-payments")
+@mask("hash")
+forbid (principal is Gatehouse::Agent, action == Gatehouse::Action::"read_column", resource in Gatehouse::Table::"pay.cards")
+when { resource.name == "card" };
+
+@id("unannotated")
+forbid (principal is Gatehouse::Agent, action == Gatehouse::Action::"read_column", resource)
+when { resource.name == "secret" };
+"#,
+    )]);
+    let engine = PolicyEngine::load(dir.path()).unwrap();
+    assert!(engine.has_column_rules());
+    let agent = engine
+        .session(&session(PrincipalKind::Agent, "bot", &["agents"], "app", "prod"))
+        .unwrap();
+    let user = engine
+        .session(&session(PrincipalKind::User, "ann", &[], "app", "prod"))
+        .unwrap();
+
+    assert_eq!(
+        engine.decide_column(&agent, &column("public", "t", "name")).rule,
+        None
+    );
+    let r = engine
+        .decide_column(&agent, &column("public", "t", "card"))
+        .rule
+        .unwrap();
+    assert_eq!(
+        (r.strategy, r.policy_ids),
+        (MaskStrategy::Partial, vec!["partial-card".to_string()])
+    );
+    // Two forbids: the stronger mask wins, both are cited.
+    let r = engine
+        .decide_column(&agent, &column("pay", "cards", "card"))
+        .rule
+        .unwrap();
+    assert_eq!(r.strategy, MaskStrategy::Hash);
+    assert_eq!(r.policy_ids, ["hash-card-in-payments", "partial-card"]);
+    // A forbid without @mask masks fully.
+    let r = engine
+        .decide_column(&agent, &column("public", "t", "secret"))
+        .rule
+        .unwrap();
+    assert_eq!(r.strategy, MaskStrategy::Full);
+    assert_eq!(
+        engine.decide_column(&user, &column("pay", "cards", "card")).rule,
+        None
+    );
+
+    // No permit for read_column at all: every column is masked, citing no policy.
+    let dir = dir_with(&[(
+        "cols.cedar",
+        r#"
+@id("mask-secret")
+forbid (principal, action == Gatehouse::Action::"read_column", resource)
+when { resource.name == "secret" };
+"#,
+    )]);
+    let engine = PolicyEngine::load(dir.path()).unwrap();
+    let s = engine
+        .session(&session(PrincipalKind::User, "ann", &[], "app", "prod"))
+        .unwrap();
+    let r = engine
+        .decide_column(&s, &column("public", "t", "name"))
+        .rule
+        .unwrap();
+    assert_eq!((r.strategy, r.policy_ids.len()), (MaskStrategy::Full, 0));
+}
+
+#[test]
+fn mask_annotation_is_checked_at_load() {
+    let bad_value = dir_with(&[(
+        "a.cedar",
+        r#"@id("x") @mask("blur") forbid (principal, action == Gatehouse::Action::"read_column", resource);"#,
+    )]);
+    assert!(load_err(bad_value.path()).to_string().contains("blur"));
+    let on_permit = dir_with(&[(
+        "a.cedar",
+        r#"@id("x") @mask("full") permit (principal, action == Gatehouse::Action::"read_column", resource);"#,
+    )]);
+    assert!(load_err(on_permit.path()).to_string().contains("@mask"));
+    let wrong_action = dir_with(&[(
+        "a.cedar",
+        r#"@id("x") @mask("full") forbid (principal, action == Gatehouse::Action::"query", resource);"#,
+    )]);
+    assert!(load_err(wrong_action.path()).to_string().contains("@mask"));
+    // Without any read_column policy, column rules are off.
+    let none = dir_with(&[("a.cedar", r#"@id("x") permit (principal, action, resource);"#)]);
+    assert!(!PolicyEngine::load(none.path()).unwrap().has_column_rules());
+}

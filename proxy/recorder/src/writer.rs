@@ -95,6 +95,7 @@ impl Recorder {
             summaries: HashMap::new(),
             outage: None,
             backlog: VecDeque::new(),
+            unsynced: None,
         };
         let thread = std::thread::Builder::new()
             .name("gatehouse-recorder".to_string())
@@ -222,7 +223,15 @@ struct Writer {
     /// happened) from batches that failed, kept to be written first once the log is writable
     /// again. Bounded by [`BACKLOG_MAX`].
     backlog: VecDeque<NewEvent>,
+    /// With sync durability: since when events nobody waits for (results, notices, session
+    /// ends) have been written to the WAL without an fsync. They ride on the next fsync (the
+    /// next awaited append's batch) or [`UNSYNCED_MAX`] later, whichever comes first.
+    unsynced: Option<Instant>,
 }
+
+/// Longest time an unawaited event stays written but not fsynced (sync durability). A process
+/// crash loses none of them (they are in the OS once written); a power loss, at most this.
+const UNSYNCED_MAX: Duration = Duration::from_millis(100);
 
 struct Outage {
     since: Instant,
@@ -248,7 +257,21 @@ const OUTAGE_REMINDER: Duration = Duration::from_secs(30);
 
 impl Writer {
     fn run(mut self, rx: Receiver<Pending>) {
-        while let Ok(first) = rx.recv() {
+        loop {
+            let first = match self.unsynced {
+                None => match rx.recv() {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                Some(since) => match rx.recv_timeout(UNSYNCED_MAX.saturating_sub(since.elapsed())) {
+                    Ok(p) => p,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.sync_wal();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                },
+            };
             let mut batch = Vec::with_capacity(64);
             batch.push(first);
             while batch.len() < self.max_batch {
@@ -268,6 +291,22 @@ impl Writer {
             tracing::error!(error = %e, "cannot sync the event log at shutdown");
         }
         tracing::info!(last_seq = self.head.seq, "event log closed");
+    }
+
+    /// Fsync what was written without one.
+    fn sync_wal(&mut self) {
+        let Some(db) = &self.db else {
+            self.unsynced = None;
+            return;
+        };
+        match db.flush_wal(true) {
+            Ok(()) => self.unsynced = None,
+            Err(e) => {
+                // Retried at the next batch or timeout; the events are written, not lost.
+                tracing::error!(error = %e, "cannot sync the event log");
+                self.unsynced = Some(Instant::now());
+            }
+        }
     }
 
     /// The database, reopened (and the head recomputed) after an earlier failure.
@@ -306,8 +345,19 @@ impl Writer {
             .filter(|(_, w)| w.is_none())
             .map(|(e, _)| e.clone())
             .collect();
-        match self.try_commit(events) {
+        // Sync durability fsyncs a batch only when someone waits for it (a decision that gates
+        // an operation), or when unawaited events have waited long enough: a serial client
+        // then pays one fsync per statement, not one for the decision and one for the result.
+        let sync = self.sync
+            && (waiters.iter().any(Option::is_some)
+                || self.unsynced.is_some_and(|t| t.elapsed() >= UNSYNCED_MAX));
+        match self.try_commit(events, sync) {
             Ok(results) => {
+                if sync {
+                    self.unsynced = None;
+                } else if self.sync && self.unsynced.is_none() && results.iter().any(Result::is_ok) {
+                    self.unsynced = Some(Instant::now());
+                }
                 if let Some(o) = self.outage.take() {
                     tracing::info!(
                         refused_events = o.refused,
@@ -373,7 +423,8 @@ impl Writer {
                 message,
             },
         );
-        match self.try_commit(vec![ev.clone()]) {
+        let sync = self.sync;
+        match self.try_commit(vec![ev.clone()], sync) {
             Ok(_) => {}
             // Failing again right away: keep it for the next successful write.
             Err(_) => self.backlog.push_back(ev),
@@ -428,6 +479,7 @@ impl Writer {
     fn try_commit(
         &mut self,
         events: Vec<NewEvent>,
+        sync: bool,
     ) -> Result<Vec<Result<u64, RecorderError>>, RecorderError> {
         if let Err(e) = self.ensure_db() {
             return Err(RecorderError::Write(e.to_string()));
@@ -496,7 +548,7 @@ impl Writer {
         wb.put_cf(cf_meta, META_HEAD, stored_head);
 
         let mut wo = WriteOptions::default();
-        wo.set_sync(self.sync);
+        wo.set_sync(sync);
         #[cfg(test)]
         let injected = self
             .counters
