@@ -244,6 +244,15 @@ permit (
   resource
 )
 when { context.kind == "copy" && context.tables_written.isEmpty() };
+
+@id("alice-mask-ssn")
+@mask("full")
+forbid (
+  principal == Gatehouse::User::"alice",
+  action == Gatehouse::Action::"read_column",
+  resource
+)
+when { resource.name == "ssn" };
 "#,
     )
     .unwrap();
@@ -274,6 +283,43 @@ when { context.kind == "copy" && context.tables_written.isEmpty() };
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n2\n");
+    // Cursors and SQL-level prepared statements, for a human whose SSN column is masked here.
+    let dba = h.connect("alice", "app").await.unwrap();
+    let msgs = dba
+        .simple_query(
+            "BEGIN; DECLARE c CURSOR FOR SELECT ssn, upper(ssn) AS u, name FROM customers WHERE id = 1; \
+             FETCH ALL FROM c; COMMIT",
+        )
+        .await
+        .unwrap();
+    let fetched: Vec<Vec<Option<String>>> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        fetched,
+        vec![vec![
+            Some("****".to_string()),
+            Some("****".to_string()),
+            Some("Customer 1".to_string())
+        ]]
+    );
+    let msgs = dba
+        .simple_query("PREPARE p AS SELECT lower(ssn) FROM customers WHERE id = 1; EXECUTE p; DEALLOCATE p")
+        .await
+        .unwrap();
+    let executed: Vec<Option<String>> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(executed, vec![Some("****".to_string())]);
+
     let n: i64 = agent
         .query_one("SELECT count(*) FROM customers", &[])
         .await

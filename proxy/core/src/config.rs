@@ -33,6 +33,26 @@ pub struct Config {
     /// Column masking (Cedar `read_column` rules).
     #[serde(default)]
     pub masking: MaskingConfig,
+    /// The Prometheus endpoint; no section, no endpoint.
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `[metrics]`: an HTTP endpoint serving `/metrics` (Prometheus text format) and `/healthz`.
+/// It has no authentication: bind it to loopback or an operator-only network.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port`; port 0 picks a free port (printed at start).
+    pub listen: Spanned<String>,
+}
+
+impl MetricsConfig {
+    pub fn socket_addr(&self) -> Result<SocketAddr, String> {
+        self.listen
+            .get_ref()
+            .parse()
+            .map_err(|e| format!("`{}` is not an address: {e}", self.listen.get_ref()))
+    }
 }
 
 /// `[masking]`.
@@ -417,6 +437,24 @@ impl Config {
                 ));
             }
         }
+        if let Some(m) = &cfg.metrics {
+            let addr = m
+                .socket_addr()
+                .map_err(|e| at(Some(m.listen.span()), format!("metrics.listen: {e}")))?;
+            let clash = cfg
+                .listeners
+                .iter()
+                .find(|l| addr.port() != 0 && l.socket_addr().is_ok_and(|a| a == addr));
+            if let Some(l) = clash {
+                return Err(at(
+                    Some(m.listen.span()),
+                    format!(
+                        "metrics.listen: `{addr}` is already the address of listener `{}`",
+                        l.name.get_ref()
+                    ),
+                ));
+            }
+        }
         let mut seen = HashSet::new();
         for (i, id) in cfg.identities.iter().enumerate() {
             if !seen.insert(id.name.get_ref().clone()) {
@@ -591,6 +629,29 @@ tls = "disable"
         let err = Config::parse(&text, "t.toml").unwrap_err();
         assert_eq!(err.line, 11, "{err}");
         assert!(err.message.starts_with("listener[0].address"), "{err}");
+    }
+
+    #[test]
+    fn metrics_section_is_optional_and_validated() {
+        assert!(Config::parse(BASE, "t.toml").unwrap().metrics.is_none());
+        let text = format!("{BASE}\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+        let cfg = Config::parse(&text, "t.toml").unwrap();
+        let m = cfg.metrics.unwrap();
+        assert_eq!(m.socket_addr().unwrap(), "127.0.0.1:0".parse().unwrap());
+
+        let text = format!("{BASE}\n[metrics]\nlisten = \"localhost\"\n");
+        let err = Config::parse(&text, "t.toml").unwrap_err();
+        assert_eq!(err.line, 25, "{err}");
+        assert!(err.message.starts_with("metrics.listen: `localhost`"), "{err}");
+
+        let text = format!("{BASE}\n[metrics]\nlisten = \"127.0.0.1:9464\"\npath = \"/m\"\n");
+        let err = Config::parse(&text, "t.toml").unwrap_err();
+        assert!(err.message.contains("unknown field `path`"), "{err}");
+
+        let text =
+            BASE.replace("127.0.0.1:0", "127.0.0.1:6432") + "\n[metrics]\nlisten = \"127.0.0.1:6432\"\n";
+        let err = Config::parse(&text, "t.toml").unwrap_err();
+        assert!(err.message.contains("listener `pg`"), "{err}");
     }
 
     #[test]

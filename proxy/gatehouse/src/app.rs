@@ -17,6 +17,7 @@ use pingora_core::server::{ListenFds, RunArgs, Server, ShutdownWatch};
 use pingora_core::services::Service;
 
 use crate::guard::GatehouseGuard;
+use crate::metrics::{GatewayMetrics, MetricsListener};
 
 /// Everything a gateway process runs, built but not yet serving.
 pub struct Gateway {
@@ -24,6 +25,8 @@ pub struct Gateway {
     pub recorder: Recorder,
     pub policy: Arc<PolicyEngine>,
     pub listeners: Vec<BoundListener>,
+    /// The Prometheus endpoint, bound, when `[metrics]` is configured.
+    pub metrics: Option<MetricsListener>,
 }
 
 pub struct BoundListener {
@@ -44,6 +47,7 @@ impl Gateway {
             .with_context(|| format!("opening the audit log in `{}`", config.recorder.dir.display()))?;
         let identities = Arc::new(StaticKeys::from_config(&config.identities).map_err(anyhow::Error::msg)?);
         let plugins = crate::plugins::Plugins::load(&config)?.map(Arc::new);
+        let plugin_set = plugins.as_ref().map(|p| p.set().clone());
         let hash = crate::masking::hash_masker(&config.masking, &config.recorder.dir)?;
         let guard = Arc::new(GatehouseGuard::new(
             policy.clone(),
@@ -97,11 +101,32 @@ impl Gateway {
                 }
             }
         }
+        let metrics = match &config.metrics {
+            None => None,
+            Some(m) => {
+                let addr = m.socket_addr().map_err(anyhow::Error::msg)?;
+                let source = GatewayMetrics {
+                    recorder: recorder.clone(),
+                    policy: policy.clone(),
+                    listeners: listeners
+                        .iter()
+                        .map(|l| (l.name.clone(), l.front.clone()))
+                        .collect(),
+                    targets: targets.iter().map(|(t, r)| (r.name.clone(), t.clone())).collect(),
+                    plugins: plugin_set,
+                };
+                Some(
+                    MetricsListener::bind(addr, Arc::new(source))
+                        .with_context(|| format!("metrics: cannot bind {addr}"))?,
+                )
+            }
+        };
         Ok(Gateway {
             config,
             recorder,
             policy,
             listeners,
+            metrics,
         })
     }
 
@@ -133,6 +158,11 @@ impl Gateway {
                 front: l.front,
                 grace,
             });
+        }
+        if let Some(m) = self.metrics {
+            // After the listeners' lines (printed by the caller between build and run).
+            m.report();
+            server.add_service(m.into_service());
         }
         server.run(RunArgs::default());
         self.recorder.shutdown();

@@ -244,9 +244,11 @@ pub fn banner(s: &DemoSetup, addr: std::net::SocketAddr, exe: &str) -> String {
 Gatehouse demo is running.
   PostgreSQL (throwaway) on 127.0.0.1:{pgport}; Gatehouse on {addr}; audit log in {log}
 
-An AI agent (read-only on prod; DDL, unknown statements and server-file access denied):
+An AI agent (read-only on prod; DDL, unknown statements and server-file access denied;
+SSNs, card numbers and customer contacts masked by policies/masking.cedar):
   PGPASSWORD='{agent}' psql "host={host} port={port} user=ai-agent dbname=app sslmode=require"
-    try:  SELECT id, name, email FROM customers LIMIT 5;
+    try:  SELECT id, name, email, card_number, ssn FROM customers LIMIT 5;
+          SELECT upper(ssn) FROM customers LIMIT 3;   -- computed from a masked column: masked
           DELETE FROM customers;            -- denied, names the policy
           DROP TABLE orders;                -- denied
 A human DBA (everything allowed, everything recorded):

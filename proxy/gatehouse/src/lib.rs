@@ -1,9 +1,10 @@
 //! The Gatehouse binary's wiring: configuration → components → a pingora `Server` with one
-//! service per listener. `main.rs` is only the command line.
+//! service per listener (and one for the `/metrics` endpoint). `main.rs` is only the command line.
 
 pub mod app;
 pub mod demo;
 pub mod guard;
 pub mod masking;
+pub mod metrics;
 pub mod pgcluster;
 pub mod plugins;

@@ -195,7 +195,16 @@ async fn mask_plan(
     if copy_out && masker.inspects_content() {
         return Err(UNMASKABLE.to_string());
     }
-    if !masker.has_column_rules() || stmt.tables_read.is_empty() {
+    if !masker.has_column_rules() {
+        return Ok(None);
+    }
+    // Rows of a cursor or of an SQL-level prepared statement come from a query this statement
+    // does not show: their computed columns are masked in full. (Columns with a table source
+    // are still named by the row description and get their own rule.)
+    if stmt.command == "FetchStmt" || stmt.command.starts_with("ExecuteStmt") {
+        return Ok(Some(MaskStrategy::Full));
+    }
+    if stmt.tables_read.is_empty() {
         return Ok(None);
     }
     let rels = match target.relations_named(&stmt.tables_read).await {
