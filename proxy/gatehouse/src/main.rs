@@ -73,12 +73,20 @@ enum PluginCmd {
         #[arg(long, default_value = "{}")]
         config: String,
     },
-    /// Run a plugin's `on-rows` on sample rows and print the masked rows and findings (JSON).
-    /// The fixture is `{"columns": ["name", ...], "rows": [["a", null, ...], ...]}`.
+    /// Try a plugin on samples and print what it did (JSON): its `on-rows` on sample rows
+    /// (the masked rows and findings; the fixture is `{"columns": ["name", ...], "rows":
+    /// [["a", null, ...], ...]}`), or its `on-statement` / `on-command` verdict on each
+    /// `--statement SQL` (classified as the gateway would) / `--command LINE` (an SSH exec).
+    /// Exits 1 when the plugin faulted.
+    #[command(group(clap::ArgGroup::new("sample").required(true).multiple(true).args(["rows", "statement", "command"])))]
     Test {
         file: PathBuf,
+        #[arg(long, conflicts_with_all = ["statement", "command"])]
+        rows: Option<PathBuf>,
         #[arg(long)]
-        rows: PathBuf,
+        statement: Vec<String>,
+        #[arg(long)]
+        command: Vec<String>,
         /// The plugin's configuration as JSON.
         #[arg(long, default_value = "{}")]
         config: String,
@@ -269,13 +277,49 @@ fn plugin(cmd: PluginCmd) -> Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         },
-        PluginCmd::Test { file, rows, config } => {
+        PluginCmd::Test {
+            file,
+            rows: Some(rows),
+            config,
+            ..
+        } => {
             let text =
                 std::fs::read_to_string(&rows).with_context(|| format!("reading {}", rows.display()))?;
             let fixture = ph::RowsFixture::parse(&text)?;
             let report = ph::test_rows(&file, &parse(&config)?, &fixture)?;
             println!("{}", serde_json::to_string_pretty(&report.to_json())?);
             Ok(if report.fault.is_some() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        PluginCmd::Test {
+            file,
+            rows: None,
+            statement,
+            command,
+            config,
+        } => {
+            let mut ops: Vec<ph::SampleOp> = Vec::new();
+            for sql in &statement {
+                for s in gatehouse_pg::classify::classify(sql) {
+                    ops.push(ph::SampleOp::Statement(gatehouse::plugins::plugin_statement(&s)));
+                }
+            }
+            ops.extend(command.into_iter().map(|line| {
+                ph::SampleOp::Command(ph::Command {
+                    kind: "exec".to_string(),
+                    line,
+                })
+            }));
+            let mut session = ph::tool_session();
+            if ops.iter().any(|o| matches!(o, ph::SampleOp::Command(_))) {
+                session.protocol = ph::Protocol::Ssh;
+            }
+            let (report, faulted) = ph::test_operations(&file, &parse(&config)?, ops, session)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(if faulted {
                 ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS

@@ -164,16 +164,7 @@ impl SessionPlugins {
         if !self.wants_statement {
             return (None, Vec::new());
         }
-        let stmt = ph::Statement {
-            text: s.text.clone(),
-            kind: s.kind().as_str().to_string(),
-            command: s.command.clone(),
-            tables_read: s.tables_read.clone(),
-            tables_written: s.tables_written.clone(),
-            functions: s.functions.clone(),
-            has_where: s.has_where,
-        };
-        let out = self.session.lock().await.on_statement(stmt).await;
+        let out = self.session.lock().await.on_statement(plugin_statement(s)).await;
         let runs = out.runs.iter().map(record).collect();
         let deny = |reason: String| Verdict::Deny {
             reason,
@@ -328,5 +319,18 @@ impl RowMasker for SessionPlugins {
                 ..Masked::default()
             },
         }
+    }
+}
+
+/// A classified statement as plugins see it.
+pub fn plugin_statement(s: &SqlStatement) -> ph::Statement {
+    ph::Statement {
+        text: s.text.clone(),
+        kind: s.kind().as_str().to_string(),
+        command: s.command.clone(),
+        tables_read: s.tables_read.clone(),
+        tables_written: s.tables_written.clone(),
+        functions: s.functions.clone(),
+        has_where: s.has_where,
     }
 }

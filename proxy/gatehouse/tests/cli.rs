@@ -145,3 +145,39 @@ fn plugin_test_masks_fixture_rows() {
         "{v}"
     );
 }
+
+#[test]
+fn plugin_test_decides_sample_statements() {
+    let out = gatehouse()
+        .args(["plugin", "test"])
+        .arg(plugin_dir().join("sql-guard.wasm"))
+        .args([
+            "--statement",
+            "DELETE FROM orders",
+            "--statement",
+            "SELECT 1; TRUNCATE t",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = v["results"].as_array().unwrap();
+    let verdicts: Vec<&str> = results.iter().map(|r| r["verdict"].as_str().unwrap()).collect();
+    assert_eq!(verdicts, ["deny", "allow", "deny"], "{v}");
+    assert_eq!(results[2]["input"], "TRUNCATE t");
+    assert!(
+        results[0]["reason"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("where"),
+        "{v}"
+    );
+    // --rows and --statement are exclusive; one sample kind is required.
+    let out = gatehouse()
+        .args(["plugin", "test"])
+        .arg(plugin_dir().join("sql-guard.wasm"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

@@ -1,5 +1,5 @@
-//! What `gatehouse plugin check` and `gatehouse plugin test` need: validate one file, and
-//! run its `on-rows` on sample rows.
+//! What `gatehouse plugin check` and `gatehouse plugin test` need: validate one file, run its
+//! `on-rows` on sample rows, and its `on-statement` / `on-command` on sample operations.
 //!
 //! Both are blocking and run the plugin on a thread of their own (safe to call from
 //! anywhere, including inside a tokio runtime); each builds a small engine of its own.
@@ -10,13 +10,13 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::batch::Cell;
-use crate::chain::{PluginFinding, RowsOutcome};
+use crate::chain::{ChainVerdict, PluginFinding, RowsOutcome};
 use crate::config::{HostConfig, PluginConfig};
 use crate::fault::{Fault, PluginError};
 use crate::host::PluginHost;
 use crate::plugin::PluginInfo;
 use crate::set::PluginSet;
-use crate::wit::{Column, Protocol, RowBatch, SessionInfo};
+use crate::wit::{Column, Command, Protocol, RowBatch, SessionInfo, Statement};
 
 /// Validate a plugin file: it compiles, links against the `gatehouse:plugin` world (imports
 /// and exports), instantiates, and `describe` succeeds (with `{}` as its config).
@@ -143,6 +143,80 @@ pub fn test_rows(
             findings,
             fault,
         })
+    })
+}
+
+/// A sample operation for [`test_operations`].
+#[derive(Debug, Clone)]
+pub enum SampleOp {
+    /// A classified SQL statement (`on-statement`).
+    Statement(Statement),
+    /// An SSH command (`on-command`): kind `exec`, `shell-line`, `sftp` or `scp`.
+    Command(Command),
+}
+
+impl SampleOp {
+    fn text(&self) -> &str {
+        match self {
+            SampleOp::Statement(s) => &s.text,
+            SampleOp::Command(c) => &c.line,
+        }
+    }
+}
+
+/// Run each sample operation through the plugin (fail-closed, default limits) and report its
+/// verdict: `{"plugin": {...}, "results": [{"input", "verdict", "reason"?, "approvers"?,
+/// "fault"?}]}`. The second value is whether any call faulted.
+pub fn test_operations(
+    path: &Path,
+    config: &serde_json::Value,
+    ops: Vec<SampleOp>,
+    session: SessionInfo,
+) -> Result<(serde_json::Value, bool), PluginError> {
+    let config = tool_config(path, config);
+    on_own_thread(move || {
+        let set = PluginSet::load(&small_host()?, std::slice::from_ref(&config))?;
+        let plugin = set
+            .info(&config.name)
+            .ok_or_else(|| PluginError::Unknown(config.name.clone()))?;
+        let mut s = set.chain(&[&config.name])?.session(session);
+        let mut faulted = false;
+        let mut results = Vec::with_capacity(ops.len());
+        for op in &ops {
+            let outcome = match op {
+                SampleOp::Statement(st) => s.on_statement_blocking(st),
+                SampleOp::Command(c) => s.on_command_blocking(c),
+            };
+            let r = match outcome.verdict {
+                ChainVerdict::Allow => serde_json::json!({"input": op.text(), "verdict": "allow"}),
+                ChainVerdict::Deny { reason, .. } => {
+                    serde_json::json!({"input": op.text(), "verdict": "deny", "reason": reason})
+                }
+                ChainVerdict::Hold {
+                    approvers, reason, ..
+                } => serde_json::json!({
+                    "input": op.text(), "verdict": "hold", "approvers": approvers, "reason": reason,
+                }),
+                ChainVerdict::FailClosed(f) => {
+                    faulted = true;
+                    serde_json::json!({
+                        "input": op.text(), "verdict": "deny",
+                        "fault": {"kind": f.kind.label(), "detail": f.kind.detail()},
+                    })
+                }
+            };
+            results.push(r);
+        }
+        let report = serde_json::json!({
+            "plugin": {
+                "name": plugin.name,
+                "version": plugin.version,
+                "hash": plugin.hash,
+                "hooks": plugin.hooks.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+            },
+            "results": results,
+        });
+        Ok((report, faulted))
     })
 }
 

@@ -52,7 +52,9 @@ pub use chain::{
     Chain, ChainVerdict, HttpOutcome, PluginFinding, PluginRun, PluginSession, RowsOutcome, RunResult,
     VerdictOutcome,
 };
-pub use cli::{RowsFixture, RowsReport, check, check_with_config, test_rows, tool_session};
+pub use cli::{
+    RowsFixture, RowsReport, SampleOp, check, check_with_config, test_operations, test_rows, tool_session,
+};
 pub use config::{DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS, FailMode, HostConfig, PluginConfig};
 pub use fault::{BatchError, Fault, FaultKind, PluginError, PluginId};
 pub use host::PluginHost;
