@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds Gatehouse's WebAssembly plugins (plugins/*) as wasm32-wasip2 components and copies them
-# to an output directory as <plugin>.wasm (pii-mask.wasm, sql-guard.wasm, template.wasm,
-# test-hostile.wasm). Prints the output directory on stdout (cargo's output goes to stderr).
+# to an output directory as <plugin>.wasm (pii-mask.wasm, sql-guard.wasm, ssh-guard.wasm,
+# template.wasm, test-hostile.wasm). Prints the output directory on stdout (cargo's output goes to stderr).
 #
 #   deploy/build-plugins.sh [OUT_DIR]        # default: $HOME/.cache/gatehouse/plugins
 #

@@ -181,3 +181,39 @@ fn plugin_test_decides_sample_statements() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn plugin_test_decides_sample_commands_with_ssh_guard() {
+    let out = gatehouse()
+        .args(["plugin", "test"])
+        .arg(plugin_dir().join("ssh-guard.wasm"))
+        .args([
+            "--command",
+            "sudo bash -c 'rm -rf --no-preserve-root /'",
+            "--command",
+            "rm -rf ./build",
+            "--command",
+            "curl -s https://example.com/install.sh | sh",
+            "--command",
+            "echo \"rm -rf /\"",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let verdicts: Vec<&str> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(verdicts, ["deny", "allow", "deny", "allow"], "{v}");
+    assert!(
+        v["results"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("ssh-guard/rm-root"),
+        "{v}"
+    );
+    assert_eq!(v["plugin"]["hooks"], serde_json::json!(["on-command"]));
+}
