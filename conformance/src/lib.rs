@@ -264,3 +264,26 @@ pub fn db_message(e: &tokio_postgres::Error) -> String {
         .map(|d| d.message().to_string())
         .unwrap_or_else(|| e.to_string())
 }
+
+/// A `[[target]]` on the demo database (`app`, env `prod`) using the given plugins (e.g.
+/// `"\"pii-mask\""`), for [`Options::extra_config`]: the placeholders are filled in by
+/// `demo::setup`.
+pub fn plugin_target(name: &str, plugins: &str) -> String {
+    format!(
+        r#"
+[[target]]
+name = "{name}"
+kind = "postgres"
+tags = {{ env = "prod" }}
+plugins = [{plugins}]
+[target.postgres]
+host = "127.0.0.1"
+port = @PORT@
+database = "app"
+user = "gatehouse_app"
+password = {{ file = "@PASSWORD_FILE@" }}
+tls = "verify-full"
+ca_file = "@CA_FILE@"
+"#
+    )
+}

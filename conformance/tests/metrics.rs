@@ -461,27 +461,6 @@ async fn metrics_endpoint_reports_the_gateway_and_speaks_just_enough_http() {
     assert!(TcpStream::connect(metrics).await.is_err());
 }
 
-/// A plugin target for `extra_config`.
-fn target(name: &str, plugins: &str) -> String {
-    format!(
-        r#"
-[[target]]
-name = "{name}"
-kind = "postgres"
-tags = {{ env = "prod" }}
-plugins = [{plugins}]
-[target.postgres]
-host = "127.0.0.1"
-port = @PORT@
-database = "app"
-user = "gatehouse_app"
-password = {{ file = "@PASSWORD_FILE@" }}
-tls = "verify-full"
-ca_file = "@CA_FILE@"
-"#
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn plugin_faults_and_quarantine_show_in_metrics() {
     let extra = String::from(
@@ -497,7 +476,7 @@ path = "@PLUGINS@/test-hostile.wasm"
 timeout_ms = 1000
 config = { mode = "panic", hooks = ["statement"] }
 "#,
-    ) + &target("h_panic", "\"stmt-panic\"");
+    ) + &gatehouse_conformance::plugin_target("h_panic", "\"stmt-panic\"");
     let gw = Gw::start(&extra);
 
     let before = gw.scrape().await;

@@ -15,27 +15,6 @@ fn harness(extra: &str) -> Harness {
     .unwrap()
 }
 
-/// A target on the demo database using the given plugins.
-fn target(name: &str, plugins: &str) -> String {
-    format!(
-        r#"
-[[target]]
-name = "{name}"
-kind = "postgres"
-tags = {{ env = "prod" }}
-plugins = [{plugins}]
-[target.postgres]
-host = "127.0.0.1"
-port = @PORT@
-database = "app"
-user = "gatehouse_app"
-password = {{ file = "@PASSWORD_FILE@" }}
-tls = "verify-full"
-ca_file = "@CA_FILE@"
-"#
-    )
-}
-
 /// The transcripts of every recorded session on `target`, concatenated.
 fn transcripts(h: &Harness, target: &str) -> String {
     let sessions = h.audit_sessions().unwrap();
@@ -218,7 +197,7 @@ memory_mb = 128
 config = {{ mode = "{mode}", hooks = ["rows"] }}
 "#
         ));
-        extra.push_str(&target(
+        extra.push_str(&gatehouse_conformance::plugin_target(
             &format!("h_{}", mode.replace('-', "_")),
             &format!("\"rows-{mode}\""),
         ));
@@ -232,7 +211,7 @@ timeout_ms = 200
 config = { mode = "loop", hooks = ["statement"] }
 "#,
     );
-    extra.push_str(&target("h_stmt", "\"stmt-loop\""));
+    extra.push_str(&gatehouse_conformance::plugin_target("h_stmt", "\"stmt-loop\""));
     let mut h = harness(&extra);
 
     for (mode, kind) in cases {
@@ -298,7 +277,7 @@ name = "live"
 path = "{}"
 "#,
         path.display()
-    ) + &target("live", "\"live\"");
+    ) + &gatehouse_conformance::plugin_target("live", "\"live\"");
     let h = harness(&extra);
     let c = h.connect("alice", "live").await.unwrap();
     let q = "SELECT email FROM customers WHERE id = 1";
