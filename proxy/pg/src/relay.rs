@@ -210,9 +210,7 @@ async fn mask_plan(
     let rels = match target.relations_named(&stmt.tables_read).await {
         Ok(r) => r,
         Err(e) if copy_out => {
-            return Err(format!(
-                "gatehouse: refused: could not check this COPY's columns against column rules ({e})"
-            ));
+            return Err(copy_unchecked(&e));
         }
         Err(_) => return Ok(Some(MaskStrategy::Full)),
     };
@@ -229,9 +227,7 @@ async fn mask_plan(
         match target.view_reads(&views).await {
             Ok(c) => c,
             Err(e) if copy_out => {
-                return Err(format!(
-                    "gatehouse: refused: could not check this COPY's columns against column rules ({e})"
-                ));
+                return Err(copy_unchecked(&e));
             }
             Err(_) => return Ok(Some(MaskStrategy::Full)),
         }
@@ -277,6 +273,13 @@ async fn mask_plan(
                 .reduce(MaskStrategy::max)
         })
         .flatten())
+}
+
+/// The client hears that the COPY was refused, not the catalog's error (server internals);
+/// the operator log has it.
+fn copy_unchecked(e: &crate::catalog::CatalogError) -> String {
+    tracing::warn!(error = %e, "COPY refused: its columns could not be checked against column rules");
+    "gatehouse: refused: this COPY's columns could not be checked against column rules".to_string()
 }
 
 /// Refuse an allowed operation whose results could not be masked, and record why.
