@@ -5,48 +5,18 @@
 //! this is the steady state of a session; the first batch also pays one Cedar decision per
 //! column (see the `policy` bench).
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gatehouse::masking::{ColumnRules, SessionMasker};
-use gatehouse_core::{
-    AuthInfo, ColumnDesc, ColumnSource, Principal, PrincipalKind, RelationKind, RowBatch, RowMasker,
-    SessionCtx, TargetRef,
-};
+use gatehouse_core::{ColumnDesc, ColumnSource, PrincipalKind, RelationKind, RowBatch, RowMasker};
 use gatehouse_policy::PolicyEngine;
 
 fn fail(what: &str, e: impl std::fmt::Display) -> ! {
     eprintln!("masking bench: {what}: {e}");
     std::process::exit(1)
-}
-
-fn ctx(kind: PrincipalKind, id: &str, groups: &[&str]) -> SessionCtx {
-    SessionCtx {
-        session_id: format!("bench-{id}"),
-        principal: Principal {
-            kind,
-            id: id.to_string(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            attrs: BTreeMap::new(),
-            on_behalf_of: None,
-        },
-        target: TargetRef {
-            name: "app".to_string(),
-            kind: "postgres".to_string(),
-            tags: BTreeMap::from([("env".to_string(), "prod".to_string())]),
-        },
-        source_ip: IpAddr::V4(Ipv4Addr::new(10, 20, 30, 40)),
-        auth: AuthInfo {
-            method: "scram-sha-256".to_string(),
-            token_age_secs: 0,
-            mfa: false,
-        },
-        client_app: Some("bench".to_string()),
-    }
 }
 
 /// 100 rows of the demo's `customers` columns (plus a few more text columns).
@@ -120,7 +90,7 @@ fn bench_masking(c: &mut Criterion) {
         ("human_nothing_masked", PrincipalKind::User, "alice", &["dba"][..]),
     ] {
         let sp = engine
-            .session(&ctx(kind, id, groups))
+            .session(&gatehouse_benches::session_ctx(kind, id, groups, None))
             .unwrap_or_else(|e| fail("session", e));
         let rules = ColumnRules::new(engine.clone(), Some(Arc::new(sp)), hash.clone());
         let masker = SessionMasker::new(Some(rules), None).unwrap_or_else(|| fail("masker", "none"));

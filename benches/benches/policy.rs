@@ -4,45 +4,18 @@
 //! `decide` builds the request context from the classified statement (kind, tables, functions,
 //! flags, the time, the source address) and evaluates the whole policy set.
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use gatehouse_core::{AuthInfo, Operation, Principal, PrincipalKind, SessionCtx, TargetRef};
+use gatehouse_core::{Operation, PrincipalKind, SessionCtx};
 use gatehouse_pg::classify::classify_one;
 use gatehouse_policy::{PolicyEngine, SessionPolicy};
 
 fn fail(what: &str, e: impl std::fmt::Display) -> ! {
     eprintln!("policy bench: {what}: {e}");
     std::process::exit(1)
-}
-
-fn ctx(kind: PrincipalKind, id: &str, groups: &[&str], on_behalf_of: Option<&str>) -> SessionCtx {
-    SessionCtx {
-        session_id: format!("bench-{id}"),
-        principal: Principal {
-            kind,
-            id: id.to_string(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            attrs: BTreeMap::new(),
-            on_behalf_of: on_behalf_of.map(str::to_string),
-        },
-        target: TargetRef {
-            name: "app".to_string(),
-            kind: "postgres".to_string(),
-            tags: BTreeMap::from([("env".to_string(), "prod".to_string())]),
-        },
-        source_ip: IpAddr::V4(Ipv4Addr::new(10, 20, 30, 40)),
-        auth: AuthInfo {
-            method: "scram-sha-256".to_string(),
-            token_age_secs: 0,
-            mfa: false,
-        },
-        client_app: Some("pgbench".to_string()),
-    }
 }
 
 fn query(sql: &str) -> Operation {
@@ -57,9 +30,9 @@ fn bench_decide(c: &mut Criterion) {
             .session(c)
             .unwrap_or_else(|e| fail("building session entities", e))
     };
-    let bob = ctx(PrincipalKind::User, "bob", &["engineering"], None);
-    let alice = ctx(PrincipalKind::User, "alice", &["dba"], None);
-    let agent = ctx(PrincipalKind::Agent, "ai-agent", &["agents"], Some("alice"));
+    let bob = gatehouse_benches::session_ctx(PrincipalKind::User, "bob", &["engineering"], None);
+    let alice = gatehouse_benches::session_ctx(PrincipalKind::User, "alice", &["dba"], None);
+    let agent = gatehouse_benches::session_ctx(PrincipalKind::Agent, "ai-agent", &["agents"], Some("alice"));
     let (bob_s, alice_s, agent_s) = (session(&bob), session(&alice), session(&agent));
 
     let select = query("SELECT abalance FROM pgbench_accounts WHERE aid = 48213");
