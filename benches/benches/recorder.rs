@@ -36,6 +36,8 @@ fn decision(stmt: &SqlStatement, session: u64, op: u64) -> NewEvent {
             policy_generation: 1,
             errors: Vec::new(),
             plugins: Vec::new(),
+            hold: None,
+            approval: None,
         },
     )
 }

@@ -25,10 +25,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Start `BIN serve --config CONFIG` and wait for its first `listening` line.
+    /// Start `BIN serve --config CONFIG` and wait until it is ready.
     pub fn spawn(bin: &Path, config: &Path, log_filter: &str) -> Result<Gateway> {
-        let (child, addr) = gatehouse_conformance::spawn_gateway_bin(bin, config, log_filter)?;
-        Ok(Gateway { child, addr })
+        let (child, addrs) = gatehouse_conformance::spawn_gateway_bin(bin, config, log_filter)?;
+        Ok(Gateway {
+            child,
+            addr: addrs.pg,
+        })
     }
 
     pub fn pid(&self) -> u32 {

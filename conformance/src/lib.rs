@@ -51,6 +51,8 @@ pub fn gatehouse_bin() -> PathBuf {
 pub struct Harness {
     pub setup: DemoSetup,
     pub addr: SocketAddr,
+    /// The admin API (the demo config always has one).
+    pub admin: Option<SocketAddr>,
     gateway: Child,
     pub dir: tempfile::TempDir,
 }
@@ -99,10 +101,11 @@ impl Harness {
         if let Some(f) = o.before_start {
             f(&setup)?;
         }
-        let (gateway, addr) = spawn_gateway(&setup.config_path)?;
+        let (gateway, addrs) = spawn_gateway(&setup.config_path)?;
         Ok(Harness {
             setup,
-            addr,
+            addr: addrs.pg,
+            admin: addrs.admin,
             gateway,
             dir,
         })
@@ -112,8 +115,21 @@ impl Harness {
         match user {
             "ai-agent" => &self.setup.agent_key,
             "alice" => &self.setup.human_key,
+            "dana" => &self.setup.approver_key,
             _ => &self.setup.user_key,
         }
+    }
+
+    /// Run `gatehouse approvals ARGS` against the admin API as `user` (key in GATEHOUSE_KEY).
+    pub fn approvals(&self, user: &str, args: &[&str]) -> Result<Output> {
+        let admin = self.admin.context("the gateway reported no admin API")?;
+        Ok(Command::new(gatehouse_bin())
+            .arg("approvals")
+            .args(args)
+            .args(["--url", &format!("http://{admin}"), "--user", user])
+            .env("GATEHOUSE_KEY", self.key(user))
+            .stdin(Stdio::null())
+            .output()?)
     }
 
     /// libpq connection string through Gatehouse.
@@ -209,15 +225,25 @@ pub async fn connect_dsn(dsn: &str) -> Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-/// Start `gatehouse serve` and wait for its `listening` line.
-pub fn spawn_gateway(config: &Path) -> Result<(Child, SocketAddr)> {
+/// Where a started gateway serves.
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayAddrs {
+    /// The first PostgreSQL listener.
+    pub pg: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+/// Start `gatehouse serve` and wait until it reported its addresses.
+pub fn spawn_gateway(config: &Path) -> Result<(Child, GatewayAddrs)> {
     let filter = std::env::var("GATEHOUSE_LOG").unwrap_or_else(|_| "warn".into());
     spawn_gateway_bin(&gatehouse_bin(), config, &filter)
 }
 
-/// Start `BIN serve --config CONFIG` with `GATEHOUSE_LOG=log_filter` and wait for its first
-/// `listening` line; the child is killed if it never reports an address.
-pub fn spawn_gateway_bin(bin: &Path, config: &Path, log_filter: &str) -> Result<(Child, SocketAddr)> {
+/// Start `BIN serve --config CONFIG` with `GATEHOUSE_LOG=log_filter` and read its stdout up to
+/// the `ready` line, collecting the `listening`, `metrics` and `admin` addresses; the child is
+/// killed if it never gets there.
+pub fn spawn_gateway_bin(bin: &Path, config: &Path, log_filter: &str) -> Result<(Child, GatewayAddrs)> {
     let mut child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(config)
@@ -230,27 +256,47 @@ pub fn spawn_gateway_bin(bin: &Path, config: &Path, log_filter: &str) -> Result<
     let stdout = child.stdout.take().context("gateway stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // Keep draining after the receiver is gone so the gateway never blocks on a pipe.
             let _ = tx.send(line);
         }
-        // Keep draining so the gateway never blocks on a full pipe.
-        for _ in lines {}
     });
-    let parsed: Result<SocketAddr> = match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(line) => serde_json::from_str::<serde_json::Value>(&line)
-            .with_context(|| format!("bad ready line `{line}`"))
-            .and_then(|v| Ok(v["addr"].as_str().context("no addr in ready line")?.parse()?)),
-        Err(_) => Err(anyhow::anyhow!("gateway did not report a listening address")),
-    };
+    let parsed = read_addrs(&rx);
     match parsed {
-        Ok(addr) => Ok((child, addr)),
+        Ok(addrs) => Ok((child, addrs)),
         Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
             Err(e)
         }
     }
+}
+
+fn read_addrs(rx: &std::sync::mpsc::Receiver<String>) -> Result<GatewayAddrs> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (mut pg, mut metrics, mut admin) = (None, None, None);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .map_err(|_| anyhow::anyhow!("gateway did not report ready (listening on {pg:?})"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("bad gateway line `{line}`"))?;
+        let addr = || -> Result<SocketAddr> { Ok(v["addr"].as_str().context("no addr")?.parse()?) };
+        match v["event"].as_str() {
+            Some("listening") if pg.is_none() => pg = Some(addr()?),
+            Some("metrics") => metrics = Some(addr()?),
+            Some("admin") => admin = Some(addr()?),
+            Some("ready") => break,
+            _ => {}
+        }
+    }
+    Ok(GatewayAddrs {
+        pg: pg.context("gateway reported no listener")?,
+        metrics,
+        admin,
+    })
 }
 
 /// SQLSTATE of a tokio-postgres error, if the server sent one.

@@ -2,17 +2,16 @@
 //! the built plugins, real PostgreSQL clients, and a plain TCP client scraping `/metrics`.
 //!
 //! The gateway prints `{"event":"metrics","addr":"…"}` on stdout after its `listening` lines;
-//! the harness only reads the first line, so these tests start the gateway themselves.
+//! `spawn_gateway` collects it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use gatehouse::demo::{self, DemoSetup};
-use gatehouse_conformance::{connect_dsn, db_message, gatehouse_bin, plugin_dir, repo_policies, sqlstate};
+use gatehouse_conformance::{connect_dsn, db_message, plugin_dir, repo_policies, spawn_gateway, sqlstate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -43,51 +42,12 @@ impl Gw {
             plugins: Some(&plugins),
         })
         .unwrap();
-        let mut child = Command::new(gatehouse_bin())
-            .args(["serve", "--config"])
-            .arg(&setup.config_path)
-            .env(
-                "GATEHOUSE_LOG",
-                std::env::var("GATEHOUSE_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // Keep draining after the receiver is gone so the gateway never blocks.
-                let _ = tx.send(line);
-            }
-        });
-        let (mut pg, mut metrics) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while pg.is_none() || metrics.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = rx.recv_timeout(left) else {
-                let _ = child.kill();
-                panic!("gateway did not report its addresses (pg {pg:?}, metrics {metrics:?})");
-            };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            let Some(Ok(addr)) = v["addr"].as_str().map(str::parse::<SocketAddr>) else {
-                continue;
-            };
-            match v["event"].as_str() {
-                Some("listening") if pg.is_none() => pg = Some(addr),
-                Some("metrics") => metrics = Some(addr),
-                _ => {}
-            }
-        }
+        let (child, addrs) = spawn_gateway(&setup.config_path).unwrap();
+        let metrics = addrs.metrics.expect("the gateway reported no metrics endpoint");
         Gw {
             setup,
-            pg: pg.unwrap(),
-            metrics: metrics.unwrap(),
+            pg: addrs.pg,
+            metrics,
             child,
             _dir: dir,
         }

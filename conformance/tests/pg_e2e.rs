@@ -363,11 +363,45 @@ async fn pgbench_through_gatehouse() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = conn("ai-agent")
+    // Its UPDATE on prod is held for a DBA's approval; denied, pgbench fails.
+    let held = conn("ai-agent")
         .args(["-N", "-c", "1", "-t", "1", "-n"])
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!o.status.success(), "agent writes on prod must be denied");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        let out = h.approvals("dana", &["list", "--json"]).unwrap();
+        let pending: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        if let Some(r) = pending.first() {
+            assert!(
+                r["operation"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("UPDATE pgbench_accounts"),
+                "{r}"
+            );
+            break r["id"].as_str().unwrap().to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pgbench's UPDATE was not held"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = h.approvals("dana", &["deny", &id]).unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let o = held.wait_with_output().unwrap();
+    assert!(
+        !o.status.success(),
+        "agent writes on prod must not run unapproved"
+    );
+    assert!(
+        stderr(&o).contains(&format!("approval request {id} was denied")),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

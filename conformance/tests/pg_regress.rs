@@ -288,7 +288,7 @@ fn pg_regress_through_gatehouse_matches_direct() -> Result<()> {
 
     let key = format!("gh_{}{}", hex_token(), hex_token());
     let config = gateway_config(tmp.path(), &cluster, &key)?;
-    let (child, addr) = spawn_gateway(&config)?;
+    let (child, addrs) = spawn_gateway(&config)?;
     let mut gateway = Gateway(child);
     let through = run_suite(
         "through Gatehouse",
@@ -296,7 +296,7 @@ fn pg_regress_through_gatehouse_matches_direct() -> Result<()> {
         &suite,
         &tmp.path().join("through"),
         &bindir,
-        addr.port(),
+        addrs.pg.port(),
         &key,
     )?;
     let alive = matches!(gateway.0.try_wait(), Ok(None));

@@ -35,6 +35,132 @@ pub struct Config {
     pub masking: MaskingConfig,
     /// The Prometheus endpoint; no section, no endpoint.
     pub metrics: Option<MetricsConfig>,
+    /// Approval holds (policies annotated `@approvers`, plugin `hold` verdicts).
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
+    /// The admin API (approvals); no section, no API, and every hold is denied at once.
+    pub admin: Option<AdminConfig>,
+}
+
+/// `[approvals]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// A held statement not approved within this many seconds is denied.
+    #[serde(default = "default_approval_timeout")]
+    pub timeout_secs: u64,
+    /// Approvals from distinct approvers a request needs.
+    #[serde(default = "default_min_approvals")]
+    pub min_approvals: u32,
+    /// Decided requests kept for `gatehouse approvals list|show` (the audit log keeps them all).
+    #[serde(default = "default_approval_history")]
+    pub history: usize,
+    /// Webhooks told when a request opens and when it ends (`[[approvals.webhook]]`).
+    #[serde(default, rename = "webhook")]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// `[[approvals.webhook]]`: where approvers hear about requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL the message is POSTed to.
+    pub url: Spanned<SecretOrString>,
+    /// Approver groups whose requests it hears about; empty: every request.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// Shared secret: messages carry `X-Gatehouse-Signature: sha256=HEX` (HMAC of the body).
+    pub secret: Option<SecretRef>,
+    /// Attempts per message before the failure is recorded (backoff 1 s, 2 s, 4 s, …).
+    #[serde(default = "default_webhook_attempts")]
+    pub max_attempts: u32,
+}
+
+/// A value given inline or, when it is itself a secret (a Slack webhook URL), by reference.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum SecretOrString {
+    Inline(String),
+    Ref(SecretRef),
+}
+
+impl SecretOrString {
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            SecretOrString::Inline(s) => Ok(s.clone()),
+            SecretOrString::Ref(r) => r.resolve(),
+        }
+    }
+}
+
+/// Body of a webhook message.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// `{"event": …, "request": {…}}`.
+    #[default]
+    Json,
+    /// `{"text": …}` (Slack-compatible incoming webhooks).
+    Slack,
+}
+
+fn default_webhook_attempts() -> u32 {
+    5
+}
+
+fn default_approval_timeout() -> u64 {
+    600
+}
+
+fn default_min_approvals() -> u32 {
+    1
+}
+
+fn default_approval_history() -> usize {
+    10_000
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        ApprovalsConfig {
+            timeout_secs: default_approval_timeout(),
+            min_approvals: default_min_approvals(),
+            history: default_approval_history(),
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+/// `[admin]`: the authenticated admin API (HTTP, JSON).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port` on loopback (the API has no TLS of its own yet); port 0 picks a free port.
+    pub listen: Spanned<String>,
+    /// Groups whose members see every approval request (besides the approvers named by each).
+    #[serde(default)]
+    pub admins: Vec<String>,
+    /// Groups whose members may read approval requests without acting on them.
+    #[serde(default)]
+    pub auditors: Vec<String>,
+}
+
+impl AdminConfig {
+    pub fn socket_addr(&self) -> Result<SocketAddr, String> {
+        let addr: SocketAddr = self
+            .listen
+            .get_ref()
+            .parse()
+            .map_err(|e| format!("`{}` is not an address: {e}", self.listen.get_ref()))?;
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "`{addr}` is not a loopback address: the admin API carries access keys and has no TLS of its own; bind it to loopback and put a TLS terminator in front"
+            ));
+        }
+        Ok(addr)
+    }
 }
 
 /// `[metrics]`: an HTTP endpoint serving `/metrics` (Prometheus text format) and `/healthz`.
@@ -455,6 +581,47 @@ impl Config {
                 ));
             }
         }
+        if let Some(a) = &cfg.admin {
+            let addr = a
+                .socket_addr()
+                .map_err(|e| at(Some(a.listen.span()), format!("admin.listen: {e}")))?;
+            let taken = cfg
+                .listeners
+                .iter()
+                .any(|l| l.socket_addr().is_ok_and(|l| l == addr))
+                || cfg
+                    .metrics
+                    .as_ref()
+                    .is_some_and(|m| m.socket_addr().is_ok_and(|m| m == addr));
+            if addr.port() != 0 && taken {
+                return Err(at(
+                    Some(a.listen.span()),
+                    format!("admin.listen: `{addr}` is already used by a listener or the metrics endpoint"),
+                ));
+            }
+        }
+        for (i, w) in cfg.approvals.webhooks.iter().enumerate() {
+            if let SecretOrString::Inline(url) = w.url.get_ref()
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(at(
+                    Some(w.url.span()),
+                    format!("approvals.webhook[{i}].url: expected an http:// or https:// URL"),
+                ));
+            }
+            if w.max_attempts == 0 {
+                return Err(at(
+                    Some(w.url.span()),
+                    format!("approvals.webhook[{i}].max_attempts must be positive"),
+                ));
+            }
+        }
+        if cfg.approvals.timeout_secs == 0 || cfg.approvals.min_approvals == 0 {
+            return Err(at(
+                None,
+                "approvals: `timeout_secs` and `min_approvals` must be positive".to_string(),
+            ));
+        }
         let mut seen = HashSet::new();
         for (i, id) in cfg.identities.iter().enumerate() {
             if !seen.insert(id.name.get_ref().clone()) {
@@ -539,6 +706,11 @@ impl Config {
         };
         fix(&mut self.policy.dir);
         fix(&mut self.recorder.dir);
+        for w in &mut self.approvals.webhooks {
+            if let Some(SecretRef::File(p)) = &mut w.secret {
+                fix(p);
+            }
+        }
         for p in &mut self.plugins {
             fix(&mut p.path);
         }
@@ -652,6 +824,41 @@ tls = "disable"
             BASE.replace("127.0.0.1:0", "127.0.0.1:6432") + "\n[metrics]\nlisten = \"127.0.0.1:6432\"\n";
         let err = Config::parse(&text, "t.toml").unwrap_err();
         assert!(err.message.contains("listener `pg`"), "{err}");
+    }
+
+    #[test]
+    fn admin_is_loopback_only_and_approvals_are_validated() {
+        let cfg = Config::parse(BASE, "t.toml").unwrap();
+        assert!(cfg.admin.is_none());
+        assert_eq!(
+            (cfg.approvals.timeout_secs, cfg.approvals.min_approvals),
+            (600, 1)
+        );
+        let text = format!("{BASE}\n[admin]\nlisten = \"127.0.0.1:0\"\nadmins = [\"security\"]\n");
+        let cfg = Config::parse(&text, "t.toml").unwrap();
+        assert_eq!(cfg.admin.unwrap().admins, vec!["security".to_string()]);
+
+        let text = format!("{BASE}\n[admin]\nlisten = \"0.0.0.0:9465\"\n");
+        let err = Config::parse(&text, "t.toml").unwrap_err();
+        assert_eq!(err.line, 25, "{err}");
+        assert!(err.message.contains("not a loopback address"), "{err}");
+
+        let text = format!("{BASE}\n[approvals]\nmin_approvals = 0\n");
+        let err = Config::parse(&text, "t.toml").unwrap_err();
+        assert!(err.message.contains("must be positive"), "{err}");
+
+        let hooks = "\n[[approvals.webhook]]\nurl = \"https://h.example/x\"\ngroups = [\"dba\"]\nformat = \"slack\"\n[[approvals.webhook]]\nurl = { env = \"HOOK\" }\nsecret = { file = \"s\" }\n";
+        let cfg = Config::parse(&format!("{BASE}{hooks}"), "t.toml").unwrap();
+        let w = &cfg.approvals.webhooks;
+        assert_eq!(w.len(), 2);
+        assert_eq!((w[0].format, w[0].max_attempts), (WebhookFormat::Slack, 5));
+        assert_eq!(
+            *w[1].url.get_ref(),
+            SecretOrString::Ref(SecretRef::Env("HOOK".into()))
+        );
+        let text = format!("{BASE}\n[[approvals.webhook]]\nurl = \"ftp://x\"\n");
+        let err = Config::parse(&text, "t.toml").unwrap_err();
+        assert!(err.message.contains("http:// or https://"), "{err}");
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub enum GuardError {
     /// The policy engine could not evaluate the request.
     #[error("policy evaluation failed")]
     Policy,
+    /// The client canceled the operation while it waited for approval.
+    #[error("canceled while waiting for approval")]
+    Canceled,
 }
 
 /// A decided operation. `op` numbers operations within the session.
@@ -29,6 +32,67 @@ pub enum GuardError {
 pub struct Checked {
     pub op: u64,
     pub verdict: Verdict,
+    /// Set when the operation waits for approval: `verdict` is then a deny (what happens if
+    /// the request is not approved) and the protocol crate must tell the client, wait with
+    /// [`SessionGuard::await_approval`] and forward the operation only if that allows it.
+    pub hold: Option<Hold>,
+}
+
+impl Checked {
+    pub fn is_allow(&self) -> bool {
+        self.hold.is_none() && self.verdict.is_allow()
+    }
+}
+
+/// An open approval request for one held operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// The request id approvers act on (`gatehouse approvals approve ID`).
+    pub id: String,
+    /// Groups whose members may approve.
+    pub approvers: Vec<String>,
+    /// Why it needs approval (the policies or plugin that asked), user-facing.
+    pub reason: String,
+    /// Approvals needed from distinct approvers.
+    pub min_approvals: u32,
+    /// How long the request stays open before it is denied.
+    pub timeout: std::time::Duration,
+}
+
+impl Hold {
+    /// The text the client is shown while it waits (e.g. a PostgreSQL NoticeResponse).
+    pub fn waiting_message(&self) -> String {
+        let n = if self.min_approvals > 1 {
+            format!("{} approvals", self.min_approvals)
+        } else {
+            "approval".to_string()
+        };
+        format!(
+            "gatehouse: statement held for approval: request {} waits for {n} by {} ({}); it is denied if not approved within {}s",
+            self.id,
+            self.approvers.join(", "),
+            self.reason,
+            self.timeout.as_secs()
+        )
+    }
+}
+
+/// Why a held operation stopped waiting without a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// The client disconnected.
+    Disconnected,
+    /// The client canceled the operation (e.g. a PostgreSQL CancelRequest).
+    Canceled,
+}
+
+impl Withdrawal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Withdrawal::Disconnected => "client disconnected",
+            Withdrawal::Canceled => "canceled by the client",
+        }
+    }
 }
 
 /// How an operation ended, as seen by the protocol crate.
@@ -70,6 +134,16 @@ pub trait Guard: Send + Sync {
 pub trait SessionGuard: Send + Sync {
     /// Decide `op` and durably record the decision. `Err` means the operation must be refused.
     async fn check(&self, op: Operation) -> Result<Checked, GuardError>;
+
+    /// Wait until the approval request `hold` (opened by [`check`](Self::check) for operation
+    /// `op`) is decided or times out, then decide `op` again with the approval in the context
+    /// and durably record that decision. The result is final: `hold` is `None`. Dropping the
+    /// future leaves the request open; call [`withdraw`](Self::withdraw) then.
+    async fn await_approval(&self, op: u64, operation: Operation, hold: &Hold)
+    -> Result<Checked, GuardError>;
+
+    /// Close a waiting request because the client went away or canceled. Never blocks.
+    fn withdraw(&self, op: u64, hold: &Hold, why: Withdrawal);
 
     /// Record how an operation ended. Never blocks.
     fn outcome(&self, op: u64, outcome: OpOutcome);

@@ -16,8 +16,10 @@ use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{ListenFds, RunArgs, Server, ShutdownWatch};
 use pingora_core::services::Service;
 
+use crate::admin::AdminApi;
+use crate::endpoint::Endpoint;
 use crate::guard::GatehouseGuard;
-use crate::metrics::{GatewayMetrics, MetricsListener};
+use crate::metrics::GatewayMetrics;
 
 /// Everything a gateway process runs, built but not yet serving.
 pub struct Gateway {
@@ -26,7 +28,9 @@ pub struct Gateway {
     pub policy: Arc<PolicyEngine>,
     pub listeners: Vec<BoundListener>,
     /// The Prometheus endpoint, bound, when `[metrics]` is configured.
-    pub metrics: Option<MetricsListener>,
+    pub metrics: Option<Endpoint>,
+    /// The admin API, bound, when `[admin]` is configured.
+    pub admin: Option<Endpoint>,
 }
 
 pub struct BoundListener {
@@ -49,11 +53,23 @@ impl Gateway {
         let plugins = crate::plugins::Plugins::load(&config)?.map(Arc::new);
         let plugin_set = plugins.as_ref().map(|p| p.set().clone());
         let hash = crate::masking::hash_masker(&config.masking, &config.recorder.dir)?;
+        // Holds exist only where someone can approve them (the admin API).
+        let approvals = config
+            .admin
+            .as_ref()
+            .map(|_| Arc::new(gatehouse_approval::Approvals::new(config.approvals.history)));
+        let notifier = match &approvals {
+            Some(_) => notifier(&config, &recorder)?.map(Arc::new),
+            None => None,
+        };
         let guard = Arc::new(GatehouseGuard::new(
             policy.clone(),
             recorder.clone(),
             plugins,
             hash,
+            approvals.clone(),
+            config.approvals.clone(),
+            notifier,
         ));
         let mut targets = Vec::new();
         for t in &config.targets {
@@ -114,12 +130,24 @@ impl Gateway {
                         .collect(),
                     targets: targets.iter().map(|(t, r)| (r.name.clone(), t.clone())).collect(),
                     plugins: plugin_set,
+                    approvals: approvals.clone(),
                 };
                 Some(
-                    MetricsListener::bind(addr, Arc::new(source))
+                    crate::metrics::endpoint(addr, Arc::new(source))
                         .with_context(|| format!("metrics: cannot bind {addr}"))?,
                 )
             }
+        };
+        let admin = match (&config.admin, approvals) {
+            (Some(a), Some(approvals)) => {
+                let addr = a.socket_addr().map_err(anyhow::Error::msg)?;
+                let api = AdminApi::new(a, approvals, recorder.clone(), identities.clone());
+                Some(
+                    crate::admin::endpoint(addr, Arc::new(api))
+                        .with_context(|| format!("admin API: cannot bind {addr}"))?,
+                )
+            }
+            _ => None,
         };
         Ok(Gateway {
             config,
@@ -127,6 +155,7 @@ impl Gateway {
             policy,
             listeners,
             metrics,
+            admin,
         })
     }
 
@@ -162,12 +191,88 @@ impl Gateway {
         if let Some(m) = self.metrics {
             // After the listeners' lines (printed by the caller between build and run).
             m.report();
-            server.add_service(m.into_service());
+            server.add_service(m);
+        }
+        if let Some(a) = self.admin {
+            a.report();
+            server.add_service(a);
+        }
+        // Every address is out: scripts waiting for the lines above can stop reading.
+        {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", serde_json::json!({"event": "ready"}));
+            let _ = out.flush();
         }
         server.run(RunArgs::default());
         self.recorder.shutdown();
         Ok(())
     }
+}
+
+/// The approvers' webhooks; each delivery's outcome is recorded in the request's session.
+fn notifier(config: &Config, recorder: &Recorder) -> Result<Option<gatehouse_approval::notify::Notifier>> {
+    use gatehouse_approval::notify::{Delivery, Format, Notifier, Webhook};
+    use gatehouse_core::config::WebhookFormat;
+    let mut hooks = Vec::new();
+    for (i, w) in config.approvals.webhooks.iter().enumerate() {
+        let url = w
+            .url
+            .get_ref()
+            .resolve()
+            .map_err(|e| anyhow::anyhow!("approvals.webhook[{i}].url: {e}"))?;
+        let secret = match &w.secret {
+            Some(s) => Some(
+                s.resolve()
+                    .map_err(|e| anyhow::anyhow!("approvals.webhook[{i}].secret: {e}"))?,
+            ),
+            None => None,
+        };
+        hooks.push(Webhook {
+            url,
+            groups: w.groups.clone(),
+            format: match w.format {
+                WebhookFormat::Json => Format::Json,
+                WebhookFormat::Slack => Format::Slack,
+            },
+            secret,
+            max_attempts: w.max_attempts,
+        });
+    }
+    let recorder = recorder.clone();
+    let report = Arc::new(move |d: Delivery| {
+        let (level, message) = match &d.error {
+            None => (
+                "info",
+                format!(
+                    "approval notification {} for request {} delivered to {} (attempt {})",
+                    d.step.as_str(),
+                    d.request,
+                    d.webhook,
+                    d.attempts
+                ),
+            ),
+            Some(e) => (
+                "warn",
+                format!(
+                    "approval notification {} for request {} to {} failed after {} attempts: {e}",
+                    d.step.as_str(),
+                    d.request,
+                    d.webhook,
+                    d.attempts
+                ),
+            ),
+        };
+        recorder.append_nowait(gatehouse_recorder::NewEvent::now(
+            d.session_id,
+            None,
+            gatehouse_recorder::EventBody::Notice {
+                level: level.to_string(),
+                message,
+            },
+        ));
+    });
+    Notifier::start(hooks, report).context("starting the approval notifier")
 }
 
 /// A PostgreSQL listener as a pingora service: pingora owns runtimes, signals and shutdown; the

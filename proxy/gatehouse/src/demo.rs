@@ -51,6 +51,9 @@ pub struct DemoSetup {
     pub agent_key: String,
     pub human_key: String,
     pub user_key: String,
+    /// Key of `dana`, a second DBA: she can approve the agent's held statements (the agent acts
+    /// for alice, who may therefore not approve them).
+    pub approver_key: String,
     pub log_dir: PathBuf,
 }
 
@@ -96,6 +99,7 @@ pub fn setup(o: &SetupOptions<'_>) -> Result<DemoSetup> {
     let agent_key = format!("gh_{}{}", hex_token(), hex_token());
     let human_key = format!("gh_{}{}", hex_token(), hex_token());
     let user_key = format!("gh_{}{}", hex_token(), hex_token());
+    let approver_key = format!("gh_{}{}", hex_token(), hex_token());
     let log_dir = o.dir.join("log");
     let policies = std::fs::canonicalize(o.policies)
         .with_context(|| format!("policy directory `{}` not found", o.policies.display()))?;
@@ -172,6 +176,18 @@ kind = "user"
 groups = ["engineering"]
 key_verifier = "{user}"
 
+[[identity]]
+name = "dana"
+kind = "user"
+groups = ["dba"]
+key_verifier = "{approver}"
+
+# Approvals of held statements (`gatehouse approvals`); alice and dana are DBAs.
+[admin]
+listen = "127.0.0.1:0"
+admins = ["security"]
+auditors = ["audit"]
+
 {plugin_defs}
 [[target]]
 name = "app"
@@ -209,6 +225,7 @@ ca_file = "{ca}"
         agent = ScramVerifier::generate(&agent_key),
         human = ScramVerifier::generate(&human_key),
         user = ScramVerifier::generate(&user_key),
+        approver = ScramVerifier::generate(&approver_key),
         port = cluster.port,
         pw = pw_file.display(),
         ca = cluster.ca_file.display(),
@@ -232,13 +249,22 @@ ca_file = "{ca}"
         agent_key,
         human_key,
         user_key,
+        approver_key,
         log_dir,
     })
 }
 
 /// Print how to use the running demo.
-pub fn banner(s: &DemoSetup, addr: std::net::SocketAddr, exe: &str) -> String {
+pub fn banner(
+    s: &DemoSetup,
+    addr: std::net::SocketAddr,
+    admin: Option<std::net::SocketAddr>,
+    exe: &str,
+) -> String {
     let (host, port) = (addr.ip(), addr.port());
+    let admin = admin
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "(no admin API)".into());
     format!(
         r#"
 Gatehouse demo is running.
@@ -251,6 +277,14 @@ SSNs, card numbers and customer contacts masked by policies/masking.cedar):
           SELECT upper(ssn) FROM customers LIMIT 3;   -- computed from a masked column: masked
           DELETE FROM customers;            -- denied, names the policy
           DROP TABLE orders;                -- denied
+          UPDATE orders SET status = 'shipped' WHERE id = 1;
+                                            -- held until a DBA approves it (the session waits,
+                                            -- other sessions go on); Ctrl-C withdraws it
+A DBA approves or denies held statements (not alice: the agent acts for her):
+  export GATEHOUSE_ADMIN_URL=http://{admin} GATEHOUSE_USER=dana GATEHOUSE_KEY='{approver}'
+  {exe} approvals list
+  {exe} approvals show REQUEST_ID
+  {exe} approvals approve REQUEST_ID --comment "ticket OPS-1"     # or: approvals deny …
 A human DBA (everything allowed, everything recorded):
   PGPASSWORD='{human}' psql "host={host} port={port} user=alice dbname=app sslmode=require"
 The same database tagged env=staging (agents may write there, with a WHERE):
@@ -266,6 +300,7 @@ Config: {config}   (Ctrl-C stops the demo and removes the throwaway cluster)
         log = s.log_dir.display(),
         agent = s.agent_key,
         human = s.human_key,
+        approver = s.approver_key,
         config = s.config_path.display(),
     )
 }

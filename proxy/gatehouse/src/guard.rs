@@ -1,19 +1,36 @@
-//! The guard pipeline (DESIGN.md §3): Cedar decision → (plugins, approval holds: later) →
-//! durable record. Protocol crates reach it only through `gatehouse_core::guard`.
+//! The guard pipeline (DESIGN.md §3): Cedar decision → plugins → approval hold → durable
+//! record. Protocol crates reach it only through `gatehouse_core::guard`.
+//!
+//! An operation needs approval when every policy that denied it carries `@approvers`, or when
+//! Cedar allowed it and a plugin returned `hold`. [`SessionGuard::check`] then records the
+//! decision with the request it opens (`hold`) and returns it to the protocol crate, which
+//! tells the client and calls [`SessionGuard::await_approval`]. Once the request is approved
+//! the operation is decided again, with `context.approved` and `context.approver` set (a
+//! plugin's hold counts as satisfied when an approver was in one of its groups); a denial,
+//! timeout or withdrawal denies it. That second decision is recorded, with every vote, before
+//! `await_approval` returns: it is what lets the held operation run.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use async_trait::async_trait;
+use gatehouse_approval::notify::{Notifier, Step};
+use gatehouse_approval::{ApprovalRequest, Approvals, NewRequest, State};
+use gatehouse_core::config::ApprovalsConfig;
 use gatehouse_core::guard::AuthFailure;
 use gatehouse_core::time::now_micros;
-use gatehouse_core::{Checked, Guard, GuardError, OpOutcome, Operation, SessionCtx, SessionGuard, Verdict};
+use gatehouse_core::{
+    Checked, Guard, GuardError, Hold, OpOutcome, Operation, SessionCtx, SessionGuard, Verdict, Withdrawal,
+};
 use gatehouse_policy::{PolicyEngine, SessionPolicy};
-use gatehouse_recorder::{EventBody, NewEvent, OpError, Recorder};
+use gatehouse_recorder::{
+    ApprovalRecord, EventBody, HoldRecord, NewEvent, OpError, PluginRecord, Recorder, VoteRecord,
+};
+use tokio::sync::watch;
 
 use crate::masking::{ColumnRules, SessionMasker};
-use crate::plugins::{Plugins, SessionPlugins};
+use crate::plugins::{Plugins, SessionPlugins, StatementOutcome};
 
 pub struct GatehouseGuard {
     policy: Arc<PolicyEngine>,
@@ -21,6 +38,12 @@ pub struct GatehouseGuard {
     plugins: Option<Arc<Plugins>>,
     /// The `hash` masking strategy's keyed tokenizer.
     hash: Arc<gatehouse_mask::Masker>,
+    /// Open and recent approval requests; `None` when nothing can approve (no admin API), so a
+    /// hold is denied at once.
+    approvals: Option<Arc<Approvals>>,
+    approval_settings: ApprovalsConfig,
+    /// Approvers' webhooks, when configured.
+    notifier: Option<Arc<Notifier>>,
 }
 
 impl GatehouseGuard {
@@ -29,13 +52,57 @@ impl GatehouseGuard {
         recorder: Recorder,
         plugins: Option<Arc<Plugins>>,
         hash: Arc<gatehouse_mask::Masker>,
+        approvals: Option<Arc<Approvals>>,
+        approval_settings: ApprovalsConfig,
+        notifier: Option<Arc<Notifier>>,
     ) -> Self {
         GatehouseGuard {
             policy,
             recorder,
             plugins,
             hash,
+            approvals,
+            approval_settings,
+            notifier,
         }
+    }
+}
+
+/// What the pipeline said about an operation, before any hold is opened.
+struct Evaluated {
+    verdict: Verdict,
+    generation: u64,
+    errors: Vec<String>,
+    plugins: Vec<PluginRecord>,
+    /// Needs approval: (approver groups, user-facing reason).
+    needs: Option<(Vec<String>, String)>,
+}
+
+/// An approval that completed: who cast the deciding vote, and the groups of every approver.
+struct Approved<'a> {
+    approver: &'a str,
+    groups: Vec<&'a str>,
+}
+
+fn deny(reason: String, policy_ids: Vec<String>) -> Verdict {
+    Verdict::Deny { reason, policy_ids }
+}
+
+fn approval_record(req: &ApprovalRequest) -> ApprovalRecord {
+    ApprovalRecord {
+        request: req.id.clone(),
+        state: req.state.as_str().to_string(),
+        votes: req
+            .votes
+            .iter()
+            .map(|v| VoteRecord {
+                approver: v.approver.clone(),
+                approve: v.approve,
+                comment: v.comment.clone(),
+                time_us: v.time_us,
+            })
+            .collect(),
+        end_reason: req.end_reason.clone(),
     }
 }
 
@@ -53,6 +120,11 @@ struct Session {
     plugins: Option<Arc<SessionPlugins>>,
     /// Column rules and content maskers for result rows, if any apply.
     masker: Option<Arc<SessionMasker>>,
+    approvals: Option<Arc<Approvals>>,
+    approval_settings: ApprovalsConfig,
+    notifier: Option<Arc<Notifier>>,
+    /// Receivers of this session's open requests, by operation number.
+    waiting: std::sync::Mutex<std::collections::HashMap<u64, watch::Receiver<State>>>,
 }
 
 impl Session {
@@ -65,51 +137,217 @@ impl Session {
         }
     }
 
-    async fn decide(&self, op: &Operation) -> Result<Checked, GuardError> {
-        let n = self.ops.fetch_add(1, Ordering::Relaxed) + 1;
-        let (verdict, generation, errors) = match &self.sp {
+    /// Cedar, then the plugins if Cedar allowed. `approved` is set when re-deciding after an
+    /// approval.
+    async fn evaluate(&self, op: &Operation, approved: Option<&Approved<'_>>) -> Evaluated {
+        let mut ev = match &self.sp {
             Some(sp) => {
-                let d = self.policy.decide(sp, op, false);
-                (d.verdict, d.generation, d.errors)
+                let d = match approved {
+                    Some(a) => self.policy.decide_approved(sp, op, a.approver),
+                    None => self.policy.decide(sp, op, false),
+                };
+                let needs = d.needs_approval.map(|groups| {
+                    let ids: Vec<String> = d
+                        .verdict
+                        .policy_ids()
+                        .iter()
+                        .map(|id| format!("`{id}`"))
+                        .collect();
+                    (groups, format!("policy {}", ids.join(", ")))
+                });
+                Evaluated {
+                    verdict: d.verdict,
+                    generation: d.generation,
+                    errors: d.errors,
+                    plugins: Vec::new(),
+                    needs,
+                }
             }
-            None => (
-                Verdict::Deny {
-                    reason: "the session could not be evaluated by policy".into(),
-                    policy_ids: vec![],
-                },
-                self.policy.generation(),
-                vec!["session entities could not be built".into()],
-            ),
+            None => Evaluated {
+                verdict: deny("the session could not be evaluated by policy".into(), vec![]),
+                generation: self.policy.generation(),
+                errors: vec!["session entities could not be built".into()],
+                plugins: Vec::new(),
+                needs: None,
+            },
         };
         // Plugins see what Cedar allowed; their deny, hold or fault turns it into a deny.
-        let mut plugin_runs = Vec::new();
-        let verdict = match (&verdict, op, &self.plugins) {
-            (Verdict::Allow { .. }, Operation::Query(s), Some(p)) => {
-                let (deny, runs) = p.on_statement(s).await;
-                plugin_runs = runs;
-                deny.unwrap_or(verdict)
+        if let (Verdict::Allow { .. }, Operation::Query(s), Some(p)) = (&ev.verdict, op, &self.plugins) {
+            let (outcome, runs) = p.on_statement(s).await;
+            ev.plugins = runs;
+            match outcome {
+                StatementOutcome::Allow => {}
+                StatementOutcome::Deny(v) => ev.verdict = v,
+                StatementOutcome::Hold { approvers, reason } => match approved {
+                    // The approval satisfies a plugin's hold when an approver was in one of
+                    // the plugin's groups.
+                    Some(a) if a.groups.iter().any(|g| approvers.iter().any(|p| p == g)) => {}
+                    Some(_) => {
+                        ev.verdict = deny(
+                            format!(
+                                "{reason}: needs approval by {}, which this approval did not include",
+                                approvers.join(", ")
+                            ),
+                            vec![],
+                        )
+                    }
+                    None => {
+                        ev.verdict = deny(
+                            format!("{reason}: needs approval by {}", approvers.join(", ")),
+                            vec![],
+                        );
+                        ev.needs = Some((approvers, reason));
+                    }
+                },
             }
-            _ => verdict,
-        };
-        let statement = match op {
-            Operation::Query(s) => Some((**s).clone()),
-            Operation::Connect => None,
-        };
-        let body = EventBody::Decision {
+        }
+        ev
+    }
+
+    fn decision(
+        &self,
+        n: u64,
+        op: &Operation,
+        ev: Evaluated,
+        hold: Option<HoldRecord>,
+        approval: Option<ApprovalRecord>,
+    ) -> EventBody {
+        EventBody::Decision {
             op: n,
             action: op.action().to_string(),
-            statement,
-            verdict: verdict.clone(),
-            policy_generation: generation,
-            errors,
-            plugins: plugin_runs,
-        };
-        // No record, no access.
+            statement: match op {
+                Operation::Query(s) => Some((**s).clone()),
+                Operation::Connect => None,
+            },
+            verdict: ev.verdict,
+            policy_generation: ev.generation,
+            errors: ev.errors,
+            plugins: ev.plugins,
+            hold: hold.map(Box::new),
+            approval: approval.map(Box::new),
+        }
+    }
+
+    async fn decide(&self, op: &Operation) -> Result<Checked, GuardError> {
+        let n = self.ops.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut ev = self.evaluate(op, None).await;
+        let mut hold = None;
+        if let Some((approvers, reason)) = ev.needs.take() {
+            let cannot = match (&self.approvals, op) {
+                (Some(_), Operation::Query(_)) => None,
+                (Some(_), Operation::Connect) => Some("connections cannot be held for approval"),
+                (None, _) => Some("this gateway has no admin API to approve it"),
+            };
+            match cannot {
+                None => {
+                    hold = Some(Hold {
+                        id: Approvals::new_id(),
+                        approvers,
+                        reason,
+                        min_approvals: self.approval_settings.min_approvals,
+                        timeout: std::time::Duration::from_secs(self.approval_settings.timeout_secs),
+                    })
+                }
+                Some(why) => {
+                    let ids = ev.verdict.policy_ids().to_vec();
+                    let reason = format!(
+                        "{reason} requires approval by {}, and {why}",
+                        approvers.join(", ")
+                    );
+                    ev.verdict = deny(reason, ids);
+                }
+            }
+        }
+        let verdict = ev.verdict.clone();
+        let hold_record = hold.as_ref().map(|h| HoldRecord {
+            request: h.id.clone(),
+            approvers: h.approvers.clone(),
+            min_approvals: h.min_approvals,
+            timeout_secs: h.timeout.as_secs(),
+            reason: h.reason.clone(),
+        });
+        let body = self.decision(n, op, ev, hold_record, None);
+        // No record, no access; and no request an approver could act on without its record.
         self.recorder
             .append(self.event(body))
             .await
             .map_err(|_| GuardError::RecorderUnavailable)?;
-        Ok(Checked { op: n, verdict })
+        if let (Some(h), Some(approvals)) = (&hold, &self.approvals) {
+            let (operation, kind) = match op {
+                Operation::Query(s) => (s.text.clone(), s.kind().as_str().to_string()),
+                Operation::Connect => (String::new(), "connect".to_string()),
+            };
+            let (req, rx) = approvals.open(
+                h.id.clone(),
+                NewRequest {
+                    session_id: self.ctx.session_id.clone(),
+                    op: n,
+                    requester: self.ctx.principal.clone(),
+                    target: self.ctx.target.name.clone(),
+                    action: op.action().to_string(),
+                    operation,
+                    kind,
+                    approvers: h.approvers.clone(),
+                    reason: h.reason.clone(),
+                    policy_ids: verdict.policy_ids().to_vec(),
+                    min_approvals: h.min_approvals,
+                    timeout_secs: h.timeout.as_secs(),
+                },
+            );
+            self.waiting_map().insert(n, rx);
+            self.notify(Step::Requested, &req);
+        }
+        Ok(Checked { op: n, verdict, hold })
+    }
+
+    fn notify(&self, step: Step, req: &ApprovalRequest) {
+        if let Some(n) = &self.notifier {
+            n.notify(step, req);
+        }
+    }
+
+    fn waiting_map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, watch::Receiver<State>>> {
+        match self.waiting.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Wait for request `hold` to leave `pending`; time it out at its deadline.
+    async fn wait(&self, approvals: &Approvals, n: u64, hold: &Hold) -> Option<ApprovalRequest> {
+        let rx = self.waiting_map().remove(&n);
+        if let Some(mut rx) = rx {
+            let decided = tokio::time::timeout(hold.timeout, rx.wait_for(|s| *s != State::Pending)).await;
+            if decided.is_err() {
+                let why = format!("no decision within {}s", hold.timeout.as_secs());
+                if let Some(req) = approvals.finish(&hold.id, State::TimedOut, &why) {
+                    return Some(req);
+                }
+            }
+        }
+        // Decided (or decided while timing out): the request as it ended.
+        approvals.get(&hold.id)
+    }
+
+    /// The decision ending a request without letting its operation run. The statement is in
+    /// the hold's record (same session and op); it is repeated when the caller has it.
+    fn ended_unrun(&self, n: u64, op: Option<&Operation>, req: &ApprovalRequest, reason: String) -> NewEvent {
+        self.event(EventBody::Decision {
+            op: n,
+            action: req.action.clone(),
+            statement: match op {
+                Some(Operation::Query(s)) => Some((**s).clone()),
+                _ => None,
+            },
+            verdict: deny(reason, req.policy_ids.clone()),
+            policy_generation: self.policy.generation(),
+            errors: Vec::new(),
+            plugins: Vec::new(),
+            hold: None,
+            approval: Some(Box::new(approval_record(req))),
+        })
     }
 }
 
@@ -142,6 +380,10 @@ impl Guard for GatehouseGuard {
             closed: AtomicBool::new(false),
             plugins,
             masker,
+            approvals: self.approvals.clone(),
+            approval_settings: self.approval_settings.clone(),
+            notifier: self.notifier.clone(),
+            waiting: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
         let start = EventBody::SessionStart {
             protocol: session.ctx.target.kind.clone(),
@@ -182,6 +424,104 @@ impl SessionGuard for Session {
         self.decide(&op).await
     }
 
+    async fn await_approval(&self, n: u64, op: Operation, hold: &Hold) -> Result<Checked, GuardError> {
+        let Some(approvals) = &self.approvals else {
+            return Err(GuardError::Policy);
+        };
+        let Some(req) = self.wait(approvals, n, hold).await else {
+            // The request vanished from the history before we looked: fail closed.
+            let verdict = deny(format!("approval request {} was lost", hold.id), vec![]);
+            return Ok(Checked {
+                op: n,
+                verdict,
+                hold: None,
+            });
+        };
+        self.notify(Step::Ended, &req);
+        let event = match req.state {
+            State::Approved => {
+                let approver = req
+                    .votes
+                    .iter()
+                    .rev()
+                    .find(|v| v.approve)
+                    .map(|v| v.approver.as_str());
+                let approved = Approved {
+                    approver: approver.unwrap_or(""),
+                    groups: req
+                        .votes
+                        .iter()
+                        .filter(|v| v.approve)
+                        .flat_map(|v| v.groups.iter().map(String::as_str))
+                        .collect(),
+                };
+                let ev = self.evaluate(&op, Some(&approved)).await;
+                self.event(self.decision(n, &op, ev, None, Some(approval_record(&req))))
+            }
+            State::Denied => {
+                let vote = req.votes.iter().find(|v| !v.approve);
+                let by = vote.map(|v| v.approver.as_str()).unwrap_or("an approver");
+                let comment = vote
+                    .filter(|v| !v.comment.is_empty())
+                    .map(|v| format!(": {}", v.comment))
+                    .unwrap_or_default();
+                self.ended_unrun(
+                    n,
+                    Some(&op),
+                    &req,
+                    format!("approval request {} was denied by {by}{comment}", req.id),
+                )
+            }
+            State::TimedOut => self.ended_unrun(
+                n,
+                Some(&op),
+                &req,
+                format!(
+                    "approval request {} timed out: no decision within {}s",
+                    req.id,
+                    hold.timeout.as_secs()
+                ),
+            ),
+            State::Withdrawn | State::Pending => self.ended_unrun(
+                n,
+                Some(&op),
+                &req,
+                format!("approval request {} was withdrawn", req.id),
+            ),
+        };
+        let verdict = match &event.body {
+            EventBody::Decision { verdict, .. } => verdict.clone(),
+            _ => deny(
+                format!("approval request {} could not be decided", req.id),
+                vec![],
+            ),
+        };
+        // No record, no access: the approved operation runs only once this is durable.
+        self.recorder
+            .append(event)
+            .await
+            .map_err(|_| GuardError::RecorderUnavailable)?;
+        Ok(Checked {
+            op: n,
+            verdict,
+            hold: None,
+        })
+    }
+
+    fn withdraw(&self, n: u64, hold: &Hold, why: Withdrawal) {
+        self.waiting_map().remove(&n);
+        let Some(approvals) = &self.approvals else { return };
+        let req = approvals
+            .finish(&hold.id, State::Withdrawn, why.as_str())
+            .or_else(|| approvals.get(&hold.id));
+        if let Some(req) = req {
+            self.notify(Step::Ended, &req);
+            let reason = format!("approval request {} ended: {}", req.id, why.as_str());
+            self.recorder
+                .append_nowait(self.ended_unrun(n, None, &req, reason));
+        }
+    }
+
     fn outcome(&self, op: u64, o: OpOutcome) {
         let body = EventBody::OpResult {
             op,
@@ -215,6 +555,15 @@ impl SessionGuard for Session {
     fn close(&self, reason: &str) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
+        }
+        // Requests the protocol crate never withdrew (its task was aborted) end with the session.
+        if let Some(approvals) = &self.approvals {
+            for req in approvals.finish_session(&self.ctx.session_id, "session ended") {
+                self.notify(Step::Ended, &req);
+                let why = format!("approval request {} ended: session ended", req.id);
+                self.recorder
+                    .append_nowait(self.ended_unrun(req.op, None, &req, why));
+            }
         }
         let body = EventBody::SessionEnd {
             reason: reason.to_string(),

@@ -61,6 +61,49 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PluginCmd,
     },
+    /// Approval requests of held statements, through the admin API. The caller's access key is
+    /// read from GATEHOUSE_KEY.
+    Approvals {
+        /// Admin API address, e.g. `http://127.0.0.1:9465` (default: GATEHOUSE_ADMIN_URL).
+        #[arg(long, global = true)]
+        url: Option<String>,
+        /// Your identity (default: GATEHOUSE_USER).
+        #[arg(long, global = true)]
+        user: Option<String>,
+        #[command(subcommand)]
+        cmd: ApprovalsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCmd {
+    /// List the requests you may see, newest first.
+    List {
+        /// `pending`, `approved`, `denied`, `timed_out`, `withdrawn` or `all`.
+        #[arg(long, default_value = "pending")]
+        state: String,
+        /// Print JSON instead of one line per request.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one request in full: who asked, what exactly, why, and the votes so far.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a request: the held statement runs once enough approvers agreed.
+    Approve {
+        id: String,
+        #[arg(long, short, default_value = "")]
+        comment: String,
+    },
+    /// Deny a request: the held statement fails with the denial and your comment.
+    Deny {
+        id: String,
+        #[arg(long, short, default_value = "")]
+        comment: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -215,10 +258,11 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             let cfg = Config::load(&setup.config_path)?;
             let gw = Gateway::build(cfg)?;
             let addr = gw.listeners.first().map(|l| l.addr).context("no listener")?;
+            let admin = gw.admin.as_ref().map(|a| a.addr);
             let exe = std::env::current_exe()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|_| "gatehouse".into());
-            println!("{}", demo::banner(&setup, addr, &exe));
+            println!("{}", demo::banner(&setup, addr, admin, &exe));
             gw.run()?;
             drop(setup);
             Ok(ExitCode::SUCCESS)
@@ -242,6 +286,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Plugin { cmd } => plugin(cmd),
+        Cmd::Approvals { url, user, cmd } => approvals(url, user, cmd),
         Cmd::Policy {
             cmd: PolicyCmd::Check { dir },
         } => {
@@ -326,6 +371,44 @@ fn plugin(cmd: PluginCmd) -> Result<ExitCode> {
             })
         }
     }
+}
+
+fn approvals(url: Option<String>, user: Option<String>, cmd: ApprovalsCmd) -> Result<ExitCode> {
+    use gatehouse::approvals_cli::{Client, render_list, render_one};
+    let client = Client::from_env(url, user)?;
+    match cmd {
+        ApprovalsCmd::List { state, json } => {
+            let requests = client.list(&state)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&requests)?);
+            } else {
+                print!("{}", render_list(&requests));
+            }
+        }
+        ApprovalsCmd::Show { id, json } => {
+            let r = client.show(&id)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", render_one(&r));
+            }
+        }
+        ApprovalsCmd::Approve { id, comment } => {
+            let r = client.vote(&id, true, &comment)?;
+            println!(
+                "{}: you approved; the request is {} ({} of {} approvals)",
+                r.id,
+                r.state.as_str(),
+                r.approvals(),
+                r.min_approvals
+            );
+        }
+        ApprovalsCmd::Deny { id, comment } => {
+            let r = client.vote(&id, false, &comment)?;
+            println!("{}: you denied; the request is {}", r.id, r.state.as_str());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn audit(cmd: AuditCmd) -> Result<ExitCode> {

@@ -1,7 +1,6 @@
 //! The operator's Prometheus endpoint (`[metrics] listen = "host:port"`).
 //!
-//! A small HTTP/1.1 server on its own pingora service (one thread, so it never competes with
-//! the PostgreSQL listeners' runtimes and stops with them):
+//! A small HTTP/1.1 server on an [`Endpoint`] (its own pingora service and thread):
 //!
 //! - `GET /metrics` (or `HEAD`): the text exposition format, version 0.0.4;
 //! - `GET /healthz`: `ok`;
@@ -16,22 +15,19 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use gatehouse_pg::PgFront;
 use gatehouse_pg::upstream::PgTarget;
 use gatehouse_plugin_host::PluginSet;
 use gatehouse_policy::PolicyEngine;
 use gatehouse_recorder::Recorder;
-use pingora_core::server::{ListenFds, ShutdownWatch};
-use pingora_core::services::Service;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::net::TcpStream;
+
+use crate::endpoint::{Endpoint, Handler};
 
 /// Largest request head (request line and headers) read.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -43,8 +39,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// input (which sends a reset) does not destroy the response before the client reads it.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
-/// Connections served at once; more are closed at accept.
-const MAX_CONNECTIONS: usize = 64;
 /// Headers parsed in a request head; more is a 431.
 const MAX_HEADERS: usize = 64;
 
@@ -229,6 +223,8 @@ pub struct GatewayMetrics {
     /// PostgreSQL targets by name (their pools are shared by every listener).
     pub targets: Vec<(String, Arc<PgTarget>)>,
     pub plugins: Option<Arc<PluginSet>>,
+    /// Approval requests (when the admin API is configured).
+    pub approvals: Option<Arc<gatehouse_approval::Approvals>>,
 }
 
 /// First 12 hex digits of a content hash: enough to tell versions apart on a dashboard.
@@ -295,6 +291,15 @@ impl GatewayMetrics {
         }
         out.push(idle);
 
+        if let Some(a) = &self.approvals {
+            out.push(
+                Family::gauge(
+                    "gatehouse_approvals_pending",
+                    "Statements held and waiting for an approval decision.",
+                )
+                .single(a.pending()),
+            );
+        }
         if let Some(set) = &self.plugins {
             out.extend(plugin_families(&set.stats()));
         }
@@ -394,104 +399,18 @@ pub fn plugin_families(stats: &[gatehouse_plugin_host::PluginStats]) -> Vec<Fami
 /// Produces the exposition text at each scrape.
 pub type RenderFn = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// The metrics endpoint, bound (so `127.0.0.1:0` is resolved and reported) but not serving.
-pub struct MetricsListener {
-    pub addr: SocketAddr,
-    socket: std::net::TcpListener,
-    render: RenderFn,
+/// The metrics endpoint for `metrics`, bound but not yet serving.
+pub fn endpoint(addr: SocketAddr, metrics: Arc<GatewayMetrics>) -> std::io::Result<Endpoint> {
+    endpoint_with(addr, Arc::new(move || metrics.render()))
 }
 
-impl MetricsListener {
-    pub fn bind(addr: SocketAddr, metrics: Arc<GatewayMetrics>) -> std::io::Result<MetricsListener> {
-        Self::bind_with(addr, Arc::new(move || metrics.render()))
-    }
-
-    /// Bind with any source of exposition text.
-    pub fn bind_with(addr: SocketAddr, render: RenderFn) -> std::io::Result<MetricsListener> {
-        let socket = std::net::TcpListener::bind(addr)?;
-        socket.set_nonblocking(true)?;
-        Ok(MetricsListener {
-            addr: socket.local_addr()?,
-            socket,
-            render,
-        })
-    }
-
-    /// The machine-readable line `gatehouse serve` prints for it on stdout, after the
-    /// listeners' `listening` lines: `{"event":"metrics","addr":"127.0.0.1:9464"}`.
-    pub fn report(&self) {
-        let line = serde_json::json!({"event": "metrics", "addr": self.addr.to_string()});
-        let mut out = std::io::stdout().lock();
-        // A closed stdout is no reason not to serve.
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-    }
-
-    /// As a pingora service (one thread of its own; stops at shutdown).
-    pub fn into_service(self) -> MetricsService {
-        MetricsService {
-            socket: Some(self.socket),
-            render: self.render,
-        }
-    }
-}
-
-pub struct MetricsService {
-    socket: Option<std::net::TcpListener>,
-    render: RenderFn,
-}
-
-#[async_trait]
-impl Service for MetricsService {
-    async fn start_service(
-        &mut self,
-        _fds: Option<ListenFds>,
-        shutdown: ShutdownWatch,
-        _listeners_per_fd: usize,
-    ) {
-        let Some(socket) = self.socket.take() else { return };
-        let listener = match TcpListener::from_std(socket) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!("metrics endpoint: cannot register listener: {e}");
-                return;
-            }
-        };
-        serve(listener, self.render.clone(), shutdown).await;
-    }
-
-    fn name(&self) -> &str {
-        "metrics"
-    }
-
-    fn threads(&self) -> Option<usize> {
-        Some(1)
-    }
-}
-
-/// Accept until `shutdown` turns true (or its sender is gone).
-pub async fn serve(listener: TcpListener, render: RenderFn, mut shutdown: watch::Receiver<bool>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        tokio::select! {
-            r = listener.accept() => match r {
-                Ok((tcp, _peer)) => {
-                    // Over the limit: close at once rather than queue.
-                    let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
-                    let render = render.clone();
-                    tokio::spawn(async move {
-                        connection(tcp, &render).await;
-                        drop(permit);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!("metrics endpoint: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { break },
-        }
-    }
+/// The same with any source of exposition text.
+pub fn endpoint_with(addr: SocketAddr, render: RenderFn) -> std::io::Result<Endpoint> {
+    let handler: Handler = Arc::new(move |tcp| {
+        let render = render.clone();
+        Box::pin(async move { connection(tcp, &render).await })
+    });
+    Endpoint::bind("metrics", addr, handler)
 }
 
 /// Why no request could be read.
@@ -817,15 +736,11 @@ mod tests {
     #[tokio::test]
     async fn serves_until_shutdown() {
         let render: RenderFn = Arc::new(|| "m 1\n".to_string());
-        let l = MetricsListener::bind_with("127.0.0.1:0".parse().unwrap(), render).unwrap();
+        let mut l = endpoint_with("127.0.0.1:0".parse().unwrap(), render).unwrap();
         let addr = l.addr;
         assert_ne!(addr.port(), 0);
-        let (tx, rx) = watch::channel(false);
-        let mut svc = l.into_service();
-        let task = tokio::spawn(async move {
-            let socket = svc.socket.take().unwrap();
-            serve(TcpListener::from_std(socket).unwrap(), svc.render.clone(), rx).await
-        });
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move { l.serve(rx).await });
         let ok = exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(ok.ends_with("\r\n\r\nm 1\n"), "{ok}");

@@ -158,41 +158,53 @@ impl SessionPlugins {
         self.wants_rows
     }
 
-    /// Run the chain's `on-statement` hooks. Returns a deny verdict (or `None` to allow) and
-    /// what each plugin did, for the decision record.
-    pub async fn on_statement(&self, s: &SqlStatement) -> (Option<Verdict>, Vec<PluginRecord>) {
+    /// Run the chain's `on-statement` hooks. Returns what the chain said and what each
+    /// plugin did, for the decision record.
+    pub async fn on_statement(&self, s: &SqlStatement) -> (StatementOutcome, Vec<PluginRecord>) {
         if !self.wants_statement {
-            return (None, Vec::new());
+            return (StatementOutcome::Allow, Vec::new());
         }
         let out = self.session.lock().await.on_statement(plugin_statement(s)).await;
         let runs = out.runs.iter().map(record).collect();
-        let deny = |reason: String| Verdict::Deny {
-            reason,
-            policy_ids: Vec::new(),
+        let deny = |reason: String| {
+            StatementOutcome::Deny(Verdict::Deny {
+                reason,
+                policy_ids: Vec::new(),
+            })
         };
         let verdict = match out.verdict {
-            ph::ChainVerdict::Allow => None,
+            ph::ChainVerdict::Allow => StatementOutcome::Allow,
             ph::ChainVerdict::Deny { plugin, reason } => {
-                Some(deny(format!("denied by plugin `{}`: {reason}", plugin.name)))
+                deny(format!("denied by plugin `{}`: {reason}", plugin.name))
             }
-            // Approval holds (issue 4) are not wired yet: a hold fails closed, saying so.
             ph::ChainVerdict::Hold {
                 plugin,
                 approvers,
                 reason,
-            } => Some(deny(format!(
-                "plugin `{}` requires approval by {}: {reason} (approval holds are not enabled on this gateway)",
-                plugin.name,
-                approvers.join(", ")
-            ))),
-            ph::ChainVerdict::FailClosed(fault) => Some(deny(format!(
+            } => StatementOutcome::Hold {
+                approvers,
+                reason: format!("plugin `{}`: {reason}", plugin.name),
+            },
+            ph::ChainVerdict::FailClosed(fault) => deny(format!(
                 "plugin `{}` failed ({}); statement refused",
                 fault.plugin.name,
                 fault.kind.label()
-            ))),
+            )),
         };
         (verdict, runs)
     }
+}
+
+/// What a target's plugin chain said about a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatementOutcome {
+    Allow,
+    Deny(Verdict),
+    /// Needs approval by a member of one of `approvers`; `reason` names the plugin.
+    Hold {
+        approvers: Vec<String>,
+        reason: String,
+    },
 }
 
 fn to_plugin_batch(b: &RowBatch) -> ph::RowBatch {

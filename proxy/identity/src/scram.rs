@@ -93,6 +93,14 @@ impl ScramVerifier {
         }
     }
 
+    /// Whether `password` is the secret this verifier was derived from (constant-time compare;
+    /// costs one PBKDF2 run of `iterations`). For secrets presented in the clear over a
+    /// protected channel, e.g. the admin API's Basic authentication.
+    pub fn matches(&self, password: &str) -> bool {
+        let other = Self::derive(password, &self.salt, self.iterations);
+        bool::from(other.stored_key.ct_eq(&self.stored_key) & other.server_key.ct_eq(&self.server_key))
+    }
+
     /// Parse PostgreSQL's verifier text.
     pub fn parse(s: &str) -> Result<ScramVerifier, ScramError> {
         let rest = s.strip_prefix("SCRAM-SHA-256$").ok_or(ScramError::BadVerifier)?;

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use gatehouse_core::{
-    ColumnSource, Finding, GuardError, MaskFault, MaskStrategy, Masked, OpOutcome, Operation, RelationKind,
-    RowMasker, SessionGuard, SqlStatement, StatementKind, Verdict,
+    Checked, ColumnSource, Finding, GuardError, MaskFault, MaskStrategy, Masked, OpOutcome, Operation,
+    RelationKind, RowMasker, SessionGuard, SqlStatement, StatementKind, Verdict, Withdrawal,
 };
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -91,6 +91,7 @@ pub(crate) async fn run(
     sg: Arc<dyn SessionGuard>,
     cache: Arc<ClassifyCache>,
     target: Arc<PgTarget>,
+    cancel: Arc<CancelSignal>,
 ) -> RelayEnd {
     let Upstream {
         stream,
@@ -124,6 +125,7 @@ pub(crate) async fn run(
         tx,
         masker.clone(),
         target.clone(),
+        cancel,
     ));
     let mut u2c = UpstreamSide {
         cw,
@@ -303,7 +305,109 @@ fn denial(verdict: &Verdict) -> String {
 }
 
 fn refusal(e: &GuardError) -> (&'static str, String) {
-    ("58000", format!("gatehouse: {e}; statement refused"))
+    match e {
+        // What PostgreSQL itself says for a canceled statement.
+        GuardError::Canceled => ("57014", "canceling statement due to user request".to_string()),
+        _ => ("58000", format!("gatehouse: {e}; statement refused")),
+    }
+}
+
+/// Most client bytes buffered while a statement is held; past this the client is no longer
+/// read (so a disconnect is noticed only when the request ends).
+const HELD_BUFFER_MAX: usize = 1 << 20;
+
+/// What a held statement's wait needs from the client side of the relay.
+struct ClientSide<'a> {
+    cw: &'a ClientWriter,
+    crd: &'a mut ReadHalf<Stream>,
+    buf: &'a mut BytesMut,
+    cancel: &'a CancelSignal,
+}
+
+/// Ask the guard about `op`. When it is held for approval, tell the client (a NoticeResponse
+/// naming the request), then wait for the decision while reading the client: more messages are
+/// buffered for later, a disconnect withdraws the request (`Err`), a CancelRequest withdraws
+/// it and fails the statement with SQLSTATE 57014 as PostgreSQL would.
+async fn check(
+    sg: &dyn SessionGuard,
+    op: Operation,
+    io: &mut ClientSide<'_>,
+) -> Result<Result<Checked, GuardError>, ClientEnd> {
+    let checked = match sg.check(op.clone()).await {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e)),
+    };
+    let Some(hold) = checked.hold.clone() else {
+        return Ok(Ok(checked));
+    };
+    let mut out = BytesMut::new();
+    let detail = format!("An approver runs: gatehouse approvals approve {}", hold.id);
+    proto::error_msg(
+        &mut out,
+        Severity::Notice,
+        "00000",
+        &hold.waiting_message(),
+        Some(&detail),
+    );
+    {
+        let mut w = io.cw.lock().await;
+        if w.write_all(&out).await.is_err() || w.flush().await.is_err() {
+            sg.withdraw(checked.op, &hold, Withdrawal::Disconnected);
+            return Err(ClientEnd::Disconnected);
+        }
+    }
+    let seen = io.cancel.generation();
+    let wait = sg.await_approval(checked.op, op, &hold);
+    tokio::pin!(wait);
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            decided = &mut wait => return Ok(decided),
+            () = io.cancel.fired_since(seen) => {
+                sg.withdraw(checked.op, &hold, Withdrawal::Canceled);
+                return Ok(Err(GuardError::Canceled));
+            }
+            read = io.crd.read_buf(io.buf), if reading => match read {
+                Ok(n) if n > 0 => reading = io.buf.len() < HELD_BUFFER_MAX,
+                _ => {
+                    sg.withdraw(checked.op, &hold, Withdrawal::Disconnected);
+                    return Err(ClientEnd::Disconnected);
+                }
+            },
+        }
+    }
+}
+
+/// A client's CancelRequest for this session, as a signal a held statement can wait on.
+/// Counts cancels so that one arriving before a hold began does not cancel it.
+#[derive(Default)]
+pub(crate) struct CancelSignal {
+    fired: AtomicU64,
+    notify: tokio::sync::Notify,
+}
+
+impl CancelSignal {
+    pub(crate) fn fire(&self) {
+        self.fired.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_waiters();
+    }
+
+    fn generation(&self) -> u64 {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    /// Resolves once a cancel arrived after `seen` was read.
+    async fn fired_since(&self, seen: u64) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.generation() != seen {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -318,6 +422,7 @@ async fn client_to_upstream(
     tx: mpsc::UnboundedSender<Pending>,
     masker: Option<Arc<dyn RowMasker>>,
     target: Arc<PgTarget>,
+    cancel: Arc<CancelSignal>,
 ) -> (WriteHalf<Stream>, ClientEnd) {
     let masking = masker.is_some();
     let mut statements: HashMap<String, Arc<SqlStatement>> = HashMap::new();
@@ -358,8 +463,18 @@ async fn client_to_upstream(
                     for s in stmts {
                         let s = Arc::new(s);
                         let ddl = s.kind() == StatementKind::Ddl;
-                        match sg.check(Operation::Query(s.clone())).await {
-                            Ok(c) if c.verdict.is_allow() => match &masker {
+                        let mut io = ClientSide {
+                            cw: &cw,
+                            crd: &mut crd,
+                            buf: &mut buf,
+                            cancel: &cancel,
+                        };
+                        let checked = match check(&*sg, Operation::Query(s.clone()), &mut io).await {
+                            Ok(c) => c,
+                            Err(end) => return (uwr, end),
+                        };
+                        match checked {
+                            Ok(c) if c.is_allow() => match &masker {
                                 Some(m) => match mask_plan(&**m, &target, &s).await {
                                     Ok(derived) => allowed.push((c.op, derived, ddl)),
                                     Err(message) => {
@@ -466,13 +581,22 @@ async fn client_to_upstream(
                         return (uwr, ClientEnd::UpstreamWriteFailed);
                     }
                     let ddl = stmt.kind() == StatementKind::Ddl;
-                    let checked = sg.check(Operation::Query(stmt.clone())).await;
+                    let mut io = ClientSide {
+                        cw: &cw,
+                        crd: &mut crd,
+                        buf: &mut buf,
+                        cancel: &cancel,
+                    };
+                    let checked = match check(&*sg, Operation::Query(stmt.clone()), &mut io).await {
+                        Ok(c) => c,
+                        Err(end) => return (uwr, end),
+                    };
                     let plan = match (&checked, &masker) {
-                        (Ok(c), Some(m)) if c.verdict.is_allow() => mask_plan(&**m, &target, &stmt).await,
+                        (Ok(c), Some(m)) if c.is_allow() => mask_plan(&**m, &target, &stmt).await,
                         _ => Ok(None),
                     };
                     match checked {
-                        Ok(c) if c.verdict.is_allow() => match plan {
+                        Ok(c) if c.is_allow() => match plan {
                             Ok(derived) => {
                                 send(Pending::Exec {
                                     op: Some(c.op),
@@ -534,19 +658,28 @@ async fn client_to_upstream(
                     if !flush(&mut uwr, &mut out).await {
                         return (uwr, ClientEnd::UpstreamWriteFailed);
                     }
-                    match sg
-                        .check(Operation::Query(unknown_statement("FunctionCall")))
-                        .await
-                    {
+                    let mut io = ClientSide {
+                        cw: &cw,
+                        crd: &mut crd,
+                        buf: &mut buf,
+                        cancel: &cancel,
+                    };
+                    let checked =
+                        match check(&*sg, Operation::Query(unknown_statement("FunctionCall")), &mut io).await
+                        {
+                            Ok(c) => c,
+                            Err(end) => return (uwr, end),
+                        };
+                    match checked {
                         // A fast-path result is not rows: nothing could mask it.
-                        Ok(c) if c.verdict.is_allow() && masking => {
+                        Ok(c) if c.is_allow() && masking => {
                             send(Pending::Denied {
                                 code: "42501",
                                 message: unmaskable_refusal(&*sg, c.op, UNMASKABLE.to_string()),
                             });
                             proto::query(&mut out, &shared.nonce);
                         }
-                        Ok(c) if c.verdict.is_allow() => {
+                        Ok(c) if c.is_allow() => {
                             send(Pending::Exec {
                                 op: Some(c.op),
                                 start: Instant::now(),

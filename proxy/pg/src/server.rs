@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::classify::ClassifyCache;
 use crate::proto::{self, ProtoError, Severity, StartupPacket};
-use crate::relay::{self, RelayEnd};
+use crate::relay::{self, CancelSignal, RelayEnd};
 use crate::stream::Stream;
 use crate::upstream::{PgTarget, UpstreamError};
 
@@ -41,6 +41,8 @@ struct CancelEntry {
     target: Arc<PgTarget>,
     pid: i32,
     secret: i32,
+    /// Reaches a statement the session holds for approval (nothing runs upstream then).
+    signal: Arc<CancelSignal>,
 }
 
 /// One PostgreSQL listener's shared state.
@@ -392,7 +394,8 @@ impl PgFront {
         for n in &up.startup_notices {
             out.extend_from_slice(n);
         }
-        let key = self.register_cancel(&target, up.pid, up.secret);
+        let cancel = Arc::new(CancelSignal::default());
+        let key = self.register_cancel(&target, up.pid, up.secret, cancel.clone());
         proto::backend_key_data(&mut out, up.pid, key);
         proto::ready_for_query(&mut out, b'I');
         if stream.write_all(&out).await.is_err() {
@@ -403,8 +406,16 @@ impl PgFront {
 
         // ---- relay ----
         let pid = up.pid;
-        let RelayEnd { upstream, reason } =
-            relay::run(stream, buf, up, sg.clone(), self.cache.clone(), target.clone()).await;
+        let RelayEnd { upstream, reason } = relay::run(
+            stream,
+            buf,
+            up,
+            sg.clone(),
+            self.cache.clone(),
+            target.clone(),
+            cancel,
+        )
+        .await;
         self.unregister_cancel(pid, key);
         if let Some(up) = upstream {
             target.release(up);
@@ -509,7 +520,13 @@ impl PgFront {
         Ok(())
     }
 
-    fn register_cancel(&self, target: &Arc<PgTarget>, pid: i32, secret: i32) -> i32 {
+    fn register_cancel(
+        &self,
+        target: &Arc<PgTarget>,
+        pid: i32,
+        secret: i32,
+        signal: Arc<CancelSignal>,
+    ) -> i32 {
         let mut map = match self.cancels.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
@@ -521,6 +538,7 @@ impl PgFront {
                     target: target.clone(),
                     pid,
                     secret,
+                    signal,
                 });
                 return key;
             }
@@ -542,11 +560,14 @@ impl PgFront {
                 Ok(m) => m,
                 Err(p) => p.into_inner(),
             };
-            map.get(&(pid, key)).map(|e| (e.target.clone(), e.pid, e.secret))
+            map.get(&(pid, key))
+                .map(|e| (e.target.clone(), e.pid, e.secret, e.signal.clone()))
         };
-        if let Some((target, pid, secret)) = entry
-            && let Err(e) = target.cancel(pid, secret).await
-        {
+        let Some((target, pid, secret, signal)) = entry else {
+            return;
+        };
+        signal.fire();
+        if let Err(e) = target.cancel(pid, secret).await {
             tracing::warn!(target = %target.name, "forwarding cancel request failed: {e}");
         }
     }

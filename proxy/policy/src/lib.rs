@@ -299,9 +299,25 @@ impl PolicyEngine {
     /// `context.approved` (true only when re-evaluating after an approval). Any error building
     /// or evaluating the request denies.
     pub fn decide(&self, session: &SessionPolicy, op: &Operation, approved: bool) -> Decision {
+        self.decide_as(session, op, approved, None)
+    }
+
+    /// Decide again after an approval: `context.approved` is true and `context.approver` is
+    /// `approver` (`user:name` of the approver whose vote completed the approval).
+    pub fn decide_approved(&self, session: &SessionPolicy, op: &Operation, approver: &str) -> Decision {
+        self.decide_as(session, op, true, Some(approver))
+    }
+
+    fn decide_as(
+        &self,
+        session: &SessionPolicy,
+        op: &Operation,
+        approved: bool,
+        approver: Option<&str>,
+    ) -> Decision {
         let snap = self.snapshot();
         let generation = snap.generation;
-        let response = match self.evaluate(&snap, session, op, approved) {
+        let response = match self.evaluate(&snap, session, op, approved, approver) {
             Ok(response) => response,
             Err(error) => {
                 return Decision {
@@ -383,6 +399,7 @@ impl PolicyEngine {
         session: &SessionPolicy,
         op: &Operation,
         approved: bool,
+        approver: Option<&str>,
     ) -> Result<Response, String> {
         let schema = &snap.compiled.schema;
         let rebuilt;
@@ -396,8 +413,14 @@ impl PolicyEngine {
         };
         let now = gatehouse_core::time::rfc3339_micros(gatehouse_core::time::now_micros());
         let (action, context): (&EntityUid, _) = match op {
-            Operation::Connect => (&self.names.connect, session.base.connect(&now, approved)?),
-            Operation::Query(stmt) => (&self.names.query, session.base.query(&now, approved, stmt)?),
+            Operation::Connect => (
+                &self.names.connect,
+                session.base.connect(&now, approved, approver)?,
+            ),
+            Operation::Query(stmt) => (
+                &self.names.query,
+                session.base.query(&now, approved, approver, stmt)?,
+            ),
         };
         let request = request::request(
             &session.entities.principal,
@@ -491,7 +514,7 @@ impl PolicyEngine {
         };
         let (column, entities) = request::column_entities(&self.names, schema, base, col)?;
         let now = gatehouse_core::time::rfc3339_micros(gatehouse_core::time::now_micros());
-        let context = session.base.connect(&now, false)?;
+        let context = session.base.connect(&now, false, None)?;
         let request = request::request(
             &base.principal,
             &self.names.read_column,
@@ -574,7 +597,7 @@ fn self_check(names: &Names, compiled: &Compiled) -> Result<(), PolicyError> {
             let ctx = ctx(kind, target_kind);
             let entities = request::session_entities(names, schema, &ctx).map_err(|e| fail(e.to_string()))?;
             let base = BaseContext::new(&ctx);
-            let connect = base.connect(&now, false).map_err(&fail)?;
+            let connect = base.connect(&now, false, None).map_err(&fail)?;
             request::request(
                 &entities.principal,
                 &names.connect,
@@ -591,7 +614,7 @@ fn self_check(names: &Names, compiled: &Compiled) -> Result<(), PolicyError> {
                     relation: gatehouse_core::RelationKind::Table,
                 };
                 let (column, _) = request::column_entities(names, schema, &entities, &col).map_err(&fail)?;
-                let read = base.connect(&now, false).map_err(&fail)?;
+                let read = base.connect(&now, false, None).map_err(&fail)?;
                 request::request(
                     &entities.principal,
                     &names.read_column,
@@ -600,7 +623,7 @@ fn self_check(names: &Names, compiled: &Compiled) -> Result<(), PolicyError> {
                     Some(schema),
                 )
                 .map_err(&fail)?;
-                let query = base.query(&now, false, &stmt).map_err(&fail)?;
+                let query = base.query(&now, false, None, &stmt).map_err(&fail)?;
                 request::request(
                     &entities.principal,
                     &names.query,

@@ -200,6 +200,7 @@ impl BaseContext {
         &self,
         now: &str,
         approved: bool,
+        approver: Option<&str>,
         capacity: usize,
     ) -> Result<Vec<(String, RestrictedExpression)>, String> {
         let auth = RestrictedExpression::new_record([
@@ -228,17 +229,34 @@ impl BaseContext {
             ),
             ("approved".to_string(), RestrictedExpression::new_bool(approved)),
         ]);
+        if let Some(a) = approver {
+            pairs.push((
+                "approver".to_string(),
+                RestrictedExpression::new_string(a.to_string()),
+            ));
+        }
         Ok(pairs)
     }
 
     /// Context for `connect` (and every action without extra fields).
-    pub(crate) fn connect(&self, now: &str, approved: bool) -> Result<Context, String> {
-        Context::from_pairs(self.pairs(now, approved, 0)?).map_err(|e| e.to_string())
+    pub(crate) fn connect(
+        &self,
+        now: &str,
+        approved: bool,
+        approver: Option<&str>,
+    ) -> Result<Context, String> {
+        Context::from_pairs(self.pairs(now, approved, approver, 0)?).map_err(|e| e.to_string())
     }
 
     /// Context for `query`: the base fields plus the statement's classification.
-    pub(crate) fn query(&self, now: &str, approved: bool, stmt: &SqlStatement) -> Result<Context, String> {
-        let mut pairs = self.pairs(now, approved, 11)?;
+    pub(crate) fn query(
+        &self,
+        now: &str,
+        approved: bool,
+        approver: Option<&str>,
+        stmt: &SqlStatement,
+    ) -> Result<Context, String> {
+        let mut pairs = self.pairs(now, approved, approver, 11)?;
         pairs.extend([
             (
                 "kind".to_string(),

@@ -66,6 +66,23 @@ pub enum EventBody {
         /// What each plugin of the target's chain did (after Cedar allowed).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         plugins: Vec<PluginRecord>,
+        /// The operation is held for approval: the request it waits for. `verdict` is what
+        /// happens if it is not approved.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hold: Option<Box<HoldRecord>>,
+        /// This decision ends a hold of the same `op`: how the request ended and who voted.
+        /// After an approval, `verdict` is the decision re-made with `context.approved`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval: Option<Box<ApprovalRecord>>,
+    },
+    /// An approver's vote on a held operation's request, recorded in the held session (the
+    /// event's principal is the approver).
+    ApprovalVote {
+        request: String,
+        op: u64,
+        approve: bool,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        comment: String,
     },
     /// How an allowed (or skipped) operation ended.
     OpResult {
@@ -107,6 +124,41 @@ pub struct PluginRecord {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
     pub elapsed_us: u64,
+}
+
+/// An approval request opened for a held operation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct HoldRecord {
+    pub request: String,
+    /// Groups whose members may approve.
+    pub approvers: Vec<String>,
+    pub min_approvals: u32,
+    pub timeout_secs: u64,
+    /// Why approval is needed (policies or plugin), as the client was told.
+    pub reason: String,
+}
+
+/// How an approval request ended.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalRecord {
+    pub request: String,
+    /// `approved` | `denied` | `timed_out` | `withdrawn`.
+    pub state: String,
+    pub votes: Vec<VoteRecord>,
+    /// Why it ended without a deciding vote (`client disconnected`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
+}
+
+/// One approver's vote.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct VoteRecord {
+    /// `user:name`.
+    pub approver: String,
+    pub approve: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub comment: String,
+    pub time_us: i64,
 }
 
 /// An error the upstream returned for an operation.

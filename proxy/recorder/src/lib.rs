@@ -56,12 +56,12 @@ mod writer;
 
 pub use error::RecorderError;
 pub use event::{
-    CHAIN_FORMAT, Event, EventBody, GENESIS_HASH, NewEvent, OpError, PluginRecord, canonical_from_stored,
-    chain_hash, decode_hash,
+    ApprovalRecord, CHAIN_FORMAT, Event, EventBody, GENESIS_HASH, HoldRecord, NewEvent, OpError,
+    PluginRecord, VoteRecord, canonical_from_stored, chain_hash, decode_hash,
 };
 pub use reader::{BrokenLink, LogReader, VerifyReport};
 pub use store::SessionSummary;
-pub use transcript::render_transcript;
+pub use transcript::{clean as escape_controls, render_transcript};
 pub use writer::{GATEWAY_SESSION, Recorder, RecorderStats};
 
 #[cfg(test)]

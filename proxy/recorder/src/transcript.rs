@@ -73,14 +73,28 @@ pub fn render_transcript(events: &[Event]) -> String {
                 policy_generation,
                 errors,
                 plugins,
+                hold,
+                approval,
             } => {
                 let _ = write!(out, "op {op} {action}  ");
-                match verdict {
-                    Verdict::Allow { .. } => out.push_str("ALLOW"),
-                    Verdict::Deny { reason, .. } => {
+                match (verdict, hold) {
+                    (_, Some(h)) => {
+                        let _ = write!(
+                            out,
+                            "HOLD request {} for {} approval(s) by {} ({}; timeout {}s)",
+                            clean(&h.request),
+                            h.min_approvals,
+                            clean(&h.approvers.join(", ")),
+                            clean(&h.reason),
+                            h.timeout_secs
+                        );
+                    }
+                    (Verdict::Allow { .. }, None) => out.push_str("ALLOW"),
+                    (Verdict::Deny { reason, .. }, None) => {
                         let _ = write!(out, "DENY {reason:?}");
                     }
                 }
+
                 let ids = verdict.policy_ids();
                 if ids.is_empty() {
                     out.push_str("  policies: (none)");
@@ -108,6 +122,32 @@ pub fn render_transcript(events: &[Event]) -> String {
                 }
                 for e in errors {
                     let _ = writeln!(out, "{indent}error: {}", clean(e));
+                }
+                if let Some(a) = approval {
+                    let _ = write!(
+                        out,
+                        "{indent}after request {} {}",
+                        clean(&a.request),
+                        clean(&a.state)
+                    );
+                    if let Some(r) = &a.end_reason {
+                        let _ = write!(out, " ({})", clean(r));
+                    }
+                    out.push('\n');
+                }
+                for v in approval.iter().flat_map(|a| &a.votes) {
+                    let _ = writeln!(
+                        out,
+                        "{indent}{} by {} at {}{}",
+                        if v.approve { "approved" } else { "denied" },
+                        clean(&v.approver),
+                        rfc3339_micros(v.time_us),
+                        if v.comment.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {:?}", clean(&v.comment))
+                        }
+                    );
                 }
                 for p in plugins {
                     let _ = write!(
@@ -161,6 +201,25 @@ pub fn render_transcript(events: &[Event]) -> String {
             EventBody::Notice { level, message } => {
                 let _ = writeln!(out, "notice [{}] {}", clean(level), clean(message));
             }
+            EventBody::ApprovalVote {
+                request,
+                op,
+                approve,
+                comment,
+            } => {
+                let who = ev.principal.as_deref().unwrap_or("(unknown)");
+                let _ = write!(
+                    out,
+                    "op {op} {} request {} by {}",
+                    if *approve { "APPROVE" } else { "DENY" },
+                    clean(request),
+                    clean(who)
+                );
+                if !comment.is_empty() {
+                    let _ = write!(out, ": {:?}", clean(comment));
+                }
+                out.push('\n');
+            }
             EventBody::Masking { op, findings, faults } => {
                 for f in findings {
                     let _ = writeln!(
@@ -190,7 +249,7 @@ pub fn render_transcript(events: &[Event]) -> String {
 
 /// Client-supplied text with control characters escaped, so a transcript cannot drive the
 /// reader's terminal.
-fn clean(s: &str) -> String {
+pub fn clean(s: &str) -> String {
     if !s.chars().any(char::is_control) {
         return s.to_string();
     }

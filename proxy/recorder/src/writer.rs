@@ -630,9 +630,18 @@ fn update_summary(s: &mut SessionSummary, body: &EventBody, principal: Option<&s
             s.end_us = Some(time_us);
             s.end_reason = Some(format!("authentication failed: {reason}"));
         }
-        EventBody::Decision { verdict, .. } => {
-            s.ops += 1;
-            if !verdict.is_allow() {
+        // A held operation is decided twice (the hold, then its outcome): one op, denied only
+        // by the outcome.
+        EventBody::Decision {
+            verdict,
+            hold,
+            approval,
+            ..
+        } => {
+            if approval.is_none() {
+                s.ops += 1;
+            }
+            if !verdict.is_allow() && hold.is_none() {
                 s.denied += 1;
             }
         }
@@ -640,6 +649,9 @@ fn update_summary(s: &mut SessionSummary, body: &EventBody, principal: Option<&s
             s.end_us = Some(time_us);
             s.end_reason = Some(reason.clone());
         }
-        EventBody::OpResult { .. } | EventBody::Notice { .. } | EventBody::Masking { .. } => {}
+        EventBody::OpResult { .. }
+        | EventBody::Notice { .. }
+        | EventBody::Masking { .. }
+        | EventBody::ApprovalVote { .. } => {}
     }
 }

@@ -69,6 +69,8 @@ fn query(session: &str, t: i64, op: u64, text: &str, verdict: Verdict) -> NewEve
             policy_generation: 3,
             errors: vec![],
             plugins: vec![],
+            hold: None,
+            approval: None,
         },
     )
 }

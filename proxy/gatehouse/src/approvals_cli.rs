@@ -1,0 +1,187 @@
+//! `gatehouse approvals list|show|approve|deny`: the admin API's approval routes from a shell.
+//!
+//! The API address comes from `--url` or `GATEHOUSE_ADMIN_URL`; the caller is `--user` or
+//! `GATEHOUSE_USER`, with the access key in `GATEHOUSE_KEY` (never an argument: arguments are
+//! visible to every user of the machine in the process list).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
+use gatehouse_approval::ApprovalRequest;
+use gatehouse_core::time::rfc3339_micros;
+use gatehouse_recorder::escape_controls;
+
+/// Where and as whom to call the admin API.
+pub struct Client {
+    base: String,
+    auth: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(url: &str, user: &str, key: &str) -> Client {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{key}"));
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Client {
+            base: url.trim_end_matches('/').to_string(),
+            auth: format!("Basic {token}"),
+            agent,
+        }
+    }
+
+    /// From the environment, with explicit values first.
+    pub fn from_env(url: Option<String>, user: Option<String>) -> Result<Client> {
+        let url = url
+            .or_else(|| std::env::var("GATEHOUSE_ADMIN_URL").ok())
+            .ok_or_else(|| anyhow!("no admin API address: pass --url or set GATEHOUSE_ADMIN_URL"))?;
+        let user = user
+            .or_else(|| std::env::var("GATEHOUSE_USER").ok())
+            .ok_or_else(|| anyhow!("no identity: pass --user or set GATEHOUSE_USER"))?;
+        let key =
+            std::env::var("GATEHOUSE_KEY").map_err(|_| anyhow!("set GATEHOUSE_KEY to your access key"))?;
+        Ok(Client::new(&url, &user, &key))
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<serde_json::Value> {
+        let url = format!("{}{path}", self.base);
+        let response = match (method, body) {
+            ("POST", Some(b)) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &self.auth)
+                .send_json(&b),
+            _ => self.agent.get(&url).header("Authorization", &self.auth).call(),
+        }
+        .with_context(|| format!("calling the admin API at {}", self.base))?;
+        let status = response.status().as_u16();
+        let value: serde_json::Value = response
+            .into_body()
+            .read_json()
+            .with_context(|| format!("reading the admin API's answer (HTTP {status})"))?;
+        if status != 200 {
+            let message = value
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("(no message)");
+            bail!("{message} (HTTP {status})");
+        }
+        Ok(value)
+    }
+
+    pub fn list(&self, state: &str) -> Result<Vec<ApprovalRequest>> {
+        let v = self.call("GET", &format!("/v1/approvals?state={state}"), None)?;
+        serde_json::from_value(v.get("requests").cloned().unwrap_or_default()).context("unexpected answer")
+    }
+
+    pub fn show(&self, id: &str) -> Result<ApprovalRequest> {
+        let v = self.call("GET", &format!("/v1/approvals/{}", path_segment(id)?), None)?;
+        serde_json::from_value(v.get("request").cloned().unwrap_or_default()).context("unexpected answer")
+    }
+
+    pub fn vote(&self, id: &str, approve: bool, comment: &str) -> Result<ApprovalRequest> {
+        let verb = if approve { "approve" } else { "deny" };
+        let body = serde_json::json!({ "comment": comment });
+        let v = self.call(
+            "POST",
+            &format!("/v1/approvals/{}/{verb}", path_segment(id)?),
+            Some(body),
+        )?;
+        serde_json::from_value(v.get("request").cloned().unwrap_or_default()).context("unexpected answer")
+    }
+}
+
+/// Request ids are `ap-` and hex digits; anything else cannot name one.
+fn path_segment(id: &str) -> Result<&str> {
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        bail!("`{id}` is not an approval request id");
+    }
+    Ok(id)
+}
+
+/// One line per request: id, state, age, requester, target, approvers, operation.
+pub fn render_list(requests: &[ApprovalRequest]) -> String {
+    if requests.is_empty() {
+        return "no approval requests\n".to_string();
+    }
+    let mut out = String::new();
+    for r in requests {
+        let _ = writeln!(
+            out,
+            "{}  {:<9}  {}  {} on {}  approvers: {}  [{}] {}",
+            r.id,
+            r.state.as_str(),
+            rfc3339_micros(r.created_us),
+            r.requester,
+            r.target,
+            r.approvers.join(", "),
+            r.kind,
+            one_line(&r.operation, 80)
+        );
+    }
+    out
+}
+
+/// Everything an approver needs to decide.
+pub fn render_one(r: &ApprovalRequest) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "request    {}", r.id);
+    let _ = writeln!(out, "state      {}", r.state.as_str());
+    let _ = write!(out, "requester  {}", r.requester);
+    if let Some(h) = &r.on_behalf_of {
+        let _ = write!(out, " (on behalf of {h})");
+    }
+    out.push('\n');
+    let _ = writeln!(out, "session    {} (op {})", r.session_id, r.op);
+    let _ = writeln!(out, "target     {}", r.target);
+    let _ = writeln!(out, "action     {} [{}]", r.action, r.kind);
+    let _ = writeln!(out, "why        {}", r.reason);
+    let _ = writeln!(
+        out,
+        "approvers  {} ({} approval{} needed)",
+        r.approvers.join(", "),
+        r.min_approvals,
+        if r.min_approvals == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(out, "opened     {}", rfc3339_micros(r.created_us));
+    let _ = writeln!(out, "expires    {}", rfc3339_micros(r.expires_us));
+    if let Some(d) = r.decided_us {
+        let _ = writeln!(out, "ended      {}", rfc3339_micros(d));
+    }
+    if let Some(why) = &r.end_reason {
+        let _ = writeln!(out, "end reason {why}");
+    }
+    for v in &r.votes {
+        let _ = write!(
+            out,
+            "vote       {} by {} at {}",
+            if v.approve { "approve" } else { "deny" },
+            v.approver,
+            rfc3339_micros(v.time_us)
+        );
+        if !v.comment.is_empty() {
+            let _ = write!(out, ": {}", one_line(&v.comment, 200));
+        }
+        out.push('\n');
+    }
+    out.push_str("operation\n");
+    for line in r.operation.lines() {
+        let _ = writeln!(out, "    {}", escape_controls(line));
+    }
+    out
+}
+
+fn one_line(s: &str, max: usize) -> String {
+    let flat = escape_controls(&s.split_whitespace().collect::<Vec<_>>().join(" "));
+    if flat.chars().count() <= max {
+        flat
+    } else {
+        let cut: String = flat.chars().take(max).collect();
+        format!("{cut}…")
+    }
+}
