@@ -220,13 +220,20 @@ async fn denial_fails_the_statement_and_the_session_goes_on() {
     let c = h.connect("ai-agent", "app").await.unwrap();
     let before = order_status(&h, 2).await;
     // Extended protocol, bound parameters: the held Execute runs exactly the bound portal.
+    // A SELECT pipelined behind the held UPDATE waits in the gateway's buffer, then runs.
     let held = tokio::spawn(async move {
-        let r = c
-            .execute(
+        let (r, next) = tokio::join!(
+            c.execute(
                 "UPDATE orders SET status = $1 WHERE id = $2",
-                &[&"denied-x", &2i64],
-            )
-            .await;
+                &[&"denied-x", &2i64]
+            ),
+            c.query_one("SELECT 40 + 2", &[]),
+        );
+        assert_eq!(
+            next.unwrap().get::<_, i32>(0),
+            42,
+            "the pipelined statement ran after the denial"
+        );
         (c, r)
     });
     let req = wait_for_request(&h, "dana");

@@ -92,6 +92,9 @@ pub struct NewRequest {
     /// Statement kind or other short classification, for listings.
     pub kind: String,
     pub approvers: Vec<String>,
+    /// Sets of groups that must each have an approving member (one per policy that asked);
+    /// empty: any of `approvers`.
+    pub required_groups: Vec<Vec<String>>,
     /// Why approval is needed (the policies or the plugin that asked), user-facing.
     pub reason: String,
     pub policy_ids: Vec<String>,
@@ -121,6 +124,10 @@ pub struct ApprovalRequest {
     pub operation: String,
     pub kind: String,
     pub approvers: Vec<String>,
+    /// Each of these sets needs an approving member (one set per policy that asked for
+    /// approval), on top of `min_approvals`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_groups: Vec<Vec<String>>,
     pub reason: String,
     pub policy_ids: Vec<String>,
     pub min_approvals: u32,
@@ -133,6 +140,16 @@ pub struct ApprovalRequest {
 impl ApprovalRequest {
     pub fn approvals(&self) -> usize {
         self.votes.iter().filter(|v| v.approve).count()
+    }
+
+    /// Enough approvals, and one from each required group set.
+    pub fn is_approved(&self) -> bool {
+        self.approvals() >= self.min_approvals as usize
+            && self.required_groups.iter().all(|set| {
+                self.votes
+                    .iter()
+                    .any(|v| v.approve && v.groups.iter().any(|g| set.contains(g)))
+            })
     }
 }
 
@@ -151,11 +168,14 @@ pub enum VoteError {
     NotAnApprover(String),
     #[error("you already decided this request")]
     AlreadyVoted,
+    #[error("approval request `{0}` has expired")]
+    Expired(String),
 }
 
 struct Entry {
     req: ApprovalRequest,
-    tx: watch::Sender<State>,
+    /// Becomes the ended request once it leaves `pending`.
+    tx: watch::Sender<Option<ApprovalRequest>>,
 }
 
 #[derive(Default)]
@@ -207,8 +227,12 @@ impl Approvals {
     }
 
     /// Open a pending request under `id` (from [`new_id`](Self::new_id), recorded by the
-    /// caller first). The receiver changes once, when the request leaves `pending`.
-    pub fn open(&self, id: String, new: NewRequest) -> (ApprovalRequest, watch::Receiver<State>) {
+    /// caller first). The receiver changes once, to the request as it ended.
+    pub fn open(
+        &self,
+        id: String,
+        new: NewRequest,
+    ) -> (ApprovalRequest, watch::Receiver<Option<ApprovalRequest>>) {
         let created = now_us();
         let timeout_us = i64::try_from(new.timeout_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
         let req = ApprovalRequest {
@@ -226,14 +250,26 @@ impl Approvals {
             operation: new.operation,
             kind: new.kind,
             approvers: new.approvers,
+            required_groups: new.required_groups,
             reason: new.reason,
             policy_ids: new.policy_ids,
             min_approvals: new.min_approvals.max(1),
             votes: Vec::new(),
             end_reason: None,
         };
-        let (tx, rx) = watch::channel(State::Pending);
-        self.lock().pending.insert(id, Entry { req: req.clone(), tx });
+        let (tx, rx) = watch::channel(None);
+        let mut inner = self.lock();
+        if inner.pending.contains_key(&id) || inner.decided.contains_key(&id) {
+            // Ids are 48 random bits; a clash is refused rather than overwriting a request.
+            drop(inner);
+            let (tx, rx) = watch::channel(None);
+            let mut clash = req.clone();
+            clash.state = State::Withdrawn;
+            clash.end_reason = Some("request id clash".into());
+            let _ = tx.send(Some(clash));
+            return (req, rx);
+        }
+        inner.pending.insert(id, Entry { req: req.clone(), tx });
         (req, rx)
     }
 
@@ -257,10 +293,9 @@ impl Approvals {
     ) -> Result<ApprovalRequest, VoteError> {
         let mut inner = self.lock();
         Self::pending_entry(&inner, id)?;
-        let Some(entry) = inner.pending.get_mut(id) else {
+        let Some(req) = inner.pending.get_mut(id).map(|e| &mut e.req) else {
             return Err(VoteError::NotFound(id.to_string()));
         };
-        let req = &mut entry.req;
         Self::may_vote(req, voter)?;
         req.votes.push(Vote {
             approver: voter.display(),
@@ -276,7 +311,7 @@ impl Approvals {
         });
         let state = if !approve {
             State::Denied
-        } else if req.approvals() >= req.min_approvals as usize {
+        } else if req.is_approved() {
             State::Approved
         } else {
             State::Pending
@@ -296,6 +331,10 @@ impl Approvals {
     }
 
     fn may_vote(req: &ApprovalRequest, voter: &Principal) -> Result<(), VoteError> {
+        // The waiting session times the request out at this instant; no vote after it counts.
+        if now_us() >= req.expires_us {
+            return Err(VoteError::Expired(req.id.clone()));
+        }
         if voter.kind != PrincipalKind::User {
             return Err(VoteError::NotHuman);
         }
@@ -331,7 +370,7 @@ impl Approvals {
         req.decided_us = Some(now_us());
         req.end_reason = reason;
         // Nobody waiting (the session already gave up) is fine.
-        let _ = tx.send(state);
+        let _ = tx.send(Some(req.clone()));
         inner.decided.insert(id.to_string(), req.clone());
         inner.order.push_back(id.to_string());
         while inner.order.len() > history {

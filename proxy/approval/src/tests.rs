@@ -27,6 +27,7 @@ fn request(min: u32) -> NewRequest {
         operation: "UPDATE accounts SET balance = 0 WHERE id = 1".into(),
         kind: "update".into(),
         approvers: vec!["dba".into()],
+        required_groups: Vec::new(),
         reason: "policy `agents-prod-update-needs-approval`".into(),
         policy_ids: vec!["agents-prod-update-needs-approval".into()],
         min_approvals: min,
@@ -46,7 +47,7 @@ fn one_approval_from_the_group_approves() {
     assert_eq!(after.state, State::Approved);
     assert_eq!(after.votes.len(), 1);
     assert_eq!(after.votes[0].approver, "user:alice");
-    assert_eq!(*rx.borrow(), State::Approved);
+    assert_eq!(rx.borrow().as_ref().map(|r| r.state), Some(State::Approved));
     assert_eq!(a.get(&id).unwrap().state, State::Approved);
     assert_eq!(a.pending(), 0);
     // Decided: no more votes.
@@ -94,7 +95,54 @@ fn one_denial_denies() {
     let r = a.vote(&id, &bob, false, "no WHERE on the big table").unwrap();
     assert_eq!(r.state, State::Denied);
     assert_eq!(r.votes[1].comment, "no WHERE on the big table");
-    assert_eq!(*rx.borrow(), State::Denied);
+    assert_eq!(rx.borrow().as_ref().map(|r| r.state), Some(State::Denied));
+}
+
+#[test]
+fn every_asking_policy_needs_an_approver_from_its_own_groups() {
+    let a = Approvals::new(100);
+    let id = Approvals::new_id();
+    // Two forbids asked: one names dba, the other security.
+    a.open(
+        id.clone(),
+        NewRequest {
+            approvers: vec!["dba".into(), "security".into()],
+            required_groups: vec![vec!["dba".into()], vec!["security".into()]],
+            ..request(1)
+        },
+    );
+    let alice = principal(PrincipalKind::User, "alice", &["dba"]);
+    let bob = principal(PrincipalKind::User, "bob", &["dba"]);
+    let sam = principal(PrincipalKind::User, "sam", &["security"]);
+    assert_eq!(
+        a.vote(&id, &alice, true, "").unwrap().state,
+        State::Pending,
+        "dba alone is not enough"
+    );
+    assert_eq!(
+        a.vote(&id, &bob, true, "").unwrap().state,
+        State::Pending,
+        "nor are two DBAs"
+    );
+    let r = a.vote(&id, &sam, true, "").unwrap();
+    assert_eq!(r.state, State::Approved);
+    assert_eq!(r.votes[2].groups, vec!["security".to_string()]);
+}
+
+#[test]
+fn expired_requests_take_no_votes() {
+    let a = Approvals::new(100);
+    let id = Approvals::new_id();
+    a.open(
+        id.clone(),
+        NewRequest {
+            timeout_secs: 0,
+            ..request(1)
+        },
+    );
+    let alice = principal(PrincipalKind::User, "alice", &["dba"]);
+    assert_eq!(a.vote(&id, &alice, true, ""), Err(VoteError::Expired(id.clone())));
+    assert_eq!(a.check_vote(&id, &alice), Err(VoteError::Expired(id.clone())));
 }
 
 #[test]

@@ -15,6 +15,11 @@
 //! | `GET /v1/approvals/{id}` | see below | one request |
 //! | `POST /v1/approvals/{id}/approve` | approvers | `{"comment": "…"}` (optional) |
 //! | `POST /v1/approvals/{id}/deny` | approvers | `{"comment": "…"}` (optional) |
+//! | `GET /v1/sessions?limit=100` | admins, auditors | recorded sessions, newest first |
+//! | `GET /v1/sessions/{id}` | admins, auditors | summary, events (as stored, hash-chained), transcript |
+//!
+//! `admin-openapi.json` beside `Cargo.toml` describes every route and answer; a test checks
+//! the server against it.
 //!
 //! A request is visible to members of `[admin] admins` and `auditors`, to members of the
 //! request's approver groups, and to the requester (and the human an agent acts for). Votes
@@ -33,7 +38,7 @@ use gatehouse_approval::{ApprovalRequest, Approvals, State, VoteError};
 use gatehouse_core::Principal;
 use gatehouse_core::config::AdminConfig;
 use gatehouse_identity::StaticKeys;
-use gatehouse_recorder::{EventBody, NewEvent, Recorder};
+use gatehouse_recorder::{EventBody, LogReader, NewEvent, Recorder, render_transcript};
 use pingora_core::protocols::http::ServerSession;
 use pingora_http::ResponseHeader;
 use serde::Deserialize;
@@ -58,10 +63,15 @@ pub struct AdminApi {
     approvals: Arc<Approvals>,
     recorder: Recorder,
     keys: Arc<StaticKeys>,
+    /// The recorder's directory, read (read-only) for `/v1/sessions`.
+    log_dir: std::path::PathBuf,
     admins: Vec<String>,
     auditors: Vec<String>,
     /// SHA-256 of `name:key` → who it authenticated, and when.
     auth_cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    /// One key check (a PBKDF2 run) at a time: guessing keys costs a guesser time, and never
+    /// more than one core of the gateway.
+    key_checks: tokio::sync::Semaphore,
 }
 
 /// A response before it is written.
@@ -103,14 +113,17 @@ impl AdminApi {
         approvals: Arc<Approvals>,
         recorder: Recorder,
         keys: Arc<StaticKeys>,
+        log_dir: std::path::PathBuf,
     ) -> Self {
         AdminApi {
             approvals,
             recorder,
             keys,
+            log_dir,
             admins: cfg.admins.clone(),
             auditors: cfg.auditors.clone(),
             auth_cache: Mutex::new(HashMap::new()),
+            key_checks: tokio::sync::Semaphore::new(1),
         }
     }
 
@@ -167,6 +180,9 @@ impl AdminApi {
         }
         let keys = self.keys.clone();
         let (name, key) = (name.to_string(), key.to_string());
+        let Ok(_turn) = self.key_checks.acquire().await else {
+            return Err(Reply::error(503, "authentication unavailable"));
+        };
         // PBKDF2 is deliberately slow: keep it off the I/O threads.
         let checked = tokio::task::spawn_blocking(move || keys.verify_key(&name, &key)).await;
         match checked {
@@ -212,23 +228,16 @@ impl AdminApi {
         auth: Option<&[u8]>,
         body: Option<&[u8]>,
     ) -> Reply {
-        if path == "/healthz" {
-            return match method {
-                "GET" => Reply::ok(serde_json::json!({"status": "ok"})),
-                _ => Reply::error(405, "method not allowed"),
-            };
-        }
-        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let known = matches!(
-            segments.as_slice(),
-            ["v1", "whoami"]
-                | ["v1", "approvals"]
-                | ["v1", "approvals", _]
-                | ["v1", "approvals", _, "approve" | "deny"]
-        );
-        if !known {
+        let Some(route) = route(path) else {
             return Reply::error(404, "not found");
+        };
+        if !ROUTES.iter().any(|&(m, p)| p == route.pattern && m == method) {
+            return Reply::error(405, "method not allowed");
         }
+        if route.pattern == "/healthz" {
+            return Reply::ok(serde_json::json!({"status": "ok"}));
+        }
+        let segments = route.segments;
         let caller = match self.authenticate(auth).await {
             Ok(p) => p,
             Err(r) => return r,
@@ -245,6 +254,8 @@ impl AdminApi {
                 // Not visible looks the same as absent.
                 _ => Reply::error(404, format!("no approval request `{id}`")),
             },
+            ("GET", ["v1", "sessions"]) => self.sessions(&caller, query).await,
+            ("GET", ["v1", "sessions", id]) => self.session(&caller, id).await,
             ("POST", ["v1", "approvals", id, verb]) => {
                 let Some(body) = body else {
                     return Reply::error(413, "request body too large");
@@ -287,6 +298,57 @@ impl AdminApi {
         Reply::ok(serde_json::json!({ "requests": visible }))
     }
 
+    fn reads_sessions(&self, p: &Principal) -> bool {
+        Self::in_any(p, &self.admins) || Self::in_any(p, &self.auditors)
+    }
+
+    async fn sessions(&self, caller: &Principal, query: &str) -> Reply {
+        if !self.reads_sessions(caller) {
+            return Reply::error(403, "only admins and auditors read sessions");
+        }
+        let mut limit = 100usize;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("limit", n)) => match n.parse::<usize>() {
+                    Ok(n @ 1..=1000) => limit = n,
+                    _ => return Reply::error(400, "`limit` must be 1 to 1000"),
+                },
+                _ => return Reply::error(400, format!("unknown query parameter `{pair}`")),
+            }
+        }
+        let dir = self.log_dir.clone();
+        let read = tokio::task::spawn_blocking(move || LogReader::open(&dir)?.sessions()).await;
+        match read {
+            Ok(Ok(mut sessions)) => {
+                sessions.truncate(limit);
+                Reply::ok(serde_json::json!({ "sessions": sessions }))
+            }
+            _ => Reply::error(503, "the audit log cannot be read"),
+        }
+    }
+
+    async fn session(&self, caller: &Principal, id: &str) -> Reply {
+        if !self.reads_sessions(caller) {
+            return Reply::error(403, "only admins and auditors read sessions");
+        }
+        let dir = self.log_dir.clone();
+        let sid = id.to_string();
+        let read = tokio::task::spawn_blocking(move || {
+            let r = LogReader::open(&dir)?;
+            Ok::<_, gatehouse_recorder::RecorderError>((r.session(&sid)?, r.session_events(&sid)?))
+        })
+        .await;
+        match read {
+            Ok(Ok((Some(summary), events))) => Reply::ok(serde_json::json!({
+                "summary": summary,
+                "transcript": render_transcript(&events),
+                "events": events,
+            })),
+            Ok(Ok((None, _))) => Reply::error(404, format!("no session `{id}`")),
+            _ => Reply::error(503, "the audit log cannot be read"),
+        }
+    }
+
     async fn vote(&self, caller: &Principal, id: &str, approve: bool, comment: &str) -> Reply {
         let req = match self.approvals.check_vote(id, caller) {
             Ok(r) => r,
@@ -308,7 +370,19 @@ impl AdminApi {
         }
         match self.approvals.vote(id, caller, approve, comment) {
             Ok(r) => Reply::ok(serde_json::json!({ "request": r })),
-            Err(e) => vote_error(self, caller, id, e),
+            Err(e) => {
+                // The request ended (or this approver voted) between the check and the vote:
+                // say in the record that the vote just recorded did not count.
+                self.recorder.append_nowait(NewEvent::now(
+                    req.session_id.clone(),
+                    Some(caller.display()),
+                    EventBody::Notice {
+                        level: "warn".into(),
+                        message: format!("the vote on approval request {id} was not counted: {e}"),
+                    },
+                ));
+                vote_error(self, caller, id, e)
+            }
         }
     }
 }
@@ -320,9 +394,45 @@ fn vote_error(api: &AdminApi, caller: &Principal, id: &str, e: VoteError) -> Rep
         _ if api.approvals.get(id).is_some_and(|r| !api.may_see(caller, &r)) => {
             Reply::error(404, format!("no approval request `{id}`"))
         }
-        VoteError::NotPending(..) | VoteError::AlreadyVoted => Reply::error(409, e),
+        VoteError::NotPending(..) | VoteError::AlreadyVoted | VoteError::Expired(_) => Reply::error(409, e),
         VoteError::SelfApproval | VoteError::NotHuman | VoteError::NotAnApprover(_) => Reply::error(403, e),
     }
+}
+
+/// Every route (method, path pattern), exactly as `admin-openapi.json` describes them: a test
+/// keeps the two equal.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/v1/whoami"),
+    ("GET", "/v1/approvals"),
+    ("GET", "/v1/approvals/{id}"),
+    ("POST", "/v1/approvals/{id}/approve"),
+    ("POST", "/v1/approvals/{id}/deny"),
+    ("GET", "/v1/sessions"),
+    ("GET", "/v1/sessions/{id}"),
+];
+
+/// A path matched against [`ROUTES`].
+struct Route<'a> {
+    pattern: &'static str,
+    segments: Vec<&'a str>,
+}
+
+/// The route pattern `path` matches (`{id}` stands for any one non-empty segment).
+fn route(path: &str) -> Option<Route<'_>> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    ROUTES.iter().find_map(|&(_, pattern)| {
+        let parts: Vec<&str> = pattern.trim_matches('/').split('/').collect();
+        let fits = parts.len() == segments.len()
+            && parts
+                .iter()
+                .zip(&segments)
+                .all(|(p, s)| p == s || (*p == "{id}" && !s.is_empty()));
+        fits.then(|| Route {
+            pattern,
+            segments: segments.clone(),
+        })
+    })
 }
 
 /// The admin API endpoint, bound but not yet serving.

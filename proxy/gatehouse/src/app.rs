@@ -141,7 +141,13 @@ impl Gateway {
         let admin = match (&config.admin, approvals) {
             (Some(a), Some(approvals)) => {
                 let addr = a.socket_addr().map_err(anyhow::Error::msg)?;
-                let api = AdminApi::new(a, approvals, recorder.clone(), identities.clone());
+                let api = AdminApi::new(
+                    a,
+                    approvals,
+                    recorder.clone(),
+                    identities.clone(),
+                    config.recorder.dir.clone(),
+                );
                 Some(
                     crate::admin::endpoint(addr, Arc::new(api))
                         .with_context(|| format!("admin API: cannot bind {addr}"))?,

@@ -74,8 +74,25 @@ struct Evaluated {
     generation: u64,
     errors: Vec<String>,
     plugins: Vec<PluginRecord>,
-    /// Needs approval: (approver groups, user-facing reason).
-    needs: Option<(Vec<String>, String)>,
+    /// Needs approval.
+    needs: Option<Needs>,
+}
+
+/// Who must approve an operation, and why.
+struct Needs {
+    /// Every group whose members may vote.
+    approvers: Vec<String>,
+    /// One set per policy that asked: each needs an approving member.
+    required: Vec<Vec<String>>,
+    /// User-facing: the policies or the plugin that asked.
+    reason: String,
+}
+
+/// What a session keeps about one of its open requests.
+struct Waiting {
+    ended: watch::Receiver<Option<ApprovalRequest>>,
+    /// When the request times out (its `expires_us`, on the monotonic clock).
+    deadline: tokio::time::Instant,
 }
 
 /// An approval that completed: who cast the deciding vote, and the groups of every approver.
@@ -124,7 +141,7 @@ struct Session {
     approval_settings: ApprovalsConfig,
     notifier: Option<Arc<Notifier>>,
     /// Receivers of this session's open requests, by operation number.
-    waiting: std::sync::Mutex<std::collections::HashMap<u64, watch::Receiver<State>>>,
+    waiting: std::sync::Mutex<std::collections::HashMap<u64, Waiting>>,
 }
 
 impl Session {
@@ -146,14 +163,20 @@ impl Session {
                     Some(a) => self.policy.decide_approved(sp, op, a.approver),
                     None => self.policy.decide(sp, op, false),
                 };
-                let needs = d.needs_approval.map(|groups| {
+                let required = d.approval_groups;
+                let needs = d.needs_approval.map(|approvers| {
                     let ids: Vec<String> = d
                         .verdict
                         .policy_ids()
                         .iter()
                         .map(|id| format!("`{id}`"))
                         .collect();
-                    (groups, format!("policy {}", ids.join(", ")))
+                    let noun = if ids.len() == 1 { "policy" } else { "policies" };
+                    Needs {
+                        approvers,
+                        required,
+                        reason: format!("{noun} {}", ids.join(", ")),
+                    }
                 });
                 Evaluated {
                     verdict: d.verdict,
@@ -196,7 +219,11 @@ impl Session {
                             format!("{reason}: needs approval by {}", approvers.join(", ")),
                             vec![],
                         );
-                        ev.needs = Some((approvers, reason));
+                        ev.needs = Some(Needs {
+                            required: vec![approvers.clone()],
+                            approvers,
+                            reason,
+                        });
                     }
                 },
             }
@@ -232,12 +259,23 @@ impl Session {
         let n = self.ops.fetch_add(1, Ordering::Relaxed) + 1;
         let mut ev = self.evaluate(op, None).await;
         let mut hold = None;
-        if let Some((approvers, reason)) = ev.needs.take() {
+        let mut required = Vec::new();
+        if let Some(Needs {
+            approvers,
+            required: sets,
+            reason,
+        }) = ev.needs.take()
+        {
             let cannot = match (&self.approvals, op) {
+                // A fast-path call or an unknown portal has no text an approver could judge.
+                (Some(_), Operation::Query(s)) if s.text.trim().is_empty() => {
+                    Some("an operation without statement text cannot be held for approval")
+                }
                 (Some(_), Operation::Query(_)) => None,
                 (Some(_), Operation::Connect) => Some("connections cannot be held for approval"),
                 (None, _) => Some("this gateway has no admin API to approve it"),
             };
+            required = sets;
             match cannot {
                 None => {
                     hold = Some(Hold {
@@ -288,13 +326,15 @@ impl Session {
                     operation,
                     kind,
                     approvers: h.approvers.clone(),
+                    required_groups: required,
                     reason: h.reason.clone(),
                     policy_ids: verdict.policy_ids().to_vec(),
                     min_approvals: h.min_approvals,
                     timeout_secs: h.timeout.as_secs(),
                 },
             );
-            self.waiting_map().insert(n, rx);
+            let deadline = tokio::time::Instant::now() + h.timeout;
+            self.waiting_map().insert(n, Waiting { ended: rx, deadline });
             self.notify(Step::Requested, &req);
         }
         Ok(Checked { op: n, verdict, hold })
@@ -306,29 +346,28 @@ impl Session {
         }
     }
 
-    fn waiting_map(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, watch::Receiver<State>>> {
+    fn waiting_map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Waiting>> {
         match self.waiting.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
     }
 
-    /// Wait for request `hold` to leave `pending`; time it out at its deadline.
+    /// Wait for request `hold` to end; time it out at its deadline. The request as it ended.
     async fn wait(&self, approvals: &Approvals, n: u64, hold: &Hold) -> Option<ApprovalRequest> {
-        let rx = self.waiting_map().remove(&n);
-        if let Some(mut rx) = rx {
-            let decided = tokio::time::timeout(hold.timeout, rx.wait_for(|s| *s != State::Pending)).await;
-            if decided.is_err() {
-                let why = format!("no decision within {}s", hold.timeout.as_secs());
-                if let Some(req) = approvals.finish(&hold.id, State::TimedOut, &why) {
-                    return Some(req);
-                }
-            }
+        let Waiting { mut ended, deadline } = self.waiting_map().remove(&n)?;
+        let decided = tokio::time::timeout_at(deadline, ended.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(|r| r.ok().and_then(|req| req.clone()));
+        if decided.is_some() {
+            return decided;
         }
-        // Decided (or decided while timing out): the request as it ended.
-        approvals.get(&hold.id)
+        let why = format!("no decision within {}s", hold.timeout.as_secs());
+        // `None`: a vote ended it while the timer fired; the channel has it.
+        approvals
+            .finish(&hold.id, State::TimedOut, &why)
+            .or_else(|| ended.borrow().clone())
     }
 
     /// The decision ending a request without letting its operation run. The statement is in
@@ -429,8 +468,9 @@ impl SessionGuard for Session {
             return Err(GuardError::Policy);
         };
         let Some(req) = self.wait(approvals, n, hold).await else {
-            // The request vanished from the history before we looked: fail closed.
-            let verdict = deny(format!("approval request {} was lost", hold.id), vec![]);
+            // Only when `check` never opened it (the recorder refused) or it was awaited twice:
+            // fail closed.
+            let verdict = deny(format!("approval request {} is not open", hold.id), vec![]);
             return Ok(Checked {
                 op: n,
                 verdict,
@@ -511,11 +551,12 @@ impl SessionGuard for Session {
     fn withdraw(&self, n: u64, hold: &Hold, why: Withdrawal) {
         self.waiting_map().remove(&n);
         let Some(approvals) = &self.approvals else { return };
-        let req = approvals
-            .finish(&hold.id, State::Withdrawn, why.as_str())
-            .or_else(|| approvals.get(&hold.id));
-        if let Some(req) = req {
-            self.notify(Step::Ended, &req);
+        let ended_here = approvals.finish(&hold.id, State::Withdrawn, why.as_str());
+        if let Some(req) = &ended_here {
+            self.notify(Step::Ended, req);
+        }
+        // Ended by a vote just before: still record that the operation did not run.
+        if let Some(req) = ended_here.or_else(|| approvals.get(&hold.id)) {
             let reason = format!("approval request {} ended: {}", req.id, why.as_str());
             self.recorder
                 .append_nowait(self.ended_unrun(n, None, &req, reason));

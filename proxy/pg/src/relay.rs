@@ -333,6 +333,8 @@ async fn check(
     op: Operation,
     io: &mut ClientSide<'_>,
 ) -> Result<Result<Checked, GuardError>, ClientEnd> {
+    // A cancel from here on is meant for this statement.
+    let seen = io.cancel.generation();
     let checked = match sg.check(op.clone()).await {
         Ok(c) => c,
         Err(e) => return Ok(Err(e)),
@@ -340,6 +342,7 @@ async fn check(
     let Some(hold) = checked.hold.clone() else {
         return Ok(Ok(checked));
     };
+    let _holding = io.cancel.hold();
     let mut out = BytesMut::new();
     let detail = format!("An approver runs: gatehouse approvals approve {}", hold.id);
     proto::error_msg(
@@ -349,19 +352,24 @@ async fn check(
         &hold.waiting_message(),
         Some(&detail),
     );
-    {
+    let told = tokio::time::timeout(hold.timeout, async {
         let mut w = io.cw.lock().await;
-        if w.write_all(&out).await.is_err() || w.flush().await.is_err() {
-            sg.withdraw(checked.op, &hold, Withdrawal::Disconnected);
-            return Err(ClientEnd::Disconnected);
-        }
+        w.write_all(&out).await?;
+        w.flush().await
+    })
+    .await;
+    if !matches!(told, Ok(Ok(()))) {
+        // Gone, or not reading at all: either way it cannot wait for a decision.
+        sg.withdraw(checked.op, &hold, Withdrawal::Disconnected);
+        return Err(ClientEnd::Disconnected);
     }
-    let seen = io.cancel.generation();
     let wait = sg.await_approval(checked.op, op, &hold);
     tokio::pin!(wait);
     let mut reading = true;
     loop {
         tokio::select! {
+            // A decision that is already there wins over a cancel or a disconnect.
+            biased;
             decided = &mut wait => return Ok(decided),
             () = io.cancel.fired_since(seen) => {
                 sg.withdraw(checked.op, &hold, Withdrawal::Canceled);
@@ -384,12 +392,31 @@ async fn check(
 pub(crate) struct CancelSignal {
     fired: AtomicU64,
     notify: tokio::sync::Notify,
+    /// A statement is held (nothing of this session runs upstream).
+    holding: AtomicBool,
+}
+
+/// Marks the session as holding a statement while it lives.
+struct Holding<'a>(&'a CancelSignal);
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        self.0.holding.store(false, Ordering::Release);
+    }
 }
 
 impl CancelSignal {
-    pub(crate) fn fire(&self) {
+    /// Deliver a cancel. Returns whether a held statement took it: then there is nothing to
+    /// cancel upstream, and forwarding it could hit the client's next statement instead.
+    pub(crate) fn fire(&self) -> bool {
         self.fired.fetch_add(1, Ordering::AcqRel);
         self.notify.notify_waiters();
+        self.holding.load(Ordering::Acquire)
+    }
+
+    fn hold(&self) -> Holding<'_> {
+        self.holding.store(true, Ordering::Release);
+        Holding(self)
     }
 
     fn generation(&self) -> u64 {

@@ -566,7 +566,9 @@ impl PgFront {
         let Some((target, pid, secret, signal)) = entry else {
             return;
         };
-        signal.fire();
+        if signal.fire() {
+            return;
+        }
         if let Err(e) = target.cancel(pid, secret).await {
             tracing::warn!(target = %target.name, "forwarding cancel request failed: {e}");
         }

@@ -129,6 +129,10 @@ pub struct Decision {
     /// `@approvers` (sorted, deduplicated). Never set when `approved` was already true or
     /// evaluation failed.
     pub needs_approval: Option<Vec<String>>,
+    /// With `needs_approval`: each denying policy's own groups. An approval must include a
+    /// member of every one of these sets, so one group's approval cannot lift a forbid that
+    /// names another.
+    pub approval_groups: Vec<Vec<String>>,
     /// Request-building and evaluation errors, for the record (never sent to the client).
     /// Non-empty implies a deny.
     pub errors: Vec<String>,
@@ -327,6 +331,7 @@ impl PolicyEngine {
                     },
                     generation,
                     needs_approval: None,
+                    approval_groups: Vec::new(),
                     errors: vec![error],
                 };
             }
@@ -353,6 +358,7 @@ impl PolicyEngine {
                 },
                 generation,
                 needs_approval: None,
+                approval_groups: Vec::new(),
                 errors,
             };
         }
@@ -362,6 +368,7 @@ impl PolicyEngine {
                 verdict: Verdict::Allow { policy_ids: ids },
                 generation,
                 needs_approval: None,
+                approval_groups: Vec::new(),
                 errors,
             },
             cedar_policy::Decision::Deny => {
@@ -375,10 +382,16 @@ impl PolicyEngine {
                     let noun = if ids.len() == 1 { "policy" } else { "policies" };
                     format!("denied by {noun} {}", quoted.join(", "))
                 };
-                let needs_approval = if approved || ids.is_empty() {
-                    None
+                let (needs_approval, approval_groups) = if approved || ids.is_empty() {
+                    (None, Vec::new())
                 } else {
-                    approvers_of(&snap.compiled, &ids)
+                    match approvers_of(&snap.compiled, &ids) {
+                        Some(per_policy) => {
+                            let union: BTreeSet<String> = per_policy.iter().flatten().cloned().collect();
+                            (Some(union.into_iter().collect()), per_policy)
+                        }
+                        None => (None, Vec::new()),
+                    }
                 };
                 Decision {
                     verdict: Verdict::Deny {
@@ -387,6 +400,7 @@ impl PolicyEngine {
                     },
                     generation,
                     needs_approval,
+                    approval_groups,
                     errors,
                 }
             }
@@ -542,14 +556,11 @@ impl PolicyEngine {
     }
 }
 
-/// When every id carries `@approvers`, the union of their groups.
-fn approvers_of(compiled: &Compiled, ids: &[String]) -> Option<Vec<String>> {
-    let mut groups = BTreeSet::new();
-    for id in ids {
-        let of = compiled.approvers.get(&cedar_policy::PolicyId::new(id))?;
-        groups.extend(of.iter().cloned());
-    }
-    Some(groups.into_iter().collect())
+/// When every id carries `@approvers`, each one's groups.
+fn approvers_of(compiled: &Compiled, ids: &[String]) -> Option<Vec<Vec<String>>> {
+    ids.iter()
+        .map(|id| compiled.approvers.get(&cedar_policy::PolicyId::new(id)).cloned())
+        .collect()
 }
 
 /// Prove at load time that the schema accepts the entities and requests this engine builds,

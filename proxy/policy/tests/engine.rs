@@ -559,6 +559,7 @@ fn approvers_policy_asks_for_approval_and_approval_allows() {
         }
     );
     assert_eq!(d.needs_approval, Some(vec!["dba".to_string()]));
+    assert_eq!(d.approval_groups, vec![vec!["dba".to_string()]]);
 
     // Re-evaluated after approval.
     let d = engine.decide(&prod, &query(update.clone()), true);

@@ -76,6 +76,7 @@ fn fixture() -> Fixture {
         approvals.clone(),
         recorder.clone(),
         keys,
+        dir.path().to_path_buf(),
     );
     Fixture {
         api,
@@ -110,6 +111,7 @@ fn open_request(f: &Fixture) -> String {
             operation: "UPDATE accounts SET balance = 0 WHERE id = 7".into(),
             kind: "update".into(),
             approvers: vec!["dba".into()],
+            required_groups: vec![vec!["dba".into()]],
             reason: "policy `agents-prod-update-needs-approval`".into(),
             policy_ids: vec!["agents-prod-update-needs-approval".into()],
             min_approvals: 1,
@@ -305,4 +307,297 @@ async fn votes_follow_the_rules_and_are_recorded_before_they_count() {
         )],
         "exactly the counted vote is recorded"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The OpenAPI description (`admin-openapi.json`) against the server
+// ---------------------------------------------------------------------------------------------
+
+const OPENAPI: &str = include_str!("../../admin-openapi.json");
+
+/// Resolve a local `$ref` (`#/components/...`).
+fn resolve<'a>(doc: &'a serde_json::Value, v: &'a serde_json::Value) -> &'a serde_json::Value {
+    match v.get("$ref").and_then(|r| r.as_str()) {
+        Some(r) => {
+            let mut at = doc;
+            for part in r.trim_start_matches("#/").split('/') {
+                at = &at[part];
+            }
+            assert!(!at.is_null(), "dangling $ref {r}");
+            resolve(doc, at)
+        }
+        None => v,
+    }
+}
+
+/// Check `value` against the subset of JSON Schema the description uses: `type`, `required`,
+/// `properties`, `items`, `enum`, `nullable`, `$ref`.
+fn conforms(
+    doc: &serde_json::Value,
+    schema: &serde_json::Value,
+    value: &serde_json::Value,
+    at: &str,
+) -> Result<(), String> {
+    let schema = resolve(doc, schema);
+    if value.is_null() && schema["nullable"] == true {
+        return Ok(());
+    }
+    let ok = match schema["type"].as_str() {
+        Some("object") => value.is_object(),
+        Some("array") => value.is_array(),
+        Some("string") => value.is_string(),
+        Some("integer") => value.is_i64() || value.is_u64(),
+        Some("boolean") => value.is_boolean(),
+        Some(other) => return Err(format!("{at}: schema type `{other}` not understood")),
+        None => true,
+    };
+    if !ok {
+        return Err(format!("{at}: expected {}, got {value}", schema["type"]));
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        return Err(format!("{at}: {value} is not one of {allowed:?}"));
+    }
+    for r in schema["required"].as_array().into_iter().flatten() {
+        let name = r.as_str().unwrap_or_default();
+        if value.get(name).is_none() {
+            return Err(format!("{at}: missing required `{name}` in {value}"));
+        }
+    }
+    if let (Some(props), Some(obj)) = (schema["properties"].as_object(), value.as_object()) {
+        for (k, v) in obj {
+            match props.get(k) {
+                Some(s) => conforms(doc, s, v, &format!("{at}.{k}"))?,
+                None => return Err(format!("{at}: `{k}` is not in the description")),
+            }
+        }
+    }
+    if let (Some(items), Some(arr)) = (schema.get("items"), value.as_array()) {
+        for (i, v) in arr.iter().enumerate() {
+            conforms(doc, items, v, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Check a reply against the description of `method pattern`.
+fn check_reply(doc: &serde_json::Value, method: &str, pattern: &str, reply: &Reply) {
+    let op = &doc["paths"][pattern][method.to_ascii_lowercase()];
+    let documented = &op["responses"][reply.status.to_string()];
+    assert!(
+        !documented.is_null(),
+        "{method} {pattern} answered {} which is not documented: {}",
+        reply.status,
+        reply.body
+    );
+    let documented = resolve(doc, documented);
+    let schema = &documented["content"]["application/json"]["schema"];
+    conforms(
+        doc,
+        schema,
+        &reply.body,
+        &format!("{method} {pattern} {}", reply.status),
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn the_openapi_description_matches_the_server() {
+    let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+    let mut documented: Vec<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(p, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.to_ascii_uppercase(), p.clone()))
+        })
+        .collect();
+    documented.sort();
+    let mut served: Vec<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    served.sort();
+    assert_eq!(
+        documented, served,
+        "every route documented, every documented route served"
+    );
+
+    let f = fixture();
+    let id = open_request(&f);
+    record_session(&f).await;
+    let denied = Approvals::new_id();
+    // (method, pattern, concrete path, caller, body): successes and the documented errors.
+    type Call<'a> = (&'a str, &'a str, String, Option<&'a str>, Option<&'a [u8]>);
+    let calls: Vec<Call> = vec![
+        ("GET", "/healthz", "/healthz".into(), None, Some(b"")),
+        ("GET", "/v1/whoami", "/v1/whoami".into(), Some("alice"), Some(b"")),
+        ("GET", "/v1/whoami", "/v1/whoami".into(), None, Some(b"")),
+        (
+            "GET",
+            "/v1/approvals",
+            "/v1/approvals?state=all".into(),
+            Some("erin"),
+            Some(b""),
+        ),
+        (
+            "GET",
+            "/v1/approvals",
+            "/v1/approvals?state=nope".into(),
+            Some("erin"),
+            Some(b""),
+        ),
+        (
+            "GET",
+            "/v1/approvals/{id}",
+            format!("/v1/approvals/{id}"),
+            Some("alice"),
+            Some(b""),
+        ),
+        (
+            "GET",
+            "/v1/approvals/{id}",
+            format!("/v1/approvals/{denied}"),
+            Some("alice"),
+            Some(b""),
+        ),
+        (
+            "POST",
+            "/v1/approvals/{id}/deny",
+            format!("/v1/approvals/{id}/deny"),
+            Some("dave"),
+            Some(b""),
+        ),
+        (
+            "POST",
+            "/v1/approvals/{id}/deny",
+            format!("/v1/approvals/{id}/deny"),
+            Some("carol"),
+            Some(b""),
+        ),
+        (
+            "POST",
+            "/v1/approvals/{id}/approve",
+            format!("/v1/approvals/{id}/approve"),
+            Some("alice"),
+            Some(b"{"),
+        ),
+        (
+            "POST",
+            "/v1/approvals/{id}/approve",
+            format!("/v1/approvals/{id}/approve"),
+            Some("alice"),
+            None,
+        ),
+        (
+            "POST",
+            "/v1/approvals/{id}/approve",
+            format!("/v1/approvals/{id}/approve"),
+            Some("alice"),
+            Some(br#"{"comment":"ok"}"#),
+        ),
+        (
+            "POST",
+            "/v1/approvals/{id}/deny",
+            format!("/v1/approvals/{id}/deny"),
+            Some("alice"),
+            Some(b""),
+        ),
+        (
+            "GET",
+            "/v1/sessions",
+            "/v1/sessions?limit=10".into(),
+            Some("erin"),
+            Some(b""),
+        ),
+        (
+            "GET",
+            "/v1/sessions",
+            "/v1/sessions?limit=0".into(),
+            Some("erin"),
+            Some(b""),
+        ),
+        (
+            "GET",
+            "/v1/sessions",
+            "/v1/sessions".into(),
+            Some("alice"),
+            Some(b""),
+        ),
+        (
+            "GET",
+            "/v1/sessions/{id}",
+            "/v1/sessions/sess-1".into(),
+            Some("erin"),
+            Some(b""),
+        ),
+        (
+            "GET",
+            "/v1/sessions/{id}",
+            "/v1/sessions/no-such".into(),
+            Some("erin"),
+            Some(b""),
+        ),
+        (
+            "GET",
+            "/v1/sessions/{id}",
+            "/v1/sessions/sess-1".into(),
+            Some("dave"),
+            Some(b""),
+        ),
+    ];
+    let mut statuses = std::collections::BTreeSet::new();
+    for (method, pattern, path, user, body) in calls {
+        let reply = f.call(method, &path, user, body).await;
+        check_reply(&doc, method, pattern, &reply);
+        statuses.insert((pattern, reply.status));
+    }
+    for expected in [
+        ("/v1/whoami", 401),
+        ("/v1/approvals", 400),
+        ("/v1/approvals/{id}", 404),
+        ("/v1/approvals/{id}/deny", 403),
+        ("/v1/approvals/{id}/deny", 409),
+        ("/v1/approvals/{id}/approve", 200),
+        ("/v1/approvals/{id}/approve", 413),
+        ("/v1/sessions", 200),
+        ("/v1/sessions", 403),
+        ("/v1/sessions/{id}", 200),
+        ("/v1/sessions/{id}", 404),
+    ] {
+        assert!(
+            statuses.contains(&expected),
+            "{expected:?} not exercised: {statuses:?}"
+        );
+    }
+}
+
+/// A short recorded session `sess-1` of the agent.
+async fn record_session(f: &Fixture) {
+    let p = Principal {
+        kind: gatehouse_core::PrincipalKind::Agent,
+        id: "ai-agent".into(),
+        groups: vec!["agents".into()],
+        attrs: Default::default(),
+        on_behalf_of: Some("carol".into()),
+    };
+    f.recorder
+        .append(NewEvent::now(
+            "sess-1",
+            Some(p.display()),
+            EventBody::SessionStart {
+                protocol: "postgres".into(),
+                source: "127.0.0.1:50000".into(),
+                target: "app".into(),
+                client_app: Some("psql".into()),
+                auth_method: "scram-sha-256".into(),
+                principal: p,
+            },
+        ))
+        .await
+        .unwrap();
 }
