@@ -97,6 +97,14 @@ fn wait_child(mut c: Child) -> (i32, String, String) {
     }
 }
 
+/// `SELECT count(*) FROM orders` on `c`: proof that a session still works.
+async fn orders(c: &tokio_postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 async fn order_status(h: &Harness, id: i64) -> String {
     let c = h.connect("alice", "app").await.unwrap();
     c.query_one("SELECT status FROM orders WHERE id = $1", &[&id])
@@ -132,12 +140,7 @@ async fn psql_update_is_held_approved_through_the_cli_and_committed() {
 
     // The agent's other sessions, and the rest of the gateway, go on meanwhile.
     let other = h.connect("ai-agent", "app").await.unwrap();
-    let n: i64 = other
-        .query_one("SELECT count(*) FROM orders", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(n > 0);
+    assert!(orders(&other).await > 0);
     assert_ne!(
         order_status(&h, 1).await,
         "approved-by-dana",
@@ -255,12 +258,7 @@ async fn denial_fails_the_statement_and_the_session_goes_on() {
     );
     assert_eq!(order_status(&h, 2).await, before);
     // Same session, next statement.
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM orders", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(n > 0);
+    assert!(orders(&c).await > 0);
     let t = session_of(&h, "agent:ai-agent", &id);
     assert!(t.contains(&format!("DENY request {id} by user:dana")), "{t}");
     assert!(t.contains(&format!("after request {id} denied")), "{t}");
@@ -279,12 +277,7 @@ async fn timeout_denies_and_disconnect_or_cancel_withdraws() {
     let msg = db_message(&e);
     assert!(msg.contains("timed out: no decision within 3s"), "{msg}");
     assert_ne!(order_status(&h, 3).await, "timed-out");
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM orders", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(n > 0);
+    assert!(orders(&c).await > 0);
 
     // The client disconnects while waiting: the request is withdrawn and cannot be approved.
     let mut psql = psql_bg(&h, "UPDATE orders SET status = 'withdrawn' WHERE id = 4");
@@ -319,12 +312,7 @@ async fn timeout_denies_and_disconnect_or_cancel_withdraws() {
     assert_eq!(sqlstate(&e).as_deref(), Some("57014"), "{e}");
     let r = wait_for_state(&h, &id, "withdrawn");
     assert_eq!(r["end_reason"], "canceled by the client");
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM orders", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(n > 0, "the session goes on after a cancel");
+    assert!(orders(&c).await > 0, "the session goes on after a cancel");
     assert_ne!(order_status(&h, 5).await, "canceled");
 }
 

@@ -315,21 +315,17 @@ fn watcher_swaps_good_sets_ignores_bad_ones_and_stops_with_the_engine() {
     std::thread::sleep(Duration::from_millis(150));
     assert_eq!(engine.generation(), 1);
 
-    // A bad change is ignored.
-    std::fs::write(
-        dir.path().join("b.cedar"),
-        "permit (principal, action, resource);",
-    )
-    .unwrap();
+    // A bad change is ignored. (Files are written to the side and renamed into place: the
+    // watcher must never catch one half written, as an empty `b.cedar` is a valid set.)
+    let side = dir.path().join("b.cedar.new");
+    std::fs::write(&side, "permit (principal, action, resource);").unwrap();
+    std::fs::rename(&side, dir.path().join("b.cedar")).unwrap();
     std::thread::sleep(Duration::from_millis(150));
     assert_eq!(engine.generation(), 1);
 
     // Fixing it goes live.
-    std::fs::write(
-        dir.path().join("b.cedar"),
-        "@id(\"second\")\npermit (principal, action, resource);",
-    )
-    .unwrap();
+    std::fs::write(&side, "@id(\"second\")\npermit (principal, action, resource);").unwrap();
+    std::fs::rename(&side, dir.path().join("b.cedar")).unwrap();
     wait_for(2);
     assert!(engine.policy_ids().contains(&"second".to_string()));
 
