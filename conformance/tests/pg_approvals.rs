@@ -241,7 +241,12 @@ async fn denial_fails_the_statement_and_the_session_goes_on() {
     });
     let req = wait_for_request(&h, "dana");
     let id = req["id"].as_str().unwrap().to_string();
-    assert_eq!(req["operation"], "UPDATE orders SET status = $1 WHERE id = $2");
+    // The approver sees the bound values (tokio-postgres binds in binary: text reads as text,
+    // the int8 in hex).
+    assert_eq!(
+        req["operation"],
+        "UPDATE orders SET status = $1 WHERE id = $2\n-- bound parameters: $1 = 'denied-x', $2 = <binary 8 bytes: 0x0000000000000002>"
+    );
     let out = h
         .approvals("dana", &["deny", &id, "-c", "not during the freeze"])
         .unwrap();
@@ -261,6 +266,10 @@ async fn denial_fails_the_statement_and_the_session_goes_on() {
     assert!(orders(&c).await > 0);
     let t = session_of(&h, "agent:ai-agent", &id);
     assert!(t.contains(&format!("DENY request {id} by user:dana")), "{t}");
+    assert!(
+        t.contains("bound parameters: $1 = 'denied-x', $2 = <binary 8 bytes: 0x0000000000000002>"),
+        "{t}"
+    );
     assert!(t.contains(&format!("after request {id} denied")), "{t}");
 }
 

@@ -135,6 +135,14 @@ pub trait SessionGuard: Send + Sync {
     /// Decide `op` and durably record the decision. `Err` means the operation must be refused.
     async fn check(&self, op: Operation) -> Result<Checked, GuardError>;
 
+    /// [`check`](Self::check) for an operation with bound parameters (an extended-protocol
+    /// Execute), rendered for people (`'text'`, `NULL`, `<binary 8 bytes>`): if it is held,
+    /// approvers see them and the hold's record keeps them.
+    async fn check_bound(&self, op: Operation, params: Vec<String>) -> Result<Checked, GuardError> {
+        let _ = params;
+        self.check(op).await
+    }
+
     /// Wait until the approval request `hold` (opened by [`check`](Self::check) for operation
     /// `op`) is decided or times out, then decide `op` again with the approval in the context
     /// and durably record that decision. The result is final: `hold` is `None`. Dropping the

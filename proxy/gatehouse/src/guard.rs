@@ -255,7 +255,8 @@ impl Session {
         }
     }
 
-    async fn decide(&self, op: &Operation) -> Result<Checked, GuardError> {
+    /// `params`: the operation's bound parameters, rendered (shown to approvers if held).
+    async fn decide(&self, op: &Operation, params: Vec<String>) -> Result<Checked, GuardError> {
         let n = self.ops.fetch_add(1, Ordering::Relaxed) + 1;
         let mut ev = self.evaluate(op, None).await;
         let mut hold = None;
@@ -303,6 +304,7 @@ impl Session {
             min_approvals: h.min_approvals,
             timeout_secs: h.timeout.as_secs(),
             reason: h.reason.clone(),
+            parameters: params.clone(),
         });
         let body = self.decision(n, op, ev, hold_record, None);
         // No record, no access; and no request an approver could act on without its record.
@@ -312,7 +314,16 @@ impl Session {
             .map_err(|_| GuardError::RecorderUnavailable)?;
         if let (Some(h), Some(approvals)) = (&hold, &self.approvals) {
             let (operation, kind) = match op {
-                Operation::Query(s) => (s.text.clone(), s.kind().as_str().to_string()),
+                Operation::Query(s) if params.is_empty() => (s.text.clone(), s.kind().as_str().to_string()),
+                Operation::Query(s) => {
+                    let bound: Vec<String> = params
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| format!("${} = {v}", i + 1))
+                        .collect();
+                    let text = format!("{}\n-- bound parameters: {}", s.text, bound.join(", "));
+                    (text, s.kind().as_str().to_string())
+                }
                 Operation::Connect => (String::new(), "connect".to_string()),
             };
             let (req, rx) = approvals.open(
@@ -436,7 +447,7 @@ impl Guard for GatehouseGuard {
             .append(session.event(start))
             .await
             .map_err(|_| GuardError::RecorderUnavailable)?;
-        let checked = session.decide(&Operation::Connect).await?;
+        let checked = session.decide(&Operation::Connect, Vec::new()).await?;
         Ok((session, checked.verdict))
     }
 
@@ -460,7 +471,11 @@ impl Guard for GatehouseGuard {
 #[async_trait]
 impl SessionGuard for Session {
     async fn check(&self, op: Operation) -> Result<Checked, GuardError> {
-        self.decide(&op).await
+        self.decide(&op, Vec::new()).await
+    }
+
+    async fn check_bound(&self, op: Operation, params: Vec<String>) -> Result<Checked, GuardError> {
+        self.decide(&op, params).await
     }
 
     async fn await_approval(&self, n: u64, op: Operation, hold: &Hold) -> Result<Checked, GuardError> {

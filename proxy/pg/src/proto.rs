@@ -424,6 +424,56 @@ pub fn bind_result_formats(body: &[u8]) -> Result<Vec<i16>, ProtoError> {
     (0..n.max(0)).map(|_| take_i16(&mut b).ok_or_else(bad)).collect()
 }
 
+/// A Bind's parameter values as a person should read them: `'text'` (quotes doubled, cut at
+/// 200 characters), `NULL`, or `<binary N bytes: 0x…>`.
+pub fn bind_parameters(body: &[u8]) -> Result<Vec<String>, ProtoError> {
+    let bad = || ProtoError::Malformed("Bind");
+    let mut b = body;
+    cstr(&mut b).ok_or_else(bad)?;
+    cstr(&mut b).ok_or_else(bad)?;
+    let nformats = take_i16(&mut b).ok_or_else(bad)?;
+    let formats: Vec<i16> = (0..nformats.max(0))
+        .map(|_| take_i16(&mut b).ok_or_else(bad))
+        .collect::<Result<_, _>>()?;
+    let nparams = take_i16(&mut b).ok_or_else(bad)?;
+    let mut out = Vec::with_capacity(nparams.max(0) as usize);
+    for i in 0..nparams.max(0) as usize {
+        let len = take_i32(&mut b).ok_or_else(bad)?;
+        if len < 0 {
+            out.push("NULL".to_string());
+            continue;
+        }
+        let value = b.get(..len as usize).ok_or_else(bad)?;
+        b = b.get(len as usize..).ok_or_else(bad)?;
+        let binary = match formats.len() {
+            0 => false,
+            1 => formats.first() == Some(&1),
+            _ => formats.get(i) == Some(&1),
+        };
+        // A binary value is shown as text when it reads as text (the binary form of text types
+        // is their UTF-8), otherwise in hex: the types are not known at Bind.
+        let text = std::str::from_utf8(value)
+            .ok()
+            .filter(|t| !binary || !t.chars().any(char::is_control));
+        out.push(match text {
+            Some(t) => {
+                let mut shown: String = t.chars().take(200).collect();
+                if t.chars().count() > 200 {
+                    shown.push('…');
+                }
+                format!("'{}'", shown.replace('\'', "''"))
+            }
+            None if binary => {
+                let head = value.get(..32).unwrap_or(value);
+                let more = if value.len() > 32 { "…" } else { "" };
+                format!("<binary {len} bytes: 0x{}{more}>", hex::encode(head))
+            }
+            None => format!("<{len} bytes, not UTF-8>"),
+        });
+    }
+    Ok(out)
+}
+
 /// One RowDescription field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldDesc {
@@ -503,6 +553,36 @@ pub fn tag_rows(tag: &str) -> u64 {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 mod tests {
+    #[test]
+    fn bind_parameters_are_rendered_for_people() {
+        let mut body = Vec::new();
+        body.extend_from_slice(b"p\0s\0");
+        body.extend_from_slice(&4i16.to_be_bytes());
+        for f in [0i16, 1, 1, 0] {
+            body.extend_from_slice(&f.to_be_bytes());
+        }
+        body.extend_from_slice(&4i16.to_be_bytes());
+        body.extend_from_slice(&6i32.to_be_bytes());
+        body.extend_from_slice(b"o'neil");
+        body.extend_from_slice(&8i32.to_be_bytes());
+        body.extend_from_slice(&7i64.to_be_bytes());
+        body.extend_from_slice(&2i32.to_be_bytes());
+        body.extend_from_slice(b"ok");
+        body.extend_from_slice(&(-1i32).to_be_bytes());
+        body.extend_from_slice(&0i16.to_be_bytes());
+        let shown = bind_parameters(&body).unwrap();
+        assert_eq!(
+            shown,
+            vec![
+                "'o''neil'",
+                "<binary 8 bytes: 0x0000000000000007>",
+                "'ok'",
+                "NULL"
+            ]
+        );
+        assert!(bind_parameters(&body[..body.len() - 9]).is_err(), "truncated");
+    }
+
     use super::*;
 
     #[tokio::test]

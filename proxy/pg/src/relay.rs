@@ -331,11 +331,16 @@ struct ClientSide<'a> {
 async fn check(
     sg: &dyn SessionGuard,
     op: Operation,
+    params: Option<Vec<String>>,
     io: &mut ClientSide<'_>,
 ) -> Result<Result<Checked, GuardError>, ClientEnd> {
     // A cancel from here on is meant for this statement.
     let seen = io.cancel.generation();
-    let checked = match sg.check(op.clone()).await {
+    let checked = match params {
+        Some(p) => sg.check_bound(op.clone(), p).await,
+        None => sg.check(op.clone()).await,
+    };
+    let checked = match checked {
         Ok(c) => c,
         Err(e) => return Ok(Err(e)),
     };
@@ -454,6 +459,7 @@ async fn client_to_upstream(
     let masking = masker.is_some();
     let mut statements: HashMap<String, Arc<SqlStatement>> = HashMap::new();
     let mut portals: HashMap<String, Arc<SqlStatement>> = HashMap::new();
+    let mut portal_params: HashMap<String, Vec<String>> = HashMap::new();
     // Masking sessions only: ids of prepared statements and portals, so the other side can
     // tell which RowDescription applies to an Execute's rows.
     let mut next_id = 1u64;
@@ -496,7 +502,7 @@ async fn client_to_upstream(
                             buf: &mut buf,
                             cancel: &cancel,
                         };
-                        let checked = match check(&*sg, Operation::Query(s.clone()), &mut io).await {
+                        let checked = match check(&*sg, Operation::Query(s.clone()), None, &mut io).await {
                             Ok(c) => c,
                             Err(end) => return (uwr, end),
                         };
@@ -592,6 +598,16 @@ async fn client_to_upstream(
                         next_id += 1;
                         portal_shapes.insert(portal.clone(), shape);
                     }
+                    // Bound values of statements that may be held, for the approvers; SELECTs
+                    // (the hot path) are spared the parse.
+                    if c.kind() == StatementKind::Select {
+                        portal_params.remove(&portal);
+                    } else {
+                        let Ok(params) = proto::bind_parameters(body) else {
+                            return (uwr, protocol_error(&cw, "malformed Bind message").await);
+                        };
+                        portal_params.insert(portal.clone(), params);
+                    }
                     portals.insert(portal, c);
                     out.extend_from_slice(&msg);
                 }
@@ -614,7 +630,14 @@ async fn client_to_upstream(
                         buf: &mut buf,
                         cancel: &cancel,
                     };
-                    let checked = match check(&*sg, Operation::Query(stmt.clone()), &mut io).await {
+                    let checked = match check(
+                        &*sg,
+                        Operation::Query(stmt.clone()),
+                        portal_params.get(&portal).cloned(),
+                        &mut io,
+                    )
+                    .await
+                    {
                         Ok(c) => c,
                         Err(end) => return (uwr, end),
                     };
@@ -665,6 +688,7 @@ async fn client_to_upstream(
                         }
                         Ok((_, name)) => {
                             portal_shapes.remove(&name);
+                            portal_params.remove(&name);
                             portals.remove(&name);
                         }
                         Err(_) => return (uwr, protocol_error(&cw, "malformed Close message").await),
@@ -691,12 +715,17 @@ async fn client_to_upstream(
                         buf: &mut buf,
                         cancel: &cancel,
                     };
-                    let checked =
-                        match check(&*sg, Operation::Query(unknown_statement("FunctionCall")), &mut io).await
-                        {
-                            Ok(c) => c,
-                            Err(end) => return (uwr, end),
-                        };
+                    let checked = match check(
+                        &*sg,
+                        Operation::Query(unknown_statement("FunctionCall")),
+                        None,
+                        &mut io,
+                    )
+                    .await
+                    {
+                        Ok(c) => c,
+                        Err(end) => return (uwr, end),
+                    };
                     match checked {
                         // A fast-path result is not rows: nothing could mask it.
                         Ok(c) if c.is_allow() && masking => {

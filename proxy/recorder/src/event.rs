@@ -136,6 +136,10 @@ pub struct HoldRecord {
     pub timeout_secs: u64,
     /// Why approval is needed (policies or plugin), as the client was told.
     pub reason: String,
+    /// The operation's bound parameters (`'text'`, `NULL`, `<binary N bytes>`), as approvers
+    /// were shown them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<String>,
 }
 
 /// How an approval request ended.

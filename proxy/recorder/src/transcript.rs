@@ -123,6 +123,17 @@ pub fn render_transcript(events: &[Event]) -> String {
                 for e in errors {
                     let _ = writeln!(out, "{indent}error: {}", clean(e));
                 }
+                if let Some(h) = hold
+                    && !h.parameters.is_empty()
+                {
+                    let bound: Vec<String> = h
+                        .parameters
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| format!("${} = {}", i + 1, clean(v)))
+                        .collect();
+                    let _ = writeln!(out, "{indent}bound parameters: {}", bound.join(", "));
+                }
                 if let Some(a) = approval {
                     let _ = write!(
                         out,
