@@ -194,7 +194,7 @@ impl Session {
                 needs: None,
             },
         };
-        // Plugins see what Cedar allowed; their deny, hold or fault turns it into a deny.
+        // Plugins see what Cedar allowed: a deny or fault denies, a hold asks for approval.
         if let (Verdict::Allow { .. }, Operation::Query(s), Some(p)) = (&ev.verdict, op, &self.plugins) {
             let (outcome, runs) = p.on_statement(s).await;
             ev.plugins = runs;
