@@ -143,8 +143,7 @@ impl AdminApi {
     }
 
     fn may_see(&self, p: &Principal, r: &ApprovalRequest) -> bool {
-        Self::in_any(p, &self.admins)
-            || Self::in_any(p, &self.auditors)
+        self.reads_everything(p)
             || Self::in_any(p, &r.approvers)
             || r.requester == p.display()
             || (p.kind == gatehouse_core::PrincipalKind::User
@@ -298,12 +297,13 @@ impl AdminApi {
         Reply::ok(serde_json::json!({ "requests": visible }))
     }
 
-    fn reads_sessions(&self, p: &Principal) -> bool {
+    /// Admins and auditors: every approval request and every session.
+    fn reads_everything(&self, p: &Principal) -> bool {
         Self::in_any(p, &self.admins) || Self::in_any(p, &self.auditors)
     }
 
     async fn sessions(&self, caller: &Principal, query: &str) -> Reply {
-        if !self.reads_sessions(caller) {
+        if !self.reads_everything(caller) {
             return Reply::error(403, "only admins and auditors read sessions");
         }
         let mut limit = 100usize;
@@ -328,7 +328,7 @@ impl AdminApi {
     }
 
     async fn session(&self, caller: &Principal, id: &str) -> Reply {
-        if !self.reads_sessions(caller) {
+        if !self.reads_everything(caller) {
             return Reply::error(403, "only admins and auditors read sessions");
         }
         let dir = self.log_dir.clone();

@@ -324,6 +324,17 @@ struct ClientSide<'a> {
     cancel: &'a CancelSignal,
 }
 
+impl<'a> ClientSide<'a> {
+    fn new(
+        cw: &'a ClientWriter,
+        crd: &'a mut ReadHalf<Stream>,
+        buf: &'a mut BytesMut,
+        cancel: &'a CancelSignal,
+    ) -> Self {
+        ClientSide { cw, crd, buf, cancel }
+    }
+}
+
 /// Ask the guard about `op`. When it is held for approval, tell the client (a NoticeResponse
 /// naming the request), then wait for the decision while reading the client: more messages are
 /// buffered for later, a disconnect withdraws the request (`Err`), a CancelRequest withdraws
@@ -496,12 +507,7 @@ async fn client_to_upstream(
                     for s in stmts {
                         let s = Arc::new(s);
                         let ddl = s.kind() == StatementKind::Ddl;
-                        let mut io = ClientSide {
-                            cw: &cw,
-                            crd: &mut crd,
-                            buf: &mut buf,
-                            cancel: &cancel,
-                        };
+                        let mut io = ClientSide::new(&cw, &mut crd, &mut buf, &cancel);
                         let checked = match check(&*sg, Operation::Query(s.clone()), None, &mut io).await {
                             Ok(c) => c,
                             Err(end) => return (uwr, end),
@@ -624,12 +630,7 @@ async fn client_to_upstream(
                         return (uwr, ClientEnd::UpstreamWriteFailed);
                     }
                     let ddl = stmt.kind() == StatementKind::Ddl;
-                    let mut io = ClientSide {
-                        cw: &cw,
-                        crd: &mut crd,
-                        buf: &mut buf,
-                        cancel: &cancel,
-                    };
+                    let mut io = ClientSide::new(&cw, &mut crd, &mut buf, &cancel);
                     let checked = match check(
                         &*sg,
                         Operation::Query(stmt.clone()),
@@ -709,12 +710,7 @@ async fn client_to_upstream(
                     if !flush(&mut uwr, &mut out).await {
                         return (uwr, ClientEnd::UpstreamWriteFailed);
                     }
-                    let mut io = ClientSide {
-                        cw: &cw,
-                        crd: &mut crd,
-                        buf: &mut buf,
-                        cancel: &cancel,
-                    };
+                    let mut io = ClientSide::new(&cw, &mut crd, &mut buf, &cancel);
                     let checked = match check(
                         &*sg,
                         Operation::Query(unknown_statement("FunctionCall")),
