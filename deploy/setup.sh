@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything Gatehouse needs to build, run its demo and run its tests on Debian:
 # build tools for RocksDB/libpg_query, PostgreSQL server binaries (for the throwaway clusters),
-# OpenSSH, the Rust toolchain if missing, and the wasm32-wasip2 target.
+# OpenSSH, Chromium and OpenSSL (the evidence tests render the bundle report and check a
+# checkpoint signature with them), the Rust toolchain if missing, and the wasm32-wasip2 target.
 set -euo pipefail
 
 need_pkgs=(build-essential cmake clang libclang-dev pkg-config libssl-dev protobuf-compiler
-           postgresql postgresql-client postgresql-contrib postgresql-server-dev-all openssh-server openssh-client ca-certificates curl git)
+           postgresql postgresql-client postgresql-contrib postgresql-server-dev-all openssh-server openssh-client ca-certificates curl git
+           chromium openssl)
 missing=()
 for p in "${need_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

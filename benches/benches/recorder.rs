@@ -2,6 +2,9 @@
 //! forwarded (`durability = "sync"`: the WAL is fsynced; `"buffered"`: written, not fsynced),
 //! plus the OpResult event the gateway appends without waiting.
 //!
+//! `sync_signed` adds Ed25519 checkpoints every 1,000 events (the cost of signing rides on the
+//! group commit), and `verify` measures offline verification of that log with the public key.
+//!
 //! The log lives in `$GATEHOUSE_BENCH_DIR` (default: the system temp dir): put it on the disk
 //! whose fsync you want to measure (a tmpfs makes `sync` look free).
 
@@ -9,10 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use gatehouse_core::config::{Durability, RecorderConfig};
+use gatehouse_core::config::{CheckpointConfig, Durability, RecorderConfig, SecretRef};
 use gatehouse_core::{SqlStatement, Verdict};
 use gatehouse_pg::classify::classify_one;
-use gatehouse_recorder::{EventBody, NewEvent, Recorder};
+use gatehouse_recorder::{CheckpointSigner, EventBody, LogReader, NewEvent, PublicKeys, Recorder};
 
 /// Concurrent sessions in the group-commit benchmark.
 const SESSIONS: u64 = 64;
@@ -74,11 +77,28 @@ fn bench_append(c: &mut Criterion) {
         "SELECT abalance FROM pgbench_accounts WHERE aid = 48213",
     ));
 
-    for (name, durability) in [("sync", Durability::Sync), ("buffered", Durability::Buffered)] {
+    let (private, public, _) =
+        CheckpointSigner::generate().unwrap_or_else(|e| fail("generating a checkpoint key", e));
+    let key_file = tmp.path().join("audit-signing.pem");
+    std::fs::write(&key_file, private).unwrap_or_else(|e| fail("writing the key", e));
+    let mut keys = PublicKeys::default();
+    keys.add_pem(&public)
+        .unwrap_or_else(|e| fail("reading the public key", e));
+
+    for (name, durability, signed) in [
+        ("sync", Durability::Sync, false),
+        ("sync_signed", Durability::Sync, true),
+        ("buffered", Durability::Buffered, false),
+    ] {
         let rec = Recorder::open(&RecorderConfig {
             dir: tmp.path().join(name),
             durability,
             max_batch: 4096,
+            checkpoints: signed.then(|| CheckpointConfig {
+                key: SecretRef::File(key_file.clone()),
+                every_events: 1000,
+                every_secs: 10,
+            }),
         })
         .unwrap_or_else(|e| fail("opening the recorder", e));
 
@@ -144,6 +164,23 @@ fn bench_append(c: &mut Criterion) {
         );
         rec.shutdown();
     }
+
+    // Offline verification of the signed log written above (every hash, link and checkpoint).
+    let reader =
+        LogReader::open(&tmp.path().join("sync_signed")).unwrap_or_else(|e| fail("opening the log", e));
+    let events = reader.last_seq().unwrap_or_else(|e| fail("reading the log", e));
+    let mut g = c.benchmark_group("recorder_verify");
+    g.sample_size(10).throughput(Throughput::Elements(events));
+    g.bench_function(format!("verify_{events}_events"), |b| {
+        b.iter(|| {
+            let report = reader.verify(&keys).unwrap_or_else(|e| fail("verify", e));
+            if !report.is_ok() {
+                fail("verify", format!("{:?}", report.first_tampering()));
+            }
+            report.events_checked
+        })
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench_append);

@@ -192,6 +192,31 @@ impl Harness {
         matches!(self.gateway.try_wait(), Ok(None))
     }
 
+    /// Kill the gateway with SIGKILL, as a crash would, and wait for it.
+    pub fn kill_gateway(&mut self) -> Result<()> {
+        self.gateway.kill()?;
+        self.gateway.wait()?;
+        Ok(())
+    }
+
+    /// Start the gateway again on the same config and log (it listens on new ports).
+    pub fn restart_gateway(&mut self) -> Result<()> {
+        let (gateway, addrs) = spawn_gateway(&self.setup.config_path)?;
+        self.gateway = gateway;
+        self.addr = addrs.pg;
+        self.admin = addrs.admin;
+        Ok(())
+    }
+
+    /// `gatehouse audit verify --log … --key …` with the deployment's public key, plus `args`.
+    pub fn audit_verify(&self, args: &[&str]) -> Result<Output> {
+        let log = self.setup.log_dir.display().to_string();
+        let key = self.setup.audit_public_key.display().to_string();
+        let mut all = vec!["audit", "verify", "--log", &log, "--key", &key];
+        all.extend_from_slice(args);
+        self.gatehouse(&all)
+    }
+
     /// Stop the gateway gracefully (SIGTERM) and wait for it.
     pub fn stop_gateway(&mut self) -> Result<std::process::ExitStatus> {
         let _ = Command::new("kill")

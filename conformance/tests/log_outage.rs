@@ -144,8 +144,7 @@ async fn full_log_disk_refuses_statements_and_recovers() {
     drop(c);
     drop(c2);
     h.stop_gateway().unwrap();
-    let log = h.setup.log_dir.display().to_string();
-    let out = h.gatehouse(&["audit", "verify", "--log", &log]).unwrap();
+    let out = h.audit_verify(&["--strict"]).unwrap();
     assert!(
         out.status.success(),
         "verify: {}{}",

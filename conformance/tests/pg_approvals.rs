@@ -211,10 +211,12 @@ async fn psql_update_is_held_approved_through_the_cli_and_committed() {
     assert!(t.contains("ALLOW  policies: agents-prod-update-approved"), "{t}");
     assert!(t.contains(&format!("after request {id} approved")), "{t}");
     assert!(t.contains("UPDATE 1"), "{t}");
-    let verify = h
-        .gatehouse(&["audit", "verify", "--log", &h.setup.log_dir.display().to_string()])
-        .unwrap();
-    assert!(verify.status.success());
+    let verify = h.audit_verify(&[]).unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -378,10 +378,36 @@ pub struct RecorderConfig {
     /// Largest number of events committed in one group.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// Signed checkpoints of the chain head (off when absent).
+    #[serde(default)]
+    pub checkpoints: Option<CheckpointConfig>,
 }
 
 fn default_max_batch() -> usize {
     4096
+}
+
+/// `[recorder.checkpoints]`: the writer signs the chain head with an Ed25519 key every
+/// `every_events` events or `every_secs` seconds (whichever comes first, only when events were
+/// added), and once more when the log closes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// The PKCS#8 PEM private key (`gatehouse audit keygen`, or
+    /// `openssl genpkey -algorithm ed25519`).
+    pub key: SecretRef,
+    #[serde(default = "default_checkpoint_events")]
+    pub every_events: u64,
+    #[serde(default = "default_checkpoint_secs")]
+    pub every_secs: u64,
+}
+
+fn default_checkpoint_events() -> u64 {
+    10_000
+}
+
+fn default_checkpoint_secs() -> u64 {
+    10
 }
 
 /// Where a secret comes from. Secrets never appear in the config file itself.

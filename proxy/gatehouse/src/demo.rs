@@ -55,6 +55,9 @@ pub struct DemoSetup {
     /// for alice, who may therefore not approve them).
     pub approver_key: String,
     pub log_dir: PathBuf,
+    /// The checkpoint signing key (PKCS#8 PEM) and its public half (SPKI PEM).
+    pub audit_private_key: PathBuf,
+    pub audit_public_key: PathBuf,
 }
 
 /// Options for [`setup`].
@@ -101,6 +104,16 @@ pub fn setup(o: &SetupOptions<'_>) -> Result<DemoSetup> {
     let user_key = format!("gh_{}{}", hex_token(), hex_token());
     let approver_key = format!("gh_{}{}", hex_token(), hex_token());
     let log_dir = o.dir.join("log");
+    let (audit_private, audit_public, _) =
+        gatehouse_recorder::CheckpointSigner::generate().map_err(anyhow::Error::msg)?;
+    let audit_private_key = gw.join("audit-signing.pem");
+    let audit_public_key = gw.join("audit-signing.pub.pem");
+    std::fs::write(&audit_private_key, audit_private)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&audit_private_key, std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::write(&audit_public_key, audit_public)?;
     let policies = std::fs::canonicalize(o.policies)
         .with_context(|| format!("policy directory `{}` not found", o.policies.display()))?;
     let (plugin_defs, app_plugins) = match o.plugins {
@@ -147,6 +160,12 @@ reload_interval_ms = 500
 [recorder]
 dir = "{log}"
 durability = "{durability}"
+
+# Signed checkpoints of the hash chain (verify with {audit_pub}).
+[recorder.checkpoints]
+key = {{ file = "{audit_key}" }}
+every_events = 1000
+every_secs = 5
 
 [[listener]]
 name = "pg"
@@ -219,6 +238,8 @@ ca_file = "{ca}"
         policies = policies.display(),
         log = log_dir.display(),
         durability = o.durability,
+        audit_key = audit_private_key.display(),
+        audit_pub = audit_public_key.display(),
         listen = o.listen,
         cert = cert.display(),
         key = key.display(),
@@ -251,6 +272,8 @@ ca_file = "{ca}"
         user_key,
         approver_key,
         log_dir,
+        audit_private_key,
+        audit_public_key,
     })
 }
 
@@ -293,6 +316,9 @@ The same database tagged env=staging (agents may write there, with a WHERE):
 What happened, as an auditor sees it:
   {exe} audit sessions --log {log}
   {exe} audit show SESSION_ID --log {log}
+  {exe} audit verify --log {log} --key {audit_pub}
+  {exe} audit export --log {log} --from -1h --out evidence --sign-key {audit_key}
+  {exe} audit verify --bundle evidence --key {audit_pub}
 
 Config: {config}   (Ctrl-C stops the demo and removes the throwaway cluster)
 "#,
@@ -302,5 +328,7 @@ Config: {config}   (Ctrl-C stops the demo and removes the throwaway cluster)
         human = s.human_key,
         approver = s.approver_key,
         config = s.config_path.display(),
+        audit_pub = s.audit_public_key.display(),
+        audit_key = s.audit_private_key.display(),
     )
 }

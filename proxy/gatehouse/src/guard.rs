@@ -442,6 +442,7 @@ impl Guard for GatehouseGuard {
             client_app: session.ctx.client_app.clone(),
             auth_method: session.ctx.auth.method.clone(),
             principal: session.ctx.principal.clone(),
+            target_tags: session.ctx.target.tags.clone(),
         };
         self.recorder
             .append(session.event(start))

@@ -11,3 +11,4 @@ pub mod masking;
 pub mod metrics;
 pub mod pgcluster;
 pub mod plugins;
+pub mod whatif;

@@ -154,10 +154,61 @@ enum AuditCmd {
         #[arg(long)]
         log: PathBuf,
     },
-    /// Check the hash chain of the log.
+    /// Verify a log or an exported bundle offline: every event's hash and link, and the signed
+    /// checkpoints against the given public key(s).
+    ///
+    /// Exit codes: 0 intact (every event linked and covered by a verified checkpoint; events
+    /// after the last checkpoint, as a running gateway always has, are reported but tolerated
+    /// unless --strict, which auditors use on closed logs and bundles); 1 tampering found
+    /// (altered, missing, reordered or duplicated events, a broken link, a truncated tail, a bad
+    /// signature, a checkpoint naming another head, a bundle file that differs from its
+    /// manifest); 3 incomplete (nothing wrong found, but something could not be checked: no key
+    /// given, an unknown key id, unsigned events under --strict, an unsigned manifest); 4 the
+    /// input could not be read; 2 usage errors.
+    #[command(group(clap::ArgGroup::new("input").required(true).args(["log", "bundle"])))]
     Verify {
+        /// A log directory (it may be in use by a running gateway).
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// A bundle directory written by `gatehouse audit export`.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// A public key (SPKI PEM) trusted to sign checkpoints; repeat for rotated keys.
+        #[arg(long = "key")]
+        keys: Vec<PathBuf>,
+        /// Events after the last checkpoint make the result incomplete (exit 3).
+        #[arg(long)]
+        strict: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export a time window of the log as an evidence bundle: the events (extended to the next
+    /// signed checkpoint), the checkpoints, session summaries and transcripts, and a manifest
+    /// with every file's SHA-256, signed when --sign-key is given.
+    Export {
         #[arg(long)]
         log: PathBuf,
+        /// Start of the window: RFC 3339, a date, `now` or relative (`-24h`); default: the
+        /// beginning of the log.
+        #[arg(long, allow_hyphen_values = true)]
+        from: Option<String>,
+        /// End of the window (same forms); default: now.
+        #[arg(long, allow_hyphen_values = true)]
+        to: Option<String>,
+        /// Output directory (created; must be empty if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        /// The checkpoint signing key (PKCS#8 PEM), to sign the manifest.
+        #[arg(long)]
+        sign_key: Option<PathBuf>,
+    },
+    /// Create an Ed25519 key pair for signing checkpoints: PREFIX.pem (private, mode 0600; give
+    /// it to the gateway as `[recorder.checkpoints] key`) and PREFIX.pub.pem (for verifiers).
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -174,6 +225,27 @@ enum IdentityCmd {
 enum PolicyCmd {
     /// Load and strictly validate a policy directory.
     Check { dir: PathBuf },
+    /// Re-decide every recorded connect and statement of a time window under a candidate policy
+    /// set and print the decisions that would change (who, what, old -> new, policy ids).
+    Whatif {
+        /// The candidate policy directory (schema and `*.cedar`), validated first.
+        #[arg(long)]
+        policies: PathBuf,
+        #[arg(long)]
+        log: PathBuf,
+        /// Start of the window: RFC 3339, a date, `now` or relative (`-7d`); default: the
+        /// beginning of the log.
+        #[arg(long, allow_hyphen_values = true)]
+        from: Option<String>,
+        /// End of the window; default: now.
+        #[arg(long, allow_hyphen_values = true)]
+        to: Option<String>,
+        #[arg(long)]
+        json: bool,
+        /// Exit with 1 when any decision would change (for CI on a policy repository).
+        #[arg(long)]
+        fail_on_change: bool,
+    },
 }
 
 fn init_logging() {
@@ -222,6 +294,15 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                     gatehouse_pg::upstream::PgTarget::new(t.name.get_ref(), pg)
                         .map_err(anyhow::Error::msg)?;
                 }
+            }
+            if let Some(c) = &cfg.recorder.checkpoints {
+                let pem = c
+                    .key
+                    .resolve()
+                    .map_err(|e| anyhow::anyhow!("[recorder.checkpoints] key: {e}"))?;
+                let signer = gatehouse_recorder::CheckpointSigner::from_pem(&pem)
+                    .map_err(|e| anyhow::anyhow!("[recorder.checkpoints] key: {e}"))?;
+                println!("checkpoints signed by {}", signer.key_id());
             }
             println!(
                 "{}: ok ({} listeners, {} identities, {} targets)",
@@ -293,6 +374,40 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             let engine = gatehouse_policy::PolicyEngine::load(&dir)?;
             println!("{}: ok (generation {})", dir.display(), engine.generation());
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Policy {
+            cmd:
+                PolicyCmd::Whatif {
+                    policies,
+                    log,
+                    from,
+                    to,
+                    json,
+                    fail_on_change,
+                },
+        } => {
+            let parse = |t: &str| gatehouse_core::time::parse_instant(t).map_err(anyhow::Error::msg);
+            let from_us = from.as_deref().map(parse).transpose()?.unwrap_or(i64::MIN);
+            let to_us = match to.as_deref() {
+                Some(t) => parse(t)?,
+                None => gatehouse_core::time::now_micros(),
+            };
+            let engine = gatehouse_policy::PolicyEngine::load(&policies)?;
+            let reader = gatehouse_recorder::LogReader::open(&log)?;
+            let report = gatehouse::whatif::whatif(&reader, &engine, from_us, to_us)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!(
+                    "{}",
+                    gatehouse::whatif::render(&report, &policies.display().to_string(), from_us, to_us)
+                );
+            }
+            Ok(if fail_on_change && !report.changes.is_empty() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }
@@ -445,11 +560,166 @@ fn audit(cmd: AuditCmd) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        AuditCmd::Verify { log } => {
+        AuditCmd::Verify {
+            log,
+            bundle,
+            keys,
+            strict,
+            json,
+        } => audit_verify(log, bundle, &keys, strict, json),
+        AuditCmd::Export {
+            log,
+            from,
+            to,
+            out,
+            sign_key,
+        } => {
+            let parse = |t: &str| gatehouse_core::time::parse_instant(t).map_err(anyhow::Error::msg);
+            let from_us = from.as_deref().map(parse).transpose()?.unwrap_or(i64::MIN);
+            let to_us = match to.as_deref() {
+                Some(t) => parse(t)?,
+                None => gatehouse_core::time::now_micros(),
+            };
+            let signer = sign_key
+                .map(|p| -> Result<_> {
+                    let pem =
+                        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+                    gatehouse_recorder::CheckpointSigner::from_pem(&pem)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+                })
+                .transpose()?;
             let r = LogReader::open(&log)?;
-            let report = r.verify_chain()?;
-            println!("{report:?}");
+            let summary = gatehouse_recorder::export_bundle(
+                &r,
+                &gatehouse_recorder::ExportOptions {
+                    from_us,
+                    to_us,
+                    out: &out,
+                    signer: signer.as_ref(),
+                },
+            )?;
+            println!("{}", serde_json::to_string(&summary)?);
+            if summary.events == 0 {
+                eprintln!("note: no event in the window");
+            } else if summary.unsigned_events > 0 {
+                eprintln!(
+                    "note: the last {} events are not covered by a checkpoint yet; export again later for a fully signed bundle",
+                    summary.unsigned_events
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Keygen { out } => {
+            let (private, public, id) =
+                gatehouse_recorder::CheckpointSigner::generate().map_err(anyhow::Error::msg)?;
+            let priv_path = PathBuf::from(format!("{}.pem", out.display()));
+            let pub_path = PathBuf::from(format!("{}.pub.pem", out.display()));
+            write_new_file(&priv_path, private.as_bytes(), 0o600)?;
+            write_new_file(&pub_path, public.as_bytes(), 0o644)?;
+            println!(
+                "key id {id}\nprivate key: {}\npublic key:  {}",
+                priv_path.display(),
+                pub_path.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Create `path` (never overwriting) with `mode`.
+fn write_new_file(path: &std::path::Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn audit_verify(
+    log: Option<PathBuf>,
+    bundle: Option<PathBuf>,
+    key_files: &[PathBuf],
+    strict: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    use gatehouse_recorder::{LogReader, Outcome, PublicKeys};
+    let mut keys = PublicKeys::default();
+    for p in key_files {
+        let pem = match std::fs::read_to_string(p) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("cannot read key {}: {e}", p.display());
+                return Ok(ExitCode::from(4));
+            }
+        };
+        if let Err(e) = keys.add_pem(&pem) {
+            eprintln!("{}: {e}", p.display());
+            return Ok(ExitCode::from(4));
+        }
+    }
+    let (what, result) = match (&log, &bundle) {
+        (Some(dir), _) => (
+            format!("log {}", dir.display()),
+            LogReader::open(dir).and_then(|r| r.verify(&keys)),
+        ),
+        (None, Some(dir)) => (
+            format!("bundle {}", dir.display()),
+            gatehouse_recorder::verify_bundle(dir, &keys),
+        ),
+        (None, None) => anyhow::bail!("give --log or --bundle"),
+    };
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot verify {what}: {e}");
+            return Ok(ExitCode::from(4));
+        }
+    };
+    let outcome = report.outcome(strict);
+    if json {
+        let v = serde_json::json!({ "outcome": outcome, "report": report });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let verdict = match outcome {
+            Outcome::Intact => "INTACT",
+            Outcome::Incomplete => "INCOMPLETE",
+            Outcome::Tampered => "TAMPERED",
+        };
+        println!("{verdict}: {what}");
+        println!(
+            "  events {}..{} ({} checked), last hash {}",
+            report.first_seq, report.last_seq, report.events_checked, report.last_hash
+        );
+        println!(
+            "  checkpoints: {} verified of {}; signed through event {}; keys: {}",
+            report.checkpoints_verified,
+            report.checkpoints,
+            report.last_signed_seq,
+            if report.keys.is_empty() {
+                "none given".to_string()
+            } else {
+                report.keys.join(", ")
+            }
+        );
+        for f in &report.findings {
+            let kind = serde_json::to_value(f.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            match f.seq {
+                Some(seq) => println!("  {kind} (event {seq}): {}", f.message),
+                None => println!("  {kind}: {}", f.message),
+            }
+        }
+        if report.findings_omitted > 0 {
+            println!("  … and {} more findings", report.findings_omitted);
+        }
+    }
+    Ok(ExitCode::from(outcome.exit_code()))
 }

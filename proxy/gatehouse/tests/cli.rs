@@ -22,6 +22,17 @@ fn example_config_is_valid() {
         .unwrap()
         .replace("/etc/gatehouse/tls/db-ca.crt", ca_file.to_str().unwrap());
     let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("audit-signing");
+    let out = gatehouse()
+        .args(["audit", "keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = text.replace(
+        "/etc/gatehouse/audit-signing.pem",
+        &format!("{}.pem", key.display()),
+    );
     let cfg = dir.path().join("gatehouse.toml");
     std::fs::write(
         &cfg,
@@ -35,6 +46,17 @@ fn example_config_is_valid() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("checkpoints signed by ed25519:"));
+    // A key that is not an Ed25519 private key is refused by check-config, as at start.
+    std::fs::write(format!("{}.pem", key.display()), "not a key").unwrap();
+    let out = gatehouse()
+        .arg("check-config")
+        .arg(&cfg)
+        .env("APP_DB_PASSWORD", "x")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[recorder.checkpoints] key"));
 }
 
 #[test]

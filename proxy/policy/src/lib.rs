@@ -303,13 +303,31 @@ impl PolicyEngine {
     /// `context.approved` (true only when re-evaluating after an approval). Any error building
     /// or evaluating the request denies.
     pub fn decide(&self, session: &SessionPolicy, op: &Operation, approved: bool) -> Decision {
-        self.decide_as(session, op, approved, None)
+        self.decide_as(session, op, approved, None, gatehouse_core::time::now_micros())
+    }
+
+    /// Decide as [`PolicyEngine::decide`] would have at `now_us` (µs since the Unix epoch):
+    /// `context.now` is that instant. For re-deciding recorded operations (policy what-if).
+    pub fn decide_at(
+        &self,
+        session: &SessionPolicy,
+        op: &Operation,
+        approved: bool,
+        now_us: i64,
+    ) -> Decision {
+        self.decide_as(session, op, approved, None, now_us)
     }
 
     /// Decide again after an approval: `context.approved` is true and `context.approver` is
     /// `approver` (`user:name` of the approver whose vote completed the approval).
     pub fn decide_approved(&self, session: &SessionPolicy, op: &Operation, approver: &str) -> Decision {
-        self.decide_as(session, op, true, Some(approver))
+        self.decide_as(
+            session,
+            op,
+            true,
+            Some(approver),
+            gatehouse_core::time::now_micros(),
+        )
     }
 
     fn decide_as(
@@ -318,10 +336,11 @@ impl PolicyEngine {
         op: &Operation,
         approved: bool,
         approver: Option<&str>,
+        now_us: i64,
     ) -> Decision {
         let snap = self.snapshot();
         let generation = snap.generation;
-        let response = match self.evaluate(&snap, session, op, approved, approver) {
+        let response = match self.evaluate(&snap, session, op, approved, approver, now_us) {
             Ok(response) => response,
             Err(error) => {
                 return Decision {
@@ -414,6 +433,7 @@ impl PolicyEngine {
         op: &Operation,
         approved: bool,
         approver: Option<&str>,
+        now_us: i64,
     ) -> Result<Response, String> {
         let schema = &snap.compiled.schema;
         let rebuilt;
@@ -425,7 +445,7 @@ impl PolicyEngine {
                 request::session_entities(&self.names, schema, &session.ctx).map_err(|e| e.to_string())?;
             &rebuilt.entities
         };
-        let now = gatehouse_core::time::rfc3339_micros(gatehouse_core::time::now_micros());
+        let now = gatehouse_core::time::rfc3339_micros(now_us);
         let (action, context): (&EntityUid, _) = match op {
             Operation::Connect => (
                 &self.names.connect,

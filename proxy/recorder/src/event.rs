@@ -42,6 +42,10 @@ pub enum EventBody {
         client_app: Option<String>,
         auth_method: String,
         principal: Principal,
+        /// The target's tags from config when the session began (what Cedar saw as the
+        /// resource's tags), so recorded operations can be re-decided later.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        target_tags: std::collections::BTreeMap<String, String>,
     },
     /// A client failed to authenticate.
     AuthFailure {

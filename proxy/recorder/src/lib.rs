@@ -26,6 +26,7 @@
 //! | `by_session` | session id ‖ `0x00` ‖ seq (u64 BE) | empty |
 //! | `sessions` | session id | JSON [`SessionSummary`], updated by the writer in the same batch |
 //! | `meta` | `head` / `format` | `{"seq":N,"hash":"…"}` / `gatehouse-log-v1` |
+//! | `checkpoints` | seq of the last event covered (u64 BE) | JSON [`Checkpoint`] |
 //!
 //! # Chain encoding, v1
 //!
@@ -47,21 +48,38 @@
 //! recomputes the hash. Verification therefore does not depend on this crate's types (fields
 //! added later do not break old events) and works on exported records too.
 
+//! # Signed checkpoints and offline verification
+//!
+//! With `[recorder.checkpoints]`, the writer adds an Ed25519-signed [`Checkpoint`] of the chain
+//! head to the group commit every `every_events` events or `every_secs` seconds, signs an idle
+//! head once the interval has passed, and signs whatever is left when the log closes (format
+//! and keys: `checkpoint.rs`). [`LogReader::verify`] and [`verify_bundle`] check a log or an
+//! exported bundle against public keys only; [`verify`] documents exactly what they detect and
+//! what they cannot. [`export_bundle`] writes a time window as an evidence bundle
+//! (`bundle.rs`).
+
+mod bundle;
+mod checkpoint;
 mod error;
 mod event;
 mod reader;
+mod report;
 mod store;
 mod transcript;
+pub mod verify;
 mod writer;
 
+pub use bundle::{BundleSummary, ExportOptions, export_bundle, verify_bundle};
+pub use checkpoint::{CHECKPOINT_FORMAT, Checkpoint, CheckpointSigner, PublicKeys, SignatureError, key_id};
 pub use error::RecorderError;
 pub use event::{
     ApprovalRecord, CHAIN_FORMAT, Event, EventBody, GENESIS_HASH, HoldRecord, NewEvent, OpError,
     PluginRecord, VoteRecord, canonical_from_stored, chain_hash, decode_hash,
 };
-pub use reader::{BrokenLink, LogReader, VerifyReport};
+pub use reader::LogReader;
 pub use store::SessionSummary;
 pub use transcript::{clean as escape_controls, render_transcript};
+pub use verify::{Finding, FindingKind, Outcome, VerifyReport};
 pub use writer::{GATEWAY_SESSION, Recorder, RecorderStats};
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::path::Path;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, IteratorMode, Options};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::Checkpoint;
 use crate::error::RecorderError;
 use crate::event::{canonical_from_stored, decode_hash};
 
@@ -16,8 +17,10 @@ pub(crate) const CF_BY_SESSION: &str = "by_session";
 pub(crate) const CF_SESSIONS: &str = "sessions";
 /// Chain head and format marker.
 pub(crate) const CF_META: &str = "meta";
+/// key = seq of the last event covered (u64 big-endian), value = JSON [`Checkpoint`].
+pub(crate) const CF_CHECKPOINTS: &str = "checkpoints";
 
-pub(crate) const ALL_CFS: [&str; 4] = [CF_EVENTS, CF_BY_SESSION, CF_SESSIONS, CF_META];
+pub(crate) const ALL_CFS: [&str; 5] = [CF_EVENTS, CF_BY_SESSION, CF_SESSIONS, CF_META, CF_CHECKPOINTS];
 
 pub(crate) const META_HEAD: &[u8] = b"head";
 pub(crate) const META_FORMAT: &[u8] = b"format";
@@ -100,10 +103,18 @@ pub(crate) fn open_ro(dir: &Path) -> Result<DB, RecorderError> {
         return Err(RecorderError::NotFound { path });
     }
     let opts = Options::default();
+    // A log written before a column family existed lacks it; open what is there (readers
+    // treat a missing family as empty).
+    let present = DB::list_cf(&opts, dir).unwrap_or_else(|_| ALL_CFS.iter().map(|s| s.to_string()).collect());
+    let cfs: Vec<&str> = ALL_CFS
+        .iter()
+        .copied()
+        .filter(|name| present.iter().any(|p| p == name))
+        .collect();
     // Opening races with the writer's file rotation now and then; retry a few times.
     let mut last = String::new();
     for attempt in 0..3u64 {
-        match DB::open_cf_for_read_only(&opts, dir, ALL_CFS, false) {
+        match DB::open_cf_for_read_only(&opts, dir, &cfs, false) {
             Ok(db) => return Ok(db),
             Err(e) => {
                 last = e.to_string();
@@ -184,6 +195,41 @@ pub(crate) fn recover_head(db: &DB) -> Result<Head, RecorderError> {
             last.map(|h| format!("seq {}", h.seq))
                 .unwrap_or_else(|| "none".to_string()),
         ))),
+    }
+}
+
+/// Every checkpoint, in seq order (none when the log predates checkpoints).
+pub(crate) fn checkpoints(db: &DB) -> Result<Vec<Checkpoint>, RecorderError> {
+    let Some(cf) = db.cf_handle(CF_CHECKPOINTS) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for item in db.iterator_cf(cf, IteratorMode::Start) {
+        let (k, v) = item.map_err(RecorderError::read)?;
+        let cp: Checkpoint = serde_json::from_slice(&v).map_err(|e| {
+            RecorderError::Corrupt(format!(
+                "unreadable checkpoint at {}: {e}",
+                seq_from_key(&k)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| hex::encode(&k))
+            ))
+        })?;
+        out.push(cp);
+    }
+    Ok(out)
+}
+
+/// Seq of the last checkpoint (0: none).
+pub(crate) fn last_checkpoint_seq(db: &DB) -> Result<u64, RecorderError> {
+    let Some(cf) = db.cf_handle(CF_CHECKPOINTS) else {
+        return Ok(0);
+    };
+    match db.iterator_cf(cf, IteratorMode::End).next() {
+        None => Ok(0),
+        Some(item) => {
+            let (k, _) = item.map_err(RecorderError::read)?;
+            Ok(seq_from_key(&k).unwrap_or(0))
+        }
     }
 }
 

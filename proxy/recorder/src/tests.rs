@@ -23,6 +23,7 @@ async fn failed_write_refuses_batch_keeps_head_and_recovers() {
         dir: dir.path().to_path_buf(),
         durability: Durability::Sync,
         max_batch: 16,
+        checkpoints: None,
     })
     .unwrap();
     assert_eq!(rec.append(notice("s", "a")).await.unwrap(), 1);
@@ -92,6 +93,7 @@ async fn invalid_event_is_refused_alone() {
         dir: dir.path().to_path_buf(),
         durability: Durability::Buffered,
         max_batch: 16,
+        checkpoints: None,
     })
     .unwrap();
     let err = rec.append(notice("bad\0id", "x")).await.unwrap_err();

@@ -39,6 +39,7 @@ pub fn render_transcript(events: &[Event]) -> String {
                 client_app,
                 auth_method,
                 principal,
+                ..
             } => {
                 let _ = write!(
                     out,

@@ -12,11 +12,12 @@ use gatehouse_core::config::{Durability, RecorderConfig};
 use rocksdb::{DB, WriteBatch, WriteOptions};
 use tokio::sync::oneshot;
 
+use crate::checkpoint::CheckpointSigner;
 use crate::error::RecorderError;
 use crate::event::{EventBody, NewEvent, seal};
 use crate::store::{
-    self, CF_BY_SESSION, CF_EVENTS, CF_META, CF_SESSIONS, Head, META_HEAD, SessionSummary, StoredHead,
-    by_session_key, seq_key,
+    self, CF_BY_SESSION, CF_CHECKPOINTS, CF_EVENTS, CF_META, CF_SESSIONS, Head, META_HEAD, SessionSummary,
+    StoredHead, by_session_key, seq_key,
 };
 
 /// Open sessions whose summaries the writer keeps in memory; past this it starts over
@@ -80,8 +81,35 @@ impl Recorder {
     /// Open (creating if needed) the log in `cfg.dir`, recover the chain head and start the
     /// writer thread.
     pub fn open(cfg: &RecorderConfig) -> Result<Recorder, RecorderError> {
+        let open_err = |message: String| RecorderError::Open {
+            path: cfg.dir.display().to_string(),
+            message,
+        };
+        let checkpoints = match &cfg.checkpoints {
+            None => None,
+            Some(c) => {
+                let pem = c
+                    .key
+                    .resolve()
+                    .map_err(|e| open_err(format!("checkpoint signing key: {e}")))?;
+                let signer = CheckpointSigner::from_pem(&pem)
+                    .map_err(|e| open_err(format!("checkpoint signing key: {e}")))?;
+                Some(Checkpoints {
+                    signer,
+                    every_events: c.every_events.max(1),
+                    every: Duration::from_secs(c.every_secs.max(1)),
+                    seq: 0,
+                    at: Instant::now(),
+                    retry_at: None,
+                })
+            }
+        };
         let db = store::open_rw(&cfg.dir)?;
         let head = store::recover_head(&db)?;
+        let mut checkpoints = checkpoints;
+        if let Some(c) = &mut checkpoints {
+            c.seq = store::last_checkpoint_seq(&db)?;
+        }
         let counters = Arc::new(Counters::default());
         counters.last_seq.store(head.seq, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
@@ -96,7 +124,9 @@ impl Recorder {
             outage: None,
             backlog: VecDeque::new(),
             unsynced: None,
+            checkpoints,
         };
+        let key_id = writer.checkpoints.as_ref().map(|c| c.signer.key_id().to_string());
         let thread = std::thread::Builder::new()
             .name("gatehouse-recorder".to_string())
             .spawn(move || writer.run(rx))
@@ -108,6 +138,7 @@ impl Recorder {
             dir = %cfg.dir.display(),
             last_seq = head.seq,
             durability = ?cfg.durability,
+            checkpoint_key = key_id.as_deref().unwrap_or("none (checkpoints off)"),
             "event log opened"
         );
         Ok(Recorder {
@@ -227,6 +258,38 @@ struct Writer {
     /// ends) have been written to the WAL without an fsync. They ride on the next fsync (the
     /// next awaited append's batch) or [`UNSYNCED_MAX`] later, whichever comes first.
     unsynced: Option<Instant>,
+    /// Signed checkpoints, when configured.
+    checkpoints: Option<Checkpoints>,
+}
+
+struct Checkpoints {
+    signer: CheckpointSigner,
+    every_events: u64,
+    every: Duration,
+    /// Seq covered by the last checkpoint written (0: none yet).
+    seq: u64,
+    /// When it was written (or the writer started).
+    at: Instant,
+    /// After a failed checkpoint write: not before this.
+    retry_at: Option<Instant>,
+}
+
+impl Checkpoints {
+    /// When the chain head at `head` should be signed: now (`Some(ZERO)`), later, or never
+    /// (nothing new to sign).
+    fn due_in(&self, head: u64) -> Option<Duration> {
+        if head <= self.seq {
+            None
+        } else if let Some(t) = self.retry_at
+            && t > Instant::now()
+        {
+            Some(t - Instant::now())
+        } else if head - self.seq >= self.every_events {
+            Some(Duration::ZERO)
+        } else {
+            Some(self.every.saturating_sub(self.at.elapsed()))
+        }
+    }
 }
 
 /// Longest time an unawaited event stays written but not fsynced (sync durability). A process
@@ -258,15 +321,34 @@ const OUTAGE_REMINDER: Duration = Duration::from_secs(30);
 impl Writer {
     fn run(mut self, rx: Receiver<Pending>) {
         loop {
-            let first = match self.unsynced {
+            let sync_in = self
+                .unsynced
+                .map(|since| UNSYNCED_MAX.saturating_sub(since.elapsed()));
+            let checkpoint_in = self.checkpoints.as_ref().and_then(|c| c.due_in(self.head.seq));
+            let wait = match (sync_in, checkpoint_in) {
+                (None, None) => None,
+                (a, b) => a.into_iter().chain(b).min(),
+            };
+            let first = match wait {
                 None => match rx.recv() {
                     Ok(p) => p,
                     Err(_) => break,
                 },
-                Some(since) => match rx.recv_timeout(UNSYNCED_MAX.saturating_sub(since.elapsed())) {
+                Some(wait) => match rx.recv_timeout(wait) {
                     Ok(p) => p,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        self.sync_wal();
+                        if self
+                            .checkpoints
+                            .as_ref()
+                            .and_then(|c| c.due_in(self.head.seq))
+                            .is_some_and(|d| d.is_zero())
+                        {
+                            // Idle with unsigned events: sign the head on its own.
+                            self.checkpoint_now();
+                        }
+                        if self.unsynced.is_some_and(|t| t.elapsed() >= UNSYNCED_MAX) {
+                            self.sync_wal();
+                        }
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -284,6 +366,15 @@ impl Writer {
                 .pending
                 .fetch_sub(batch.len() as u64, Ordering::Relaxed);
             self.commit(batch);
+        }
+        // Sign whatever the last checkpoint does not cover yet, so a cleanly closed log is
+        // signed to its end.
+        if self
+            .checkpoints
+            .as_ref()
+            .is_some_and(|c| c.due_in(self.head.seq).is_some())
+        {
+            self.checkpoint_now();
         }
         if let Some(db) = &self.db
             && let Err(e) = db.flush_wal(true)
@@ -309,11 +400,53 @@ impl Writer {
         }
     }
 
+    /// Write a checkpoint of the current head on its own (fsynced). A failure is logged and
+    /// retried at the next batch or timeout; events are not affected.
+    fn checkpoint_now(&mut self) {
+        let Some(c) = &mut self.checkpoints else {
+            return;
+        };
+        let head = self.head;
+        let res = (|| {
+            let db = self
+                .db
+                .as_ref()
+                .ok_or_else(|| RecorderError::Write("the database is not open".to_string()))?;
+            let cf = store::cf(db, CF_CHECKPOINTS)?;
+            let cp = c
+                .signer
+                .checkpoint(head.seq, &head.hash, gatehouse_core::time::now_micros());
+            let v = serde_json::to_vec(&cp).map_err(|e| RecorderError::Encode(e.to_string()))?;
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            db.put_cf_opt(cf, seq_key(head.seq), v, &wo)
+                .map_err(|e| RecorderError::Write(e.to_string()))
+        })();
+        match res {
+            Ok(()) => {
+                c.seq = head.seq;
+                c.at = Instant::now();
+                c.retry_at = None;
+                // The put was fsynced, and with it every earlier WAL write.
+                self.unsynced = None;
+            }
+            Err(e) => {
+                if c.retry_at.is_none() {
+                    tracing::error!(error = %e, seq = head.seq, "cannot write a checkpoint; retrying every second");
+                }
+                c.retry_at = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+    }
+
     /// The database, reopened (and the head recomputed) after an earlier failure.
     fn ensure_db(&mut self) -> Result<(), RecorderError> {
         if self.db.is_none() {
             let db = store::open_rw(&self.dir)?;
             self.head = store::recover_head(&db)?;
+            if let Some(c) = &mut self.checkpoints {
+                c.seq = store::last_checkpoint_seq(&db)?;
+            }
             self.counters.last_seq.store(self.head.seq, Ordering::Relaxed);
             self.summaries.clear();
             self.db = Some(db);
@@ -546,6 +679,18 @@ impl Writer {
         let stored_head = serde_json::to_vec(&StoredHead::from_head(&head))
             .map_err(|e| RecorderError::Encode(e.to_string()))?;
         wb.put_cf(cf_meta, META_HEAD, stored_head);
+        // A checkpoint due by count or time rides in the same batch as the events it covers.
+        let checkpoint = match &self.checkpoints {
+            Some(c) if c.due_in(head.seq).is_some_and(|d| d.is_zero()) => {
+                let cp = c
+                    .signer
+                    .checkpoint(head.seq, &head.hash, gatehouse_core::time::now_micros());
+                let v = serde_json::to_vec(&cp).map_err(|e| RecorderError::Encode(e.to_string()))?;
+                wb.put_cf(store::cf(db, CF_CHECKPOINTS)?, seq_key(head.seq), v);
+                true
+            }
+            _ => false,
+        };
 
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
@@ -570,6 +715,11 @@ impl Writer {
         }
 
         self.head = head;
+        if checkpoint && let Some(c) = &mut self.checkpoints {
+            c.seq = head.seq;
+            c.at = Instant::now();
+            c.retry_at = None;
+        }
         let c = &self.counters;
         c.appended.fetch_add(written, Ordering::Relaxed);
         c.batches.fetch_add(1, Ordering::Relaxed);
@@ -606,6 +756,7 @@ fn update_summary(s: &mut SessionSummary, body: &EventBody, principal: Option<&s
             client_app,
             auth_method,
             principal,
+            ..
         } => {
             s.principal = Some(principal.display());
             s.protocol.clone_from(protocol);

@@ -3,10 +3,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use gatehouse_core::config::{Durability, RecorderConfig};
+use gatehouse_core::config::{CheckpointConfig, Durability, RecorderConfig, SecretRef};
 use gatehouse_core::{Principal, PrincipalKind, SqlStatement, StatementKind, Verdict};
 use gatehouse_recorder::{
-    EventBody, GENESIS_HASH, LogReader, NewEvent, OpError, Recorder, RecorderError, render_transcript,
+    Checkpoint, CheckpointSigner, Event, EventBody, ExportOptions, FindingKind, GENESIS_HASH, LogReader,
+    NewEvent, OpError, Outcome, PublicKeys, Recorder, RecorderError, VerifyReport, canonical_from_stored,
+    chain_hash, export_bundle, render_transcript, verify_bundle,
 };
 
 fn cfg(dir: &Path, durability: Durability) -> RecorderConfig {
@@ -14,6 +16,7 @@ fn cfg(dir: &Path, durability: Durability) -> RecorderConfig {
         dir: dir.to_path_buf(),
         durability,
         max_batch: 4096,
+        checkpoints: None,
     }
 }
 
@@ -47,6 +50,7 @@ fn start(session: &str, t: i64) -> NewEvent {
             client_app: Some("psql".into()),
             auth_method: "scram-sha-256".into(),
             principal: agent(),
+            target_tags: [("env".to_string(), "prod".to_string())].into(),
         },
     )
 }
@@ -229,6 +233,16 @@ async fn sessions_summary_newest_first() {
     rec.shutdown();
 }
 
+/// Open a log's RocksDB directly, as someone tampering with it would.
+fn raw_db(dir: &Path) -> rocksdb::DB {
+    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir).unwrap();
+    rocksdb::DB::open_cf(&rocksdb::Options::default(), dir, cfs).unwrap()
+}
+
+fn kinds(report: &VerifyReport) -> Vec<FindingKind> {
+    report.findings.iter().map(|f| f.kind).collect()
+}
+
 #[tokio::test]
 async fn chain_verifies_and_detects_tampering() {
     let dir = tempfile::tempdir().unwrap();
@@ -239,15 +253,13 @@ async fn chain_verifies_and_detects_tampering() {
     let report = LogReader::open(dir.path()).unwrap().verify_chain().unwrap();
     assert!(report.is_ok(), "{report:?}");
     assert_eq!((report.events_checked, report.last_seq), (7, 7));
+    // Without checkpoints and keys, an intact chain is still only "incomplete".
+    assert_eq!(kinds(&report), [FindingKind::NoKey]);
+    assert_eq!(report.outcome(false), Outcome::Incomplete);
 
     // Rewrite event 4's statement text directly in RocksDB.
     {
-        let db = rocksdb::DB::open_cf(
-            &rocksdb::Options::default(),
-            dir.path(),
-            ["events", "by_session", "sessions", "meta"],
-        )
-        .unwrap();
+        let db = raw_db(dir.path());
         let cf = db.cf_handle("events").unwrap();
         let key = 4u64.to_be_bytes();
         let v = String::from_utf8(db.get_cf(cf, key).unwrap().unwrap()).unwrap();
@@ -256,10 +268,15 @@ async fn chain_verifies_and_detects_tampering() {
             .unwrap();
     }
     let report = LogReader::open(dir.path()).unwrap().verify_chain().unwrap();
-    let broken = report.broken.clone().unwrap();
-    assert_eq!(broken.seq, 4, "{report:?}");
-    assert!(broken.reason.contains("hash"), "{broken:?}");
-    assert_eq!(report.events_checked, 3);
+    let first = report.first_tampering().unwrap();
+    assert_eq!(
+        (first.kind, first.seq),
+        (FindingKind::Altered, Some(4)),
+        "{report:?}"
+    );
+    // One edit, one finding: the next event still links to the recorded hash.
+    assert_eq!(kinds(&report), [FindingKind::Altered, FindingKind::NoKey]);
+    assert_eq!(report.outcome(false), Outcome::Tampered);
 }
 
 #[tokio::test]
@@ -268,35 +285,28 @@ async fn verify_detects_deleted_and_truncated_events() {
     let rec = Recorder::open(&cfg(dir.path(), Durability::Sync)).unwrap();
     populate(&rec).await;
     rec.shutdown();
-    let open = || {
-        rocksdb::DB::open_cf(
-            &rocksdb::Options::default(),
-            dir.path(),
-            ["events", "by_session", "sessions", "meta"],
-        )
-        .unwrap()
-    };
     {
-        let db = open();
+        let db = raw_db(dir.path());
         db.delete_cf(db.cf_handle("events").unwrap(), 7u64.to_be_bytes())
             .unwrap();
     }
     let report = LogReader::open(dir.path()).unwrap().verify_chain().unwrap();
-    assert_eq!(report.broken.as_ref().map(|b| b.seq), Some(7), "{report:?}");
+    let t = report.first_tampering().unwrap();
+    assert_eq!((t.kind, t.seq), (FindingKind::Truncated, Some(7)), "{report:?}");
     // A truncated log is refused by the writer rather than silently continued.
     assert!(matches!(
         Recorder::open(&cfg(dir.path(), Durability::Sync)),
         Err(RecorderError::Corrupt(_))
     ));
     {
-        let db = open();
+        let db = raw_db(dir.path());
         db.delete_cf(db.cf_handle("events").unwrap(), 3u64.to_be_bytes())
             .unwrap();
     }
     let report = LogReader::open(dir.path()).unwrap().verify_chain().unwrap();
-    let b = report.broken.unwrap();
-    assert_eq!(b.seq, 3);
-    assert!(b.reason.contains("missing"), "{b:?}");
+    let b = report.first_tampering().unwrap();
+    assert_eq!((b.kind, b.seq), (FindingKind::Missing, Some(3)), "{report:?}");
+    assert!(b.message.contains("event 3 is missing"), "{b:?}");
 }
 
 #[tokio::test]
@@ -446,4 +456,414 @@ async fn transcript_shows_statements_decisions_and_policies() {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
     assert_eq!(render_transcript(&[]), "");
+}
+
+// --- Signed checkpoints, offline verification and bundles ---------------------------------
+
+struct SignedLog {
+    dir: tempfile::TempDir,
+    keys: PublicKeys,
+    signer_pem: String,
+}
+
+/// A populated log (7 events) with a checkpoint every 3 events, closed (so signed to its end).
+async fn signed_log() -> SignedLog {
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public, _) = CheckpointSigner::generate().unwrap();
+    let key_file = dir.path().join("signing.pem");
+    std::fs::write(&key_file, &private).unwrap();
+    let log = dir.path().join("log");
+    let mut c = cfg(&log, Durability::Sync);
+    c.checkpoints = Some(CheckpointConfig {
+        key: SecretRef::File(key_file),
+        every_events: 3,
+        every_secs: 3600,
+    });
+    let rec = Recorder::open(&c).unwrap();
+    populate(&rec).await;
+    rec.shutdown();
+    let mut keys = PublicKeys::default();
+    keys.add_pem(&public).unwrap();
+    SignedLog {
+        dir,
+        keys,
+        signer_pem: private,
+    }
+}
+
+impl SignedLog {
+    fn log(&self) -> std::path::PathBuf {
+        self.dir.path().join("log")
+    }
+
+    fn verify(&self) -> VerifyReport {
+        LogReader::open(&self.log()).unwrap().verify(&self.keys).unwrap()
+    }
+
+    /// Seqs of the checkpoints (which events a group commit ends at varies from run to run).
+    fn checkpoint_seqs(&self) -> Vec<u64> {
+        let r = LogReader::open(&self.log()).unwrap();
+        r.checkpoints().unwrap().iter().map(|c| c.seq).collect()
+    }
+
+    /// The first checkpoint at or after `seq`.
+    fn checkpoint_from(&self, seq: u64) -> u64 {
+        *self.checkpoint_seqs().iter().find(|s| **s >= seq).unwrap()
+    }
+}
+
+/// Re-seal `ev` after `prev` exactly as the writer does: the attacker's tool.
+fn reseal(ev: &mut Event, prev: [u8; 32]) -> (Vec<u8>, [u8; 32]) {
+    ev.prev_hash = hex::encode(prev);
+    ev.hash = String::new();
+    let canonical = serde_json::to_vec(&*ev).unwrap();
+    let hash = chain_hash(&prev, &canonical);
+    ev.hash = hex::encode(hash);
+    (serde_json::to_vec(&*ev).unwrap(), hash)
+}
+
+#[tokio::test]
+async fn checkpoints_sign_the_chain_and_a_closed_log_verifies_intact() {
+    let l = signed_log().await;
+    let r = LogReader::open(&l.log()).unwrap();
+    let cps = r.checkpoints().unwrap();
+    // By count (at the group commit that reaches 3 more events), then the rest when the log
+    // closed (7).
+    let seqs: Vec<u64> = cps.iter().map(|c| c.seq).collect();
+    assert!(seqs.len() >= 2 && seqs[0] >= 3 && seqs[0] < 7, "{seqs:?}");
+    assert_eq!(seqs.last(), Some(&7));
+    let evs = r.events(1, 10).unwrap();
+    assert_eq!(cps.last().unwrap().hash, evs[6].hash);
+    let report = l.verify();
+    assert!(report.findings.is_empty(), "{report:?}");
+    assert_eq!(report.outcome(true), Outcome::Intact);
+    assert_eq!(
+        (report.checkpoints_verified, report.last_signed_seq),
+        (seqs.len() as u64, 7)
+    );
+
+    // Another key (e.g. only the rotated-in one given): nothing can be vouched for.
+    let mut other = PublicKeys::default();
+    other.add_pem(&CheckpointSigner::generate().unwrap().1).unwrap();
+    let report = r.verify(&other).unwrap();
+    assert!(report.is_ok());
+    assert!(kinds(&report).contains(&FindingKind::UnknownKey), "{report:?}");
+    assert_eq!(report.outcome(false), Outcome::Incomplete);
+}
+
+#[tokio::test]
+async fn a_consistent_rewrite_is_caught_only_by_the_signed_checkpoint() {
+    let l = signed_log().await;
+    // Rewrite event 4 (the denied DELETE becomes an allowed SELECT) and re-seal every later
+    // event and the head marker, so the chain itself is perfectly consistent again.
+    {
+        let db = raw_db(&l.log());
+        let cf = db.cf_handle("events").unwrap();
+        let mut prev = {
+            let v = db.get_cf(cf, 3u64.to_be_bytes()).unwrap().unwrap();
+            canonical_from_stored(&v).unwrap().1
+        };
+        for seq in 4..=7u64 {
+            let v = db.get_cf(cf, seq.to_be_bytes()).unwrap().unwrap();
+            let mut ev: Event = serde_json::from_slice(&v).unwrap();
+            if seq == 4 {
+                let EventBody::Decision { verdict, .. } = &mut ev.body else {
+                    panic!("event 4 is the DELETE decision")
+                };
+                *verdict = allow("read-orders");
+            }
+            let (bytes, hash) = reseal(&mut ev, prev);
+            db.put_cf(cf, seq.to_be_bytes(), bytes).unwrap();
+            prev = hash;
+        }
+        let head = serde_json::json!({"seq": 7, "hash": hex::encode(prev)}).to_string();
+        db.put_cf(db.cf_handle("meta").unwrap(), b"head", head).unwrap();
+    }
+    let r = LogReader::open(&l.log()).unwrap();
+    // The events alone cannot tell: every hash and link checks out.
+    let chain_only = r.verify_chain().unwrap();
+    assert!(
+        chain_only
+            .findings
+            .iter()
+            .all(|f| matches!(f.kind, FindingKind::CheckpointMismatch | FindingKind::NoKey)),
+        "{chain_only:?}"
+    );
+    // The first checkpoint signed after event 4 was written can.
+    let cp = l.checkpoint_from(4);
+    let report = l.verify();
+    let t = report.first_tampering().unwrap();
+    assert_eq!(
+        (t.kind, t.seq),
+        (FindingKind::CheckpointMismatch, Some(cp)),
+        "{report:?}"
+    );
+    assert_eq!(report.outcome(false), Outcome::Tampered);
+    let before: Vec<u64> = l.checkpoint_seqs().into_iter().filter(|s| *s < 4).collect();
+    assert_eq!(report.last_signed_seq, before.last().copied().unwrap_or(0));
+
+    // Re-signing needs the private key: a forged checkpoint (hash replaced) fails its signature.
+    {
+        let db = raw_db(&l.log());
+        let cf = db.cf_handle("checkpoints").unwrap();
+        for seq in l.checkpoint_seqs().into_iter().filter(|s| *s >= 4) {
+            let v = db.get_cf(cf, seq.to_be_bytes()).unwrap().unwrap();
+            let mut cp: Checkpoint = serde_json::from_slice(&v).unwrap();
+            let ev = r.events(seq, 1).unwrap().remove(0);
+            cp.hash = ev.hash;
+            db.put_cf(cf, seq.to_be_bytes(), serde_json::to_vec(&cp).unwrap())
+                .unwrap();
+        }
+    }
+    let report = l.verify();
+    let t = report.first_tampering().unwrap();
+    assert_eq!(
+        (t.kind, t.seq),
+        (FindingKind::BadSignature, Some(cp)),
+        "{report:?}"
+    );
+}
+
+#[tokio::test]
+async fn swapped_events_and_a_cut_tail_are_named() {
+    let l = signed_log().await;
+    {
+        let db = raw_db(&l.log());
+        let cf = db.cf_handle("events").unwrap();
+        let a = db.get_cf(cf, 2u64.to_be_bytes()).unwrap().unwrap();
+        let b = db.get_cf(cf, 3u64.to_be_bytes()).unwrap().unwrap();
+        db.put_cf(cf, 2u64.to_be_bytes(), b).unwrap();
+        db.put_cf(cf, 3u64.to_be_bytes(), a).unwrap();
+    }
+    let report = l.verify();
+    let t = report.first_tampering().unwrap();
+    assert_eq!((t.kind, t.seq), (FindingKind::Reordered, Some(2)), "{report:?}");
+
+    // Cut the last two events, and the head marker with them: the checkpoint at 7 remembers.
+    let l = signed_log().await;
+    {
+        let db = raw_db(&l.log());
+        let cf = db.cf_handle("events").unwrap();
+        db.delete_cf(cf, 6u64.to_be_bytes()).unwrap();
+        db.delete_cf(cf, 7u64.to_be_bytes()).unwrap();
+        let v = db.get_cf(cf, 5u64.to_be_bytes()).unwrap().unwrap();
+        let h = hex::encode(canonical_from_stored(&v).unwrap().1);
+        let head = serde_json::json!({"seq": 5, "hash": h}).to_string();
+        db.put_cf(db.cf_handle("meta").unwrap(), b"head", head).unwrap();
+    }
+    let report = l.verify();
+    let t = report.first_tampering().unwrap();
+    assert_eq!((t.kind, t.seq), (FindingKind::Truncated, Some(6)), "{report:?}");
+    assert!(t.message.contains("2 events were cut off the end"), "{t:?}");
+}
+
+#[tokio::test]
+async fn an_idle_log_is_signed_after_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let (private, _, _) = CheckpointSigner::generate().unwrap();
+    let key_file = dir.path().join("k.pem");
+    std::fs::write(&key_file, &private).unwrap();
+    let log = dir.path().join("log");
+    let mut c = cfg(&log, Durability::Sync);
+    c.checkpoints = Some(CheckpointConfig {
+        key: SecretRef::File(key_file),
+        every_events: 1000,
+        every_secs: 1,
+    });
+    let rec = Recorder::open(&c).unwrap();
+    rec.append(start("s", 1)).await.unwrap();
+    let mut seqs = Vec::new();
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        seqs = LogReader::open(&log)
+            .unwrap()
+            .checkpoints()
+            .unwrap()
+            .iter()
+            .map(|c| c.seq)
+            .collect();
+        if !seqs.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(seqs, [1], "an idle writer signs its unsigned head");
+    rec.shutdown();
+    // Nothing new: no second checkpoint at close.
+    let cps = LogReader::open(&log).unwrap().checkpoints().unwrap();
+    assert_eq!(cps.len(), 1);
+}
+
+#[tokio::test]
+async fn a_bad_signing_key_stops_the_recorder_from_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("k.pem");
+    std::fs::write(
+        &key_file,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let mut c = cfg(&dir.path().join("log"), Durability::Sync);
+    c.checkpoints = Some(CheckpointConfig {
+        key: SecretRef::File(key_file),
+        every_events: 10,
+        every_secs: 10,
+    });
+    let err = Recorder::open(&c).unwrap_err();
+    assert!(err.to_string().contains("checkpoint signing key"), "{err}");
+}
+
+fn export(
+    l: &SignedLog,
+    out: &Path,
+    from_us: i64,
+    to_us: i64,
+    sign: bool,
+) -> gatehouse_recorder::BundleSummary {
+    let signer = CheckpointSigner::from_pem(&l.signer_pem).unwrap();
+    let r = LogReader::open(&l.log()).unwrap();
+    export_bundle(
+        &r,
+        &ExportOptions {
+            from_us,
+            to_us,
+            out,
+            signer: sign.then_some(&signer),
+        },
+    )
+    .unwrap()
+}
+
+/// Rewrite `events.jsonl` of a copy of `src` with `f` applied to its lines.
+fn tampered_copy(src: &Path, dst: &Path, f: impl FnOnce(&mut Vec<String>)) {
+    std::fs::create_dir_all(dst.join("transcripts")).unwrap();
+    for name in [
+        "manifest.json",
+        "manifest.sig",
+        "checkpoints.jsonl",
+        "sessions.jsonl",
+    ] {
+        std::fs::copy(src.join(name), dst.join(name)).unwrap();
+    }
+    for e in std::fs::read_dir(src.join("transcripts")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join("transcripts").join(e.file_name())).unwrap();
+    }
+    let text = std::fs::read_to_string(src.join("events.jsonl")).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    f(&mut lines);
+    std::fs::write(dst.join("events.jsonl"), lines.join("\n") + "\n").unwrap();
+}
+
+#[tokio::test]
+async fn bundles_verify_offline_and_name_each_kind_of_tampering() {
+    let l = signed_log().await;
+    let out = l.dir.path().join("bundle");
+    let s = export(&l, &out, i64::MIN, i64::MAX, true);
+    assert_eq!(
+        (s.first_seq, s.last_seq, s.events, s.sessions, s.checkpoints),
+        (1, 7, 7, 2, l.checkpoint_seqs().len())
+    );
+    assert_eq!(s.unsigned_events, 0);
+    let report = verify_bundle(&out, &l.keys).unwrap();
+    assert!(report.findings.is_empty(), "{report:?}");
+    assert_eq!(report.outcome(true), Outcome::Intact);
+    let transcript = std::fs::read_to_string(out.join("transcripts/s1.txt")).unwrap();
+    assert!(transcript.contains("DELETE FROM orders"), "{transcript}");
+
+    let check = |name: &str, f: &dyn Fn(&mut Vec<String>), kind: FindingKind, seq: Option<u64>| {
+        let dst = l.dir.path().join(name);
+        tampered_copy(&out, &dst, f);
+        let report = verify_bundle(&dst, &l.keys).unwrap();
+        let t = report.first_tampering().unwrap();
+        assert_eq!((t.kind, t.seq), (kind, seq), "{name}: {report:?}");
+        // The file no longer matches the signed manifest either.
+        assert!(
+            kinds(&report).contains(&FindingKind::FileModified),
+            "{name}: {report:?}"
+        );
+        assert_eq!(report.outcome(false), Outcome::Tampered);
+    };
+    check(
+        "edited",
+        &|lines| lines[3] = lines[3].replacen("DELETE", "SELECT", 1),
+        FindingKind::Altered,
+        Some(4),
+    );
+    check(
+        "deleted",
+        &|lines| {
+            lines.remove(4);
+        },
+        FindingKind::Missing,
+        Some(5),
+    );
+    check(
+        "swapped",
+        &|lines| lines.swap(1, 2),
+        FindingKind::Reordered,
+        Some(2),
+    );
+    check(
+        "truncated",
+        &|lines| lines.truncate(5),
+        FindingKind::Truncated,
+        Some(6),
+    );
+
+    // A derived file edited: only the manifest can tell.
+    let dst = l.dir.path().join("transcript-edited");
+    tampered_copy(&out, &dst, |_| {});
+    std::fs::write(dst.join("transcripts/s1.txt"), "nothing happened\n").unwrap();
+    let report = verify_bundle(&dst, &l.keys).unwrap();
+    assert_eq!(
+        report.first_tampering().map(|f| f.kind),
+        Some(FindingKind::FileModified)
+    );
+    // The manifest itself edited: its signature fails.
+    let dst = l.dir.path().join("manifest-edited");
+    tampered_copy(&out, &dst, |_| {});
+    let m = std::fs::read_to_string(dst.join("manifest.json")).unwrap();
+    std::fs::write(
+        dst.join("manifest.json"),
+        m.replacen("\"last_seq\": 7", "\"last_seq\": 5", 1),
+    )
+    .unwrap();
+    let report = verify_bundle(&dst, &l.keys).unwrap();
+    assert!(kinds(&report).contains(&FindingKind::BadSignature), "{report:?}");
+}
+
+#[tokio::test]
+async fn a_window_is_extended_to_its_next_checkpoint_and_unsigned_manifests_are_incomplete() {
+    let l = signed_log().await;
+    // Only event 4 (t=1300) is in the window; the range runs on to the next checkpoint, and
+    // starts mid-chain without breaking verification.
+    let out = l.dir.path().join("window");
+    let s = export(&l, &out, 1_300, 1_300, false);
+    let cp = l.checkpoint_from(4);
+    assert_eq!(
+        (s.first_seq, s.window_last_seq, s.last_seq, s.events),
+        (4, 4, cp, cp - 3)
+    );
+    let report = verify_bundle(&out, &l.keys).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(kinds(&report), [FindingKind::Unsigned]);
+    assert_eq!(report.outcome(false), Outcome::Incomplete);
+    assert_eq!((report.first_seq, report.last_signed_seq), (4, cp));
+    // An empty window is a valid, empty bundle.
+    let empty = l.dir.path().join("empty");
+    let s = export(&l, &empty, 5_000, 6_000, true);
+    assert_eq!(s.events, 0);
+    assert!(verify_bundle(&empty, &l.keys).unwrap().is_ok());
+    // Exporting over a non-empty directory is refused.
+    let r = LogReader::open(&l.log()).unwrap();
+    let again = export_bundle(
+        &r,
+        &ExportOptions {
+            from_us: 0,
+            to_us: 1,
+            out: &out,
+            signer: None,
+        },
+    );
+    assert!(matches!(again, Err(RecorderError::Invalid(_))));
 }

@@ -67,6 +67,7 @@ fn fixture() -> Fixture {
         dir: dir.path().to_path_buf(),
         durability: Durability::Sync,
         max_batch: 64,
+        checkpoints: None,
     })
     .unwrap();
     let approvals = Arc::new(Approvals::new(100));
@@ -596,6 +597,7 @@ async fn record_session(f: &Fixture) {
                 client_app: Some("psql".into()),
                 auth_method: "scram-sha-256".into(),
                 principal: p,
+                target_tags: Default::default(),
             },
         ))
         .await

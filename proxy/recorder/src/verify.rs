@@ -1,0 +1,455 @@
+//! Offline verification of a chain of stored events against signed checkpoints, shared by the
+//! live log ([`crate::LogReader::verify`]) and exported bundles ([`crate::verify_bundle`]).
+//!
+//! # What is detected
+//!
+//! With the signer's public key(s):
+//!
+//! - an **edited event** (any byte of its stored record): its hash no longer matches its
+//!   content (`altered`); if the editor also recomputed that hash, the next event no longer
+//!   links to it (`broken_link`); if they recomputed every later hash too, the chain head no
+//!   longer matches the next signed checkpoint (`checkpoint_mismatch`);
+//! - a **removed event**: a gap in the sequence numbers (`missing`); renumbering the rest to
+//!   hide the gap changes their content, hence their hashes;
+//! - **reordered events**: an event stored at, or listed in, another place than its number
+//!   (`reordered`), or a duplicate (`duplicated`);
+//! - a **truncated tail**, as far as a signed checkpoint or the recorded head covered it: a
+//!   checkpoint, or the recorded head, for events that are no longer there (`truncated`);
+//! - a **forged or altered checkpoint** (`bad_signature`), and in bundles any file that differs
+//!   from the signed manifest (`file_modified`).
+//!
+//! # What is not
+//!
+//! - Without a public key, only the chain's internal consistency is checked: someone able to
+//!   rewrite the log can recompute every hash. The verdict is then *incomplete*, never
+//!   *intact*.
+//! - Events after the last checkpoint are protected by the chain alone (`unsigned_tail`):
+//!   removing some of them together with the unsigned head marker cannot be told from a log
+//!   that ended earlier. Checkpoints are made every N events or T seconds and when the log
+//!   closes, so this window is bounded by the checkpoint settings.
+//! - Someone holding the *private* key (e.g. root on the gateway host) can sign a rewritten
+//!   history. Checkpoints shipped off-host before the rewrite still contradict it; that is
+//!   what shipping is for.
+//! - Removing checkpoints from the local log removes their signatures: that shows only as a
+//!   longer `unsigned_tail`. A running gateway's newest events are always an unsigned tail, so
+//!   it is tolerated by default; auditors checking a closed log or a bundle use `--strict`
+//!   (strict: any unsigned event makes the verdict incomplete).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{Checkpoint, PublicKeys, SignatureError};
+use crate::event::{canonical_from_stored, chain_hash, decode_hash};
+
+/// What a finding says about the evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// An event's content does not match its hash (or is not an event record at all).
+    Altered,
+    /// Events are absent from the sequence.
+    Missing,
+    /// An event is stored or listed out of its place.
+    Reordered,
+    /// The same event appears twice.
+    Duplicated,
+    /// An event does not link to the one before it.
+    BrokenLink,
+    /// A checkpoint or the recorded head covers events that are no longer there.
+    Truncated,
+    /// A checkpoint's or manifest's signature does not verify.
+    BadSignature,
+    /// A validly signed checkpoint names another chain head than the events give.
+    CheckpointMismatch,
+    /// A bundle file's content differs from the manifest.
+    FileModified,
+    /// A checkpoint or manifest was signed by a key that was not given.
+    UnknownKey,
+    /// No public key was given, so no signature was checked.
+    NoKey,
+    /// Events after the last verified checkpoint (all of them when none verified).
+    UnsignedTail,
+    /// A bundle lacks a signed manifest, or holds a file the manifest does not list.
+    Unsigned,
+}
+
+impl FindingKind {
+    /// Evidence of tampering (as opposed to evidence that could not be fully checked).
+    pub fn is_tampering(self) -> bool {
+        !matches!(
+            self,
+            FindingKind::UnknownKey | FindingKind::NoKey | FindingKind::UnsignedTail | FindingKind::Unsigned
+        )
+    }
+}
+
+/// One problem found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    pub kind: FindingKind,
+    /// The first event concerned, when the finding is about events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    pub message: String,
+}
+
+/// The overall verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every event checked, linked, and covered by a verified checkpoint (an unsigned tail is
+    /// tolerated unless strict).
+    Intact,
+    /// No sign of tampering, but not everything could be checked (see the findings).
+    Incomplete,
+    /// Evidence of tampering (see the findings).
+    Tampered,
+}
+
+impl Outcome {
+    /// Exit code for scripts: 0 intact, 1 tampered, 3 incomplete (2 is left to usage errors,
+    /// 4 to unreadable input).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Intact => 0,
+            Outcome::Tampered => 1,
+            Outcome::Incomplete => 3,
+        }
+    }
+}
+
+/// What verification found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Events read and checked.
+    pub events_checked: u64,
+    /// Seq of the first and last event read (0 when there are none).
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Recorded hash of the last event read.
+    pub last_hash: String,
+    /// Checkpoints within the events' range, and how many of them verified (signature and
+    /// chain head).
+    pub checkpoints: u64,
+    pub checkpoints_verified: u64,
+    /// The last event covered by a verified checkpoint (0: none).
+    pub last_signed_seq: u64,
+    /// Key ids whose signatures were checked.
+    pub keys: Vec<String>,
+    pub findings: Vec<Finding>,
+    /// Findings beyond [`MAX_FINDINGS`] that were counted, not listed.
+    pub findings_omitted: u64,
+}
+
+/// At most this many event findings are listed.
+pub const MAX_FINDINGS: usize = 100;
+
+impl VerifyReport {
+    /// No evidence of tampering (the chain may still be unsigned).
+    pub fn is_ok(&self) -> bool {
+        !self.findings.iter().any(|f| f.kind.is_tampering())
+    }
+
+    /// `strict`: events after the last checkpoint make the verdict incomplete.
+    pub fn outcome(&self, strict: bool) -> Outcome {
+        if !self.is_ok() {
+            Outcome::Tampered
+        } else if self
+            .findings
+            .iter()
+            .any(|f| strict || f.kind != FindingKind::UnsignedTail)
+        {
+            Outcome::Incomplete
+        } else {
+            Outcome::Intact
+        }
+    }
+
+    /// The first finding that shows tampering.
+    pub fn first_tampering(&self) -> Option<&Finding> {
+        self.findings.iter().find(|f| f.kind.is_tampering())
+    }
+
+    pub(crate) fn push(&mut self, kind: FindingKind, seq: Option<u64>, message: String) {
+        if self.findings.len() >= MAX_FINDINGS {
+            self.findings_omitted += 1;
+        } else {
+            self.findings.push(Finding { kind, seq, message });
+        }
+    }
+
+    /// Findings about the whole input are always listed.
+    pub(crate) fn push_always(&mut self, kind: FindingKind, seq: Option<u64>, message: String) {
+        self.findings.push(Finding { kind, seq, message });
+    }
+}
+
+/// The fields of a stored event the chain needs (decoded on their own, so later event fields
+/// never break verification).
+#[derive(Deserialize)]
+struct Link {
+    seq: u64,
+    prev_hash: String,
+}
+
+#[derive(PartialEq, Eq)]
+enum CpState {
+    Valid,
+    /// Not checked (no key given, or an unknown key).
+    Unchecked,
+    Bad,
+}
+
+/// Walks events in position order, one at a time.
+pub(crate) struct Walk<'k> {
+    keys: &'k PublicKeys,
+    cps: BTreeMap<u64, Vec<(Checkpoint, CpState)>>,
+    report: VerifyReport,
+    expected: u64,
+    prev: Option<[u8; 32]>,
+    /// The previous event was itself found out of place or unreadable: its successor's link
+    /// is not reported again.
+    suppress_link: bool,
+}
+
+impl<'k> Walk<'k> {
+    /// `first_expected`: the seq the input should start at (1 for a whole log).
+    pub(crate) fn new(keys: &'k PublicKeys, checkpoints: Vec<Checkpoint>, first_expected: u64) -> Walk<'k> {
+        let mut report = VerifyReport {
+            events_checked: 0,
+            first_seq: 0,
+            last_seq: 0,
+            last_hash: String::new(),
+            checkpoints: 0,
+            checkpoints_verified: 0,
+            last_signed_seq: 0,
+            keys: keys.ids().map(str::to_string).collect(),
+            findings: Vec::new(),
+            findings_omitted: 0,
+        };
+        let mut cps: BTreeMap<u64, Vec<(Checkpoint, CpState)>> = BTreeMap::new();
+        for cp in checkpoints {
+            if cp.seq < first_expected {
+                continue;
+            }
+            let state = if keys.is_empty() {
+                CpState::Unchecked
+            } else {
+                match keys.verify_checkpoint(&cp) {
+                    Ok(()) => CpState::Valid,
+                    Err(SignatureError::UnknownKey) => {
+                        report.push(
+                            FindingKind::UnknownKey,
+                            Some(cp.seq),
+                            format!(
+                                "the checkpoint at event {} was signed by key {}, which was not given",
+                                cp.seq, cp.key_id
+                            ),
+                        );
+                        CpState::Unchecked
+                    }
+                    Err(SignatureError::Invalid) => {
+                        report.push(
+                            FindingKind::BadSignature,
+                            Some(cp.seq),
+                            format!(
+                                "the checkpoint at event {} does not carry a valid signature of key {}",
+                                cp.seq, cp.key_id
+                            ),
+                        );
+                        CpState::Bad
+                    }
+                }
+            };
+            cps.entry(cp.seq).or_default().push((cp, state));
+        }
+        Walk {
+            keys,
+            cps,
+            report,
+            expected: first_expected,
+            prev: None,
+            suppress_link: false,
+        }
+    }
+
+    /// The next event, stored at (or listed as) position `pos`.
+    pub(crate) fn event(&mut self, pos: u64, stored: &[u8]) {
+        if pos < self.expected {
+            self.report.push(
+                FindingKind::Duplicated,
+                Some(pos),
+                format!("event {pos} appears more than once"),
+            );
+            return;
+        }
+        if pos > self.expected {
+            let msg = if pos - self.expected == 1 {
+                format!("event {} is missing", self.expected)
+            } else {
+                format!("events {} to {} are missing", self.expected, pos - 1)
+            };
+            self.report.push(FindingKind::Missing, Some(self.expected), msg);
+            self.suppress_link = true;
+        }
+        if self.report.events_checked == 0 {
+            self.report.first_seq = pos;
+        }
+        self.expected = pos + 1;
+        self.report.events_checked += 1;
+        self.report.last_seq = pos;
+
+        let parsed = canonical_from_stored(stored).and_then(|(canonical, recorded)| {
+            let link: Link = serde_json::from_slice(stored).ok()?;
+            let claimed_prev = decode_hash(&link.prev_hash)?;
+            Some((canonical, recorded, link.seq, claimed_prev))
+        });
+        let Some((canonical, recorded, claimed_seq, claimed_prev)) = parsed else {
+            self.report.push(
+                FindingKind::Altered,
+                Some(pos),
+                format!("event {pos} is not a readable event record"),
+            );
+            self.prev = None;
+            self.report.last_hash.clear();
+            self.suppress_link = true;
+            return;
+        };
+        let mut out_of_place = false;
+        if claimed_seq != pos {
+            self.report.push(
+                FindingKind::Reordered,
+                Some(pos),
+                format!("the event in place {pos} is event {claimed_seq}"),
+            );
+            out_of_place = true;
+        } else if chain_hash(&claimed_prev, &canonical) != recorded {
+            self.report.push(
+                FindingKind::Altered,
+                Some(pos),
+                format!("event {pos} was altered: its content does not match its hash"),
+            );
+        } else if !self.suppress_link {
+            if pos == 1 && claimed_prev != [0u8; 32] {
+                self.report.push(
+                    FindingKind::BrokenLink,
+                    Some(pos),
+                    "event 1 does not start from the genesis hash".to_string(),
+                );
+            } else if let Some(p) = self.prev
+                && p != claimed_prev
+            {
+                self.report.push(
+                    FindingKind::BrokenLink,
+                    Some(pos),
+                    format!(
+                        "event {pos} does not link to event {}: an event was replaced, inserted or removed",
+                        pos - 1
+                    ),
+                );
+            }
+        }
+        self.suppress_link = out_of_place;
+        self.prev = Some(recorded);
+        self.report.last_hash = hex::encode(recorded);
+
+        if let Some(cps) = self.cps.get(&pos) {
+            let recorded_hex = hex::encode(recorded);
+            for (cp, state) in cps {
+                if *state == CpState::Bad {
+                    continue;
+                }
+                if cp.hash != recorded_hex {
+                    self.report.push(
+                        FindingKind::CheckpointMismatch,
+                        Some(pos),
+                        format!(
+                            "the checkpoint signed at {} by {} names another chain head for event {pos}: \
+                             events up to {pos} were rewritten after it was signed",
+                            gatehouse_core::time::rfc3339_micros(cp.time_us),
+                            cp.key_id
+                        ),
+                    );
+                } else if *state == CpState::Valid {
+                    self.report.checkpoints_verified += 1;
+                    self.report.last_signed_seq = pos;
+                }
+            }
+        }
+    }
+
+    /// Finish: checkpoints and the recorded head beyond the last event, and what stayed
+    /// unsigned. `recorded_head`: the log's own head marker, when there is one.
+    pub(crate) fn finish(mut self, recorded_head: Option<(u64, String)>) -> VerifyReport {
+        let last = self.report.last_seq;
+        self.report.checkpoints = self
+            .cps
+            .range(self.report.first_seq.max(1)..)
+            .map(|(_, v)| v.len() as u64)
+            .sum();
+        if let Some((&seq, cps)) = self.cps.range(last + 1..).next_back()
+            && cps.iter().any(|(_, s)| *s != CpState::Bad)
+        {
+            let signed = cps.iter().any(|(_, s)| *s == CpState::Valid);
+            self.report.push_always(
+                FindingKind::Truncated,
+                Some(last + 1),
+                format!(
+                    "a {}checkpoint covers events up to {seq}, but the events end at {last}: \
+                     {} events were cut off the end",
+                    if signed { "signed " } else { "" },
+                    seq - last
+                ),
+            );
+        }
+        if let Some((head_seq, head_hash)) = recorded_head {
+            if head_seq > last {
+                self.report.push_always(
+                    FindingKind::Truncated,
+                    Some(last + 1),
+                    format!(
+                        "the log's head marker names event {head_seq}, but the events end at {last}: \
+                         {} events were cut off the end",
+                        head_seq - last
+                    ),
+                );
+            } else if head_seq < last || head_hash != self.report.last_hash {
+                self.report.push_always(
+                    FindingKind::BrokenLink,
+                    Some(head_seq.max(1)),
+                    format!(
+                        "the log's head marker (event {head_seq}) does not match its last event ({last})"
+                    ),
+                );
+            }
+        }
+        if self.report.events_checked > 0 {
+            if self.keys.is_empty() {
+                self.report.push_always(
+                    FindingKind::NoKey,
+                    None,
+                    "no public key given: checkpoint signatures were not checked, so only the \
+                     chain's internal consistency was verified"
+                        .to_string(),
+                );
+            } else if self.report.last_signed_seq < last {
+                let from = self
+                    .report
+                    .last_signed_seq
+                    .max(self.report.first_seq.saturating_sub(1))
+                    + 1;
+                self.report.push_always(
+                    FindingKind::UnsignedTail,
+                    Some(from),
+                    format!(
+                        "{} events after the last verified checkpoint (events {from} to {last}) are \
+                         protected by the hash chain only",
+                        last + 1 - from
+                    ),
+                );
+            }
+        }
+        self.report
+    }
+}
