@@ -189,13 +189,8 @@ enum AuditCmd {
     Export {
         #[arg(long)]
         log: PathBuf,
-        /// Start of the window: RFC 3339, a date, `now` or relative (`-24h`); default: the
-        /// beginning of the log.
-        #[arg(long, allow_hyphen_values = true)]
-        from: Option<String>,
-        /// End of the window (same forms); default: now.
-        #[arg(long, allow_hyphen_values = true)]
-        to: Option<String>,
+        #[command(flatten)]
+        window: Window,
         /// Output directory (created; must be empty if it exists).
         #[arg(long)]
         out: PathBuf,
@@ -210,6 +205,31 @@ enum AuditCmd {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// A time window of the log (`--from`, `--to`).
+#[derive(clap::Args)]
+struct Window {
+    /// Start of the window: RFC 3339, a date, `now` or relative (`-24h`, `-7d`); default: the
+    /// beginning of the log.
+    #[arg(long, allow_hyphen_values = true)]
+    from: Option<String>,
+    /// End of the window (same forms); default: now.
+    #[arg(long, allow_hyphen_values = true)]
+    to: Option<String>,
+}
+
+impl Window {
+    /// `(from_us, to_us)`, inclusive.
+    fn resolve(&self) -> Result<(i64, i64)> {
+        let parse = |t: &str| gatehouse_core::time::parse_instant(t).map_err(anyhow::Error::msg);
+        let from_us = self.from.as_deref().map(parse).transpose()?.unwrap_or(i64::MIN);
+        let to_us = match self.to.as_deref() {
+            Some(t) => parse(t)?,
+            None => gatehouse_core::time::now_micros(),
+        };
+        Ok((from_us, to_us))
+    }
 }
 
 #[derive(Subcommand)]
@@ -233,13 +253,8 @@ enum PolicyCmd {
         policies: PathBuf,
         #[arg(long)]
         log: PathBuf,
-        /// Start of the window: RFC 3339, a date, `now` or relative (`-7d`); default: the
-        /// beginning of the log.
-        #[arg(long, allow_hyphen_values = true)]
-        from: Option<String>,
-        /// End of the window; default: now.
-        #[arg(long, allow_hyphen_values = true)]
-        to: Option<String>,
+        #[command(flatten)]
+        window: Window,
         #[arg(long)]
         json: bool,
         /// Exit with 1 when any decision would change (for CI on a policy repository).
@@ -380,18 +395,12 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 PolicyCmd::Whatif {
                     policies,
                     log,
-                    from,
-                    to,
+                    window,
                     json,
                     fail_on_change,
                 },
         } => {
-            let parse = |t: &str| gatehouse_core::time::parse_instant(t).map_err(anyhow::Error::msg);
-            let from_us = from.as_deref().map(parse).transpose()?.unwrap_or(i64::MIN);
-            let to_us = match to.as_deref() {
-                Some(t) => parse(t)?,
-                None => gatehouse_core::time::now_micros(),
-            };
+            let (from_us, to_us) = window.resolve()?;
             let engine = gatehouse_policy::PolicyEngine::load(&policies)?;
             let reader = gatehouse_recorder::LogReader::open(&log)?;
             let report = gatehouse::whatif::whatif(&reader, &engine, from_us, to_us)?;
@@ -569,17 +578,11 @@ fn audit(cmd: AuditCmd) -> Result<ExitCode> {
         } => audit_verify(log, bundle, &keys, strict, json),
         AuditCmd::Export {
             log,
-            from,
-            to,
+            window,
             out,
             sign_key,
         } => {
-            let parse = |t: &str| gatehouse_core::time::parse_instant(t).map_err(anyhow::Error::msg);
-            let from_us = from.as_deref().map(parse).transpose()?.unwrap_or(i64::MIN);
-            let to_us = match to.as_deref() {
-                Some(t) => parse(t)?,
-                None => gatehouse_core::time::now_micros(),
-            };
+            let (from_us, to_us) = window.resolve()?;
             let signer = sign_key
                 .map(|p| -> Result<_> {
                     let pem =
