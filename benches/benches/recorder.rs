@@ -41,6 +41,7 @@ fn decision(stmt: &SqlStatement, session: u64, op: u64) -> NewEvent {
             plugins: Vec::new(),
             hold: None,
             approval: None,
+            unheld: None,
         },
     )
 }
@@ -99,6 +100,7 @@ fn bench_append(c: &mut Criterion) {
                 every_events: 1000,
                 every_secs: 10,
             }),
+            shipping: None,
         })
         .unwrap_or_else(|e| fail("opening the recorder", e));
 

@@ -53,6 +53,8 @@ pub struct Harness {
     pub addr: SocketAddr,
     /// The admin API (the demo config always has one).
     pub admin: Option<SocketAddr>,
+    /// The metrics endpoint, when the config has `[metrics]`.
+    pub metrics: Option<SocketAddr>,
     gateway: Child,
     pub dir: tempfile::TempDir,
 }
@@ -106,6 +108,7 @@ impl Harness {
             setup,
             addr: addrs.pg,
             admin: addrs.admin,
+            metrics: addrs.metrics,
             gateway,
             dir,
         })
@@ -205,6 +208,7 @@ impl Harness {
         self.gateway = gateway;
         self.addr = addrs.pg;
         self.admin = addrs.admin;
+        self.metrics = addrs.metrics;
         Ok(())
     }
 
@@ -357,4 +361,144 @@ tls = "verify-full"
 ca_file = "@CA_FILE@"
 "#
     )
+}
+
+/// `GET path` over plain HTTP/1.1 (the gateway's metrics endpoint): (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(c, "GET {path} HTTP/1.1\r\nHost: gatehouse\r\n\r\n")?;
+    let mut out = String::new();
+    c.read_to_string(&mut out)?;
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status")?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of an unlabelled metric in exposition text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A real S3 API on `127.0.0.1:0`: moto's server (PyPI `moto[server]`, installed by
+/// `deploy/setup.sh`), with `bucket` created. Stopped on drop.
+pub struct S3Server {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl S3Server {
+    pub fn start(bucket: &str) -> Result<S3Server> {
+        const SCRIPT: &str = r#"
+import logging, sys, urllib.request
+from moto.server import ThreadedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+s = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+s.start()
+host, port = s.get_host_and_port()
+urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/{sys.argv[1]}", method="PUT"))
+print(port, flush=True)
+sys.stdin.read()
+"#;
+        let mut child = Command::new("python3")
+            .args(["-c", SCRIPT, bucket])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting moto (python3 -m pip install 'moto[server]')")?;
+        let stdout = child.stdout.take().context("moto stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let port: u16 = match line.trim().parse() {
+            Ok(p) => p,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("moto did not start (printed `{}`)", line.trim());
+            }
+        };
+        Ok(S3Server {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child,
+        })
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP forwarder on `127.0.0.1:0` to `target` that can be switched off, as a network outage
+/// would: while off, open connections are cut and new ones are closed at once.
+pub struct TcpSwitch {
+    pub addr: SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl TcpSwitch {
+    pub fn start(target: SocketAddr) -> Result<TcpSwitch> {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::<std::net::TcpStream>::new()));
+        let (u, cs) = (up.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !u.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                let (Ok(c2), Ok(s2), Ok(c3), Ok(s3)) = (
+                    client.try_clone(),
+                    server.try_clone(),
+                    client.try_clone(),
+                    server.try_clone(),
+                ) else {
+                    continue;
+                };
+                if let Ok(mut g) = cs.lock() {
+                    g.push(c3);
+                    g.push(s3);
+                }
+                let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                };
+                pipe(client, s2);
+                pipe(server, c2);
+            }
+        });
+        Ok(TcpSwitch { addr, up, conns })
+    }
+
+    /// Let connections through (`true`) or cut them all (`false`).
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+        if !up && let Ok(mut g) = self.conns.lock() {
+            for c in g.drain(..) {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
 }

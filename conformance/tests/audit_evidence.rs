@@ -217,7 +217,8 @@ fn recorded_sessions_verify_export_and_expose_tampering() {
             "/nonexistent.pem",
         ])
         .unwrap();
-    assert_eq!(code(&out), 4, "{}", text(&out));
+    // A key that cannot be read is a usage error.
+    assert_eq!(code(&out), 2, "{}", text(&out));
     let out = h
         .gatehouse(&["audit", "verify", "--log", "/nonexistent", "--key", &pubkey])
         .unwrap();
@@ -402,6 +403,14 @@ forbid (
   action == Gatehouse::Action::"query",
   resource
 ) when { context.kind == "select" && context.tables_read.contains("public.orders") };
+
+@id("alice-connect-approved")
+@approvers("dba")
+forbid (
+  principal == Gatehouse::User::"alice",
+  action == Gatehouse::Action::"connect",
+  resource
+);
 "#,
     )
     .unwrap();
@@ -468,9 +477,30 @@ forbid (
         )),
         "{summary:?}"
     );
-    // The DELETE was denied and still is; psql's own catalog queries, connects: unchanged.
-    assert_eq!(changes.len(), 2, "{summary:?}");
-    let alice = changes.iter().find(|c| c["principal"] == "user:alice").unwrap();
+    // A connection cannot be held: the gateway would deny it, and what-if says so.
+    let connect = changes
+        .iter()
+        .find(|c| c["action"] == "connect")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(
+        (&connect["principal"], &connect["old"], &connect["new"]),
+        (
+            &serde_json::json!("user:alice"),
+            &serde_json::json!("allow"),
+            &serde_json::json!("deny")
+        ),
+        "{v}"
+    );
+    assert_eq!(
+        connect["new_policies"],
+        serde_json::json!(["alice-connect-approved"])
+    );
+    // The DELETE was denied and still is; psql's own catalog queries, other connects: unchanged.
+    assert_eq!(changes.len(), 3, "{summary:?}");
+    let alice = changes
+        .iter()
+        .find(|c| c["principal"] == "user:alice" && c["action"] == "query")
+        .unwrap();
     assert_eq!(alice["new_policies"], serde_json::json!(["alice-no-reads"]));
     assert!(!alice["old_policies"].as_array().unwrap().is_empty());
     let agent = changes
@@ -494,7 +524,7 @@ forbid (
         .unwrap();
     assert_eq!(code(&out), 1, "{}", text(&out));
     let t = text(&out);
-    assert!(t.contains("2 of "), "{t}");
+    assert!(t.contains("3 of "), "{t}");
     assert!(
         t.contains("allow [") && t.contains("-> deny [alice-no-reads]"),
         "{t}"

@@ -381,6 +381,55 @@ pub struct RecorderConfig {
     /// Signed checkpoints of the chain head (off when absent).
     #[serde(default)]
     pub checkpoints: Option<CheckpointConfig>,
+    /// Shipping sealed segments off the host (off when absent; needs checkpoints).
+    #[serde(default)]
+    pub shipping: Option<ShippingConfig>,
+}
+
+/// `[recorder.shipping]`: sealed segments of the log (each ending at a signed checkpoint) are
+/// copied to an object store, at least once, in order, named by their seq range so a re-send
+/// replaces an object with the same content.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShippingConfig {
+    /// `file:///absolute/path` or `s3://bucket[/prefix]`.
+    pub sink: String,
+    /// S3: the endpoint of an S3-compatible service (default: AWS's for `region`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// S3 credentials (default: none, for endpoints that need none).
+    #[serde(default)]
+    pub access_key_id: Option<SecretRef>,
+    #[serde(default)]
+    pub secret_access_key: Option<SecretRef>,
+    /// Allow an `http://` endpoint (a sink on a private network, tests).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// How often to look for newly sealed segments (also the retry interval after a failure,
+    /// doubled up to 30 s).
+    #[serde(default = "default_ship_interval")]
+    pub interval_secs: u64,
+    /// Events not yet acknowledged by the sink above which shipping reports itself lagging
+    /// (`/healthz`, metrics, a warning and a notice in the log).
+    #[serde(default = "default_backlog_alert")]
+    pub backlog_alert_events: u64,
+    /// Encrypt segments before they leave the host: an AES-256-GCM key, 64 hex digits.
+    #[serde(default)]
+    pub encryption_key: Option<SecretRef>,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_string()
+}
+
+fn default_ship_interval() -> u64 {
+    2
+}
+
+fn default_backlog_alert() -> u64 {
+    100_000
 }
 
 fn default_max_batch() -> usize {

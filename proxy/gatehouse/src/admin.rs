@@ -17,6 +17,7 @@
 //! | `POST /v1/approvals/{id}/deny` | approvers | `{"comment": "…"}` (optional) |
 //! | `GET /v1/sessions?limit=100` | admins, auditors | recorded sessions, newest first |
 //! | `GET /v1/sessions/{id}` | admins, auditors | summary, events (as stored, hash-chained), transcript |
+//! | `GET /v1/audit/search?principal=&target=&kind=&decision=&policy=&text=&from=&to=&limit=` | admins, auditors | matching events, newest first, from the log's search indexes |
 //!
 //! `admin-openapi.json` beside `Cargo.toml` describes every route and answer; a test checks
 //! the server against it.
@@ -255,6 +256,7 @@ impl AdminApi {
             },
             ("GET", ["v1", "sessions"]) => self.sessions(&caller, query).await,
             ("GET", ["v1", "sessions", id]) => self.session(&caller, id).await,
+            ("GET", ["v1", "audit", "search"]) => self.search(&caller, query).await,
             ("POST", ["v1", "approvals", id, verb]) => {
                 let Some(body) = body else {
                     return Reply::error(413, "request body too large");
@@ -323,6 +325,56 @@ impl AdminApi {
                 sessions.truncate(limit);
                 Reply::ok(serde_json::json!({ "sessions": sessions }))
             }
+            _ => Reply::error(503, "the audit log cannot be read"),
+        }
+    }
+
+    async fn search(&self, caller: &Principal, query: &str) -> Reply {
+        if !self.reads_everything(caller) {
+            return Reply::error(403, "only admins and auditors search the audit log");
+        }
+        let mut q = gatehouse_recorder::SearchQuery {
+            from_us: i64::MIN,
+            to_us: gatehouse_core::time::now_micros(),
+            limit: 100,
+            ..Default::default()
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
+            let Some(value) = percent_decode(raw) else {
+                return Reply::error(
+                    400,
+                    format!("query parameter `{name}` is not valid percent-encoded UTF-8"),
+                );
+            };
+            let time = |v: &str| gatehouse_core::time::parse_instant(v);
+            match name {
+                "principal" => q.principal = Some(value),
+                "target" => q.target = Some(value),
+                "kind" => q.kind = Some(value),
+                "decision" if matches!(value.as_str(), "allow" | "deny" | "hold") => q.decision = Some(value),
+                "decision" => return Reply::error(400, "`decision` must be allow, deny or hold"),
+                "policy" => q.policy = Some(value),
+                "text" => q.text = Some(value),
+                "from" | "to" => match time(&value) {
+                    Ok(t) if name == "from" => q.from_us = t,
+                    Ok(t) => q.to_us = t,
+                    Err(e) => return Reply::error(400, format!("`{name}`: {e}")),
+                },
+                "limit" => match value.parse::<usize>() {
+                    Ok(n @ 1..=1000) => q.limit = n,
+                    _ => return Reply::error(400, "`limit` must be 1 to 1000"),
+                },
+                _ => return Reply::error(400, format!("unknown query parameter `{name}`")),
+            }
+        }
+        let dir = self.log_dir.clone();
+        let read = tokio::task::spawn_blocking(move || LogReader::open(&dir)?.search(&q)).await;
+        match read {
+            Ok(Ok(found)) => Reply::ok(serde_json::json!({
+                "events": found.events,
+                "truncated": found.truncated,
+            })),
             _ => Reply::error(503, "the audit log cannot be read"),
         }
     }
@@ -410,7 +462,28 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/approvals/{id}/deny"),
     ("GET", "/v1/sessions"),
     ("GET", "/v1/sessions/{id}"),
+    ("GET", "/v1/audit/search"),
 ];
+
+/// `%XX` and `+` decoded; `None` for a bad escape or invalid UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
 
 /// A path matched against [`ROUTES`].
 struct Route<'a> {

@@ -31,6 +31,8 @@ pub struct Gateway {
     pub metrics: Option<Endpoint>,
     /// The admin API, bound, when `[admin]` is configured.
     pub admin: Option<Endpoint>,
+    /// Shipping off the host, when `[recorder.shipping]` is configured.
+    pub shipper: Option<Arc<gatehouse_recorder::Shipper>>,
 }
 
 pub struct BoundListener {
@@ -49,6 +51,8 @@ impl Gateway {
         );
         let recorder = Recorder::open(&config.recorder)
             .with_context(|| format!("opening the audit log in `{}`", config.recorder.dir.display()))?;
+        let shipper =
+            gatehouse_recorder::Shipper::from_config(&config.recorder, recorder.clone())?.map(Arc::new);
         let identities = Arc::new(StaticKeys::from_config(&config.identities).map_err(anyhow::Error::msg)?);
         let plugins = crate::plugins::Plugins::load(&config)?.map(Arc::new);
         let plugin_set = plugins.as_ref().map(|p| p.set().clone());
@@ -130,6 +134,7 @@ impl Gateway {
                         .collect(),
                     targets: targets.iter().map(|(t, r)| (r.name.clone(), t.clone())).collect(),
                     plugins: plugin_set,
+                    shipping: shipper.clone(),
                     approvals: approvals.clone(),
                 };
                 Some(
@@ -162,6 +167,7 @@ impl Gateway {
             listeners,
             metrics,
             admin,
+            shipper,
         })
     }
 
@@ -203,6 +209,9 @@ impl Gateway {
             a.report();
             server.add_service(a);
         }
+        if let Some(s) = &self.shipper {
+            server.add_service(ShipService { shipper: s.clone() });
+        }
         // Every address is out: scripts waiting for the lines above can stop reading.
         {
             use std::io::Write as _;
@@ -211,7 +220,17 @@ impl Gateway {
             let _ = out.flush();
         }
         server.run(RunArgs::default());
+        // The recorder signs its last events as it closes; ship them while we are here (what
+        // does not make it in time goes at the next start).
         self.recorder.shutdown();
+        if let Some(s) = &self.shipper {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            match rt.map(|rt| rt.block_on(s.drain(Duration::from_secs(10)))) {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(sink = %s.sink_url(), error = %e, "final shipping incomplete"),
+                Err(e) => tracing::warn!(error = %e, "no runtime for the final shipping"),
+            }
+        }
         Ok(())
     }
 }
@@ -279,6 +298,30 @@ fn notifier(config: &Config, recorder: &Recorder) -> Result<Option<gatehouse_app
         ));
     });
     Notifier::start(hooks, report).context("starting the approval notifier")
+}
+
+/// Shipping as a pingora background service: it stops with the server.
+struct ShipService {
+    shipper: Arc<gatehouse_recorder::Shipper>,
+}
+
+#[async_trait]
+impl Service for ShipService {
+    async fn start_service(
+        &mut self,
+        _fds: Option<ListenFds>,
+        mut shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        self.shipper.run(stop).await;
+    }
+
+    fn name(&self) -> &str {
+        "shipping"
+    }
 }
 
 /// A PostgreSQL listener as a pingora service: pingora owns runtimes, signals and shutdown; the

@@ -76,6 +76,8 @@ struct Evaluated {
     plugins: Vec<PluginRecord>,
     /// Needs approval.
     needs: Option<Needs>,
+    /// Approval was asked for, but the operation cannot be held: why (it is denied).
+    unheld: Option<String>,
 }
 
 /// Who must approve an operation, and why.
@@ -184,6 +186,7 @@ impl Session {
                     errors: d.errors,
                     plugins: Vec::new(),
                     needs,
+                    unheld: None,
                 }
             }
             None => Evaluated {
@@ -192,6 +195,7 @@ impl Session {
                 errors: vec!["session entities could not be built".into()],
                 plugins: Vec::new(),
                 needs: None,
+                unheld: None,
             },
         };
         // Plugins see what Cedar allowed: a deny or fault denies, a hold asks for approval.
@@ -252,6 +256,7 @@ impl Session {
             plugins: ev.plugins,
             hold: hold.map(Box::new),
             approval: approval.map(Box::new),
+            unheld: ev.unheld,
         }
     }
 
@@ -294,6 +299,7 @@ impl Session {
                         approvers.join(", ")
                     );
                     ev.verdict = deny(reason, ids);
+                    ev.unheld = Some(why.to_string());
                 }
             }
         }
@@ -397,6 +403,7 @@ impl Session {
             plugins: Vec::new(),
             hold: None,
             approval: Some(Box::new(approval_record(req))),
+            unheld: None,
         })
     }
 }

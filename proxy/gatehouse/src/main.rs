@@ -149,6 +149,38 @@ enum AuditCmd {
         #[arg(long)]
         log: PathBuf,
     },
+    /// Find events by principal, target, kind, decision, policy id and statement text in a
+    /// time window, newest first, from the log's search indexes (no full scan).
+    Search {
+        #[arg(long)]
+        log: PathBuf,
+        /// `user:alice`, `agent:etl`.
+        #[arg(long)]
+        principal: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        /// Event kind: session_start, auth_failure, decision, approval_vote, op_result,
+        /// session_end, notice, masking.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Decisions with this outcome.
+        #[arg(long, value_parser = ["allow", "deny", "hold"])]
+        decision: Option<String>,
+        /// Decisions citing this policy id.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Statements containing this text (case-insensitive).
+        #[arg(long)]
+        text: Option<String>,
+        #[command(flatten)]
+        window: Window,
+        /// Most events to print.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One event per line as stored (JSON).
+        #[arg(long)]
+        json: bool,
+    },
     /// List failed connection attempts (bad credentials, unknown targets, TLS or protocol errors).
     Failures {
         #[arg(long)]
@@ -159,13 +191,15 @@ enum AuditCmd {
     ///
     /// Exit codes: 0 intact (every event linked and covered by a verified checkpoint; events
     /// after the last checkpoint, as a running gateway always has, are reported but tolerated
-    /// unless --strict, which auditors use on closed logs and bundles); 1 tampering found
+    /// while that checkpoint is fresh, see --tail-grace, and never under --strict, which
+    /// auditors use on closed logs and bundles); 1 tampering found
     /// (altered, missing, reordered or duplicated events, a broken link, a truncated tail, a bad
     /// signature, a checkpoint naming another head, a bundle file that differs from its
     /// manifest); 3 incomplete (nothing wrong found, but something could not be checked: no key
-    /// given, an unknown key id, unsigned events under --strict, an unsigned manifest); 4 the
-    /// input could not be read; 2 usage errors.
-    #[command(group(clap::ArgGroup::new("input").required(true).args(["log", "bundle"])))]
+    /// given, an unknown key id, an unsigned tail after a stale checkpoint or under --strict,
+    /// an unsigned manifest, no events at all); 4 the input could not be read; 2 usage errors
+    /// (including an unreadable key file).
+    #[command(group(clap::ArgGroup::new("input").required(true).args(["log", "bundle", "shipped"])))]
     Verify {
         /// A log directory (it may be in use by a running gateway).
         #[arg(long)]
@@ -173,12 +207,21 @@ enum AuditCmd {
         /// A bundle directory written by `gatehouse audit export`.
         #[arg(long)]
         bundle: Option<PathBuf>,
+        /// What was shipped to the sink of this gateway config's `[recorder.shipping]`
+        /// (credentials and encryption key are read as the gateway reads them).
+        #[arg(long, value_name = "CONFIG")]
+        shipped: Option<PathBuf>,
         /// A public key (SPKI PEM) trusted to sign checkpoints; repeat for rotated keys.
         #[arg(long = "key")]
         keys: Vec<PathBuf>,
         /// Events after the last checkpoint make the result incomplete (exit 3).
         #[arg(long)]
         strict: bool,
+        /// Without --strict, events after the last checkpoint are tolerated when that
+        /// checkpoint was signed at most this many seconds ago (for a bundle: before its signed
+        /// export time). Keep it above the gateway's `checkpoints.every_secs`.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        tail_grace: u64,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -318,6 +361,23 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 let signer = gatehouse_recorder::CheckpointSigner::from_pem(&pem)
                     .map_err(|e| anyhow::anyhow!("[recorder.checkpoints] key: {e}"))?;
                 println!("checkpoints signed by {}", signer.key_id());
+            }
+            if let Some(s) = &cfg.recorder.shipping {
+                if cfg.recorder.checkpoints.is_none() {
+                    anyhow::bail!(
+                        "[recorder.shipping] ships segments that end at signed checkpoints: configure [recorder.checkpoints] too"
+                    );
+                }
+                let sink = gatehouse_recorder::Sink::from_config(s)?;
+                println!(
+                    "ships to {}{}",
+                    sink.url(),
+                    if s.encryption_key.is_some() {
+                        " (encrypted)"
+                    } else {
+                        ""
+                    }
+                );
             }
             println!(
                 "{}: ok ({} listeners, {} identities, {} targets)",
@@ -555,6 +615,43 @@ fn audit(cmd: AuditCmd) -> Result<ExitCode> {
             print!("{}", gatehouse_recorder::render_transcript(&events));
             Ok(ExitCode::SUCCESS)
         }
+        AuditCmd::Search {
+            log,
+            principal,
+            target,
+            kind,
+            decision,
+            policy,
+            text,
+            window,
+            limit,
+            json,
+        } => {
+            let (from_us, to_us) = window.resolve()?;
+            let r = LogReader::open(&log)?;
+            let found = r.search(&gatehouse_recorder::SearchQuery {
+                principal,
+                target,
+                kind,
+                decision,
+                policy,
+                text,
+                from_us,
+                to_us,
+                limit,
+            })?;
+            for ev in &found.events {
+                if json {
+                    println!("{}", serde_json::to_string(ev)?);
+                } else {
+                    println!("{}", search_line(ev));
+                }
+            }
+            if found.truncated {
+                eprintln!("(more than {limit} events match: narrow the search or raise --limit)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         AuditCmd::Failures { log } => {
             let r = LogReader::open(&log)?;
             for s in r.sessions()?.into_iter().filter(|s| s.auth_failed) {
@@ -572,10 +669,12 @@ fn audit(cmd: AuditCmd) -> Result<ExitCode> {
         AuditCmd::Verify {
             log,
             bundle,
+            shipped,
             keys,
             strict,
+            tail_grace,
             json,
-        } => audit_verify(log, bundle, &keys, strict, json),
+        } => audit_verify(Input { log, bundle, shipped }, &keys, strict, tail_grace, json),
         AuditCmd::Export {
             log,
             window,
@@ -644,38 +743,110 @@ fn write_new_file(path: &std::path::Path, bytes: &[u8], mode: u32) -> Result<()>
     Ok(())
 }
 
-fn audit_verify(
+/// One search hit for people: time, seq, session, principal, what.
+fn search_line(ev: &gatehouse_recorder::Event) -> String {
+    use gatehouse_recorder::EventBody;
+    let what = match &ev.body {
+        EventBody::Decision {
+            action,
+            statement,
+            verdict,
+            hold,
+            ..
+        } => {
+            let outcome = if hold.is_some() {
+                "HOLD"
+            } else if verdict.is_allow() {
+                "ALLOW"
+            } else {
+                "DENY"
+            };
+            let ids = verdict.policy_ids().join(",");
+            match statement {
+                Some(s) => format!(
+                    "{action} {outcome} [{ids}] {}",
+                    gatehouse_recorder::escape_controls(&s.text)
+                ),
+                None => format!("{action} {outcome} [{ids}]"),
+            }
+        }
+        other => gatehouse_recorder::search::kind_name(other).to_string(),
+    };
+    format!(
+        "{}  #{}  {}  {}  {what}",
+        gatehouse_core::time::rfc3339_micros(ev.time_us),
+        ev.seq,
+        ev.session_id,
+        ev.principal.as_deref().unwrap_or("-")
+    )
+}
+
+/// What `audit verify` reads (exactly one is set).
+struct Input {
     log: Option<PathBuf>,
     bundle: Option<PathBuf>,
+    shipped: Option<PathBuf>,
+}
+
+fn audit_verify(
+    input: Input,
     key_files: &[PathBuf],
     strict: bool,
+    tail_grace: u64,
     json: bool,
 ) -> Result<ExitCode> {
-    use gatehouse_recorder::{LogReader, Outcome, PublicKeys};
+    use gatehouse_recorder::{LogReader, Outcome, PublicKeys, TailPolicy};
     let mut keys = PublicKeys::default();
     for p in key_files {
         let pem = match std::fs::read_to_string(p) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("cannot read key {}: {e}", p.display());
-                return Ok(ExitCode::from(4));
+                return Ok(ExitCode::from(2));
             }
         };
         if let Err(e) = keys.add_pem(&pem) {
             eprintln!("{}: {e}", p.display());
-            return Ok(ExitCode::from(4));
+            return Ok(ExitCode::from(2));
         }
     }
-    let (what, result) = match (&log, &bundle) {
-        (Some(dir), _) => (
+    let (what, result) = match (&input.log, &input.bundle, &input.shipped) {
+        (Some(dir), _, _) => (
             format!("log {}", dir.display()),
             LogReader::open(dir).and_then(|r| r.verify(&keys)),
         ),
-        (None, Some(dir)) => (
+        (None, Some(dir), _) => (
             format!("bundle {}", dir.display()),
             gatehouse_recorder::verify_bundle(dir, &keys),
         ),
-        (None, None) => anyhow::bail!("give --log or --bundle"),
+        (None, None, Some(config)) => {
+            let cfg = match Config::load(config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let Some(s) = &cfg.recorder.shipping else {
+                eprintln!("{} has no [recorder.shipping]", config.display());
+                return Ok(ExitCode::from(2));
+            };
+            let sink = match gatehouse_recorder::Sink::from_config(s) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            (
+                format!("shipped segments in {}", sink.url()),
+                rt.block_on(gatehouse_recorder::verify_sink(&sink, &keys)),
+            )
+        }
+        (None, None, None) => anyhow::bail!("give --log, --bundle or --shipped"),
     };
     let report = match result {
         Ok(r) => r,
@@ -684,9 +855,28 @@ fn audit_verify(
             return Ok(ExitCode::from(4));
         }
     };
-    let outcome = report.outcome(strict);
+    let tail = if strict {
+        TailPolicy::Strict
+    } else if input.bundle.is_some() {
+        // A bundle is judged as of its signed export time; unsigned, it has none to trust.
+        match report.exported_us {
+            Some(t) => TailPolicy::Live {
+                now_us: t,
+                grace_us: i64::try_from(tail_grace.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
+            },
+            None => TailPolicy::Strict,
+        }
+    } else {
+        TailPolicy::live(tail_grace)
+    };
+    let outcome = report.outcome(tail);
+    let tail_tolerated = report
+        .findings
+        .iter()
+        .any(|f| f.kind == gatehouse_recorder::FindingKind::UnsignedTail)
+        && report.tail_tolerated(tail);
     if json {
-        let v = serde_json::json!({ "outcome": outcome, "report": report });
+        let v = serde_json::json!({ "outcome": outcome, "unsigned_tail_tolerated": tail_tolerated, "report": report });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let verdict = match outcome {
@@ -721,7 +911,17 @@ fn audit_verify(
             }
         }
         if report.findings_omitted > 0 {
-            println!("  … and {} more findings", report.findings_omitted);
+            println!(
+                "  … and {} more findings ({} showing tampering in all)",
+                report.findings_omitted, report.tampering_findings
+            );
+        }
+        if tail_tolerated {
+            println!(
+                "  (the unsigned tail is tolerated: the last checkpoint was signed {}, within the \
+                 {tail_grace}s grace; use --strict on a closed log)",
+                gatehouse_core::time::rfc3339_micros(report.last_signed_time_us)
+            );
         }
     }
     Ok(ExitCode::from(outcome.exit_code()))

@@ -3,7 +3,8 @@
 //! A small HTTP/1.1 server on an [`Endpoint`] (its own pingora service and thread):
 //!
 //! - `GET /metrics` (or `HEAD`): the text exposition format, version 0.0.4;
-//! - `GET /healthz`: `ok`;
+//! - `GET /healthz`: `ok`, or `degraded: …` with one line per problem (shipping failing or
+//!   lagging behind); always 200, since the gateway keeps serving (the record stays local);
 //! - other paths 404, other methods 405, a malformed request 400, a head over 8 KiB 431, a head
 //!   not complete within 5 s 408; every response closes the connection.
 //!
@@ -223,6 +224,8 @@ pub struct GatewayMetrics {
     /// PostgreSQL targets by name (their pools are shared by every listener).
     pub targets: Vec<(String, Arc<PgTarget>)>,
     pub plugins: Option<Arc<PluginSet>>,
+    /// Shipping off the host (when `[recorder.shipping]` is configured).
+    pub shipping: Option<Arc<gatehouse_recorder::Shipper>>,
     /// Approval requests (when the admin API is configured).
     pub approvals: Option<Arc<gatehouse_approval::Approvals>>,
 }
@@ -303,7 +306,80 @@ impl GatewayMetrics {
         if let Some(set) = &self.plugins {
             out.extend(plugin_families(&set.stats()));
         }
+        if let Some(s) = &self.shipping {
+            use std::sync::atomic::Ordering::Relaxed;
+            let st = s.status();
+            out.extend([
+                Family::gauge(
+                    "gatehouse_shipping_acked_seq",
+                    "Sequence number of the last audit event the sink acknowledged.",
+                )
+                .single(st.acked_seq.load(Relaxed)),
+                Family::gauge(
+                    "gatehouse_shipping_backlog_events",
+                    "Audit events recorded and not yet acknowledged by the sink.",
+                )
+                .single(s.backlog()),
+                Family::counter(
+                    "gatehouse_shipping_segments_total",
+                    "Sealed segments stored in the sink since start.",
+                )
+                .single(st.segments.load(Relaxed)),
+                Family::counter(
+                    "gatehouse_shipping_bytes_total",
+                    "Bytes of segments stored in the sink since start.",
+                )
+                .single(st.bytes.load(Relaxed)),
+                Family::counter(
+                    "gatehouse_shipping_errors_total",
+                    "Failed shipping attempts since start.",
+                )
+                .single(st.errors.load(Relaxed)),
+                Family::gauge(
+                    "gatehouse_shipping_failing",
+                    "1 while shipping fails (the sink is unreachable or refuses), else 0.",
+                )
+                .single(u64::from(
+                    st.failing_since_us.load(Relaxed) != 0 || st.halted.load(Relaxed),
+                )),
+            ]);
+        }
         out
+    }
+
+    /// `/healthz`: `ok`, or `degraded:` and what is wrong.
+    pub fn health(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut problems = Vec::new();
+        if let Some(s) = &self.shipping {
+            let st = s.status();
+            if st.halted.load(Relaxed) {
+                problems.push(format!(
+                    "shipping to {} stopped: {}",
+                    s.sink_url(),
+                    st.last_error().unwrap_or_default()
+                ));
+            } else if st.failing_since_us.load(Relaxed) != 0 {
+                problems.push(format!(
+                    "shipping to {} failing since {}: {} ({} events not shipped)",
+                    s.sink_url(),
+                    gatehouse_core::time::rfc3339_micros(st.failing_since_us.load(Relaxed)),
+                    st.last_error().unwrap_or_default(),
+                    s.backlog()
+                ));
+            } else if st.lagging.load(Relaxed) {
+                problems.push(format!(
+                    "shipping to {} lags: {} events not shipped",
+                    s.sink_url(),
+                    s.backlog()
+                ));
+            }
+        }
+        if problems.is_empty() {
+            "ok\n".to_string()
+        } else {
+            format!("degraded:\n{}\n", problems.join("\n"))
+        }
     }
 
     /// The exposition text.
@@ -401,14 +477,38 @@ pub type RenderFn = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// The metrics endpoint for `metrics`, bound but not yet serving.
 pub fn endpoint(addr: SocketAddr, metrics: Arc<GatewayMetrics>) -> std::io::Result<Endpoint> {
-    endpoint_with(addr, Arc::new(move || metrics.render()))
+    let m = metrics.clone();
+    endpoint_sources(
+        addr,
+        Sources {
+            metrics: Arc::new(move || metrics.render()),
+            health: Arc::new(move || m.health()),
+        },
+    )
 }
 
-/// The same with any source of exposition text.
+/// The same with any source of exposition text (healthz always `ok`).
 pub fn endpoint_with(addr: SocketAddr, render: RenderFn) -> std::io::Result<Endpoint> {
+    endpoint_sources(
+        addr,
+        Sources {
+            metrics: render,
+            health: Arc::new(|| "ok\n".to_string()),
+        },
+    )
+}
+
+/// What the endpoint serves: the exposition text and the health text.
+#[derive(Clone)]
+pub struct Sources {
+    pub metrics: RenderFn,
+    pub health: RenderFn,
+}
+
+fn endpoint_sources(addr: SocketAddr, sources: Sources) -> std::io::Result<Endpoint> {
     let handler: Handler = Arc::new(move |tcp| {
-        let render = render.clone();
-        Box::pin(async move { connection(tcp, &render).await })
+        let sources = sources.clone();
+        Box::pin(async move { connection(tcp, &sources).await })
     });
     Endpoint::bind("metrics", addr, handler)
 }
@@ -519,7 +619,7 @@ impl Response {
     }
 }
 
-fn route(req: &Request, render: &RenderFn) -> Response {
+fn route(req: &Request, sources: &Sources) -> Response {
     let path = req.path.split(['?', '#']).next().unwrap_or_default();
     let known = matches!(path, "/metrics" | "/healthz");
     if !known {
@@ -538,24 +638,24 @@ fn route(req: &Request, render: &RenderFn) -> Response {
         Response {
             status: 200,
             content_type: CONTENT_TYPE,
-            body: render().into_bytes(),
+            body: (sources.metrics)().into_bytes(),
             allow: false,
             head_only: false,
         }
     } else {
-        Response::text(200, "ok\n")
+        Response::text(200, &(sources.health)())
     };
     r.head_only = head_only;
     r
 }
 
-async fn connection(mut tcp: TcpStream, render: &RenderFn) {
+async fn connection(mut tcp: TcpStream, sources: &Sources) {
     let response = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut tcp)).await {
         Err(_) => Response::text(408, "request timeout\n"),
         Ok(Err(HeadError::Gone)) => return,
         Ok(Err(HeadError::Malformed)) => Response::text(400, "bad request\n"),
         Ok(Err(HeadError::TooLarge)) => Response::text(431, "request head too large\n"),
-        Ok(Ok(req)) => route(&req, render),
+        Ok(Ok(req)) => route(&req, sources),
     };
     let bytes = response.to_bytes();
     let sent = tokio::time::timeout(WRITE_TIMEOUT, async {
@@ -703,7 +803,10 @@ mod tests {
 
     #[test]
     fn routes() {
-        let render: RenderFn = Arc::new(|| "m 1\n".to_string());
+        let render = Sources {
+            metrics: Arc::new(|| "m 1\n".to_string()),
+            health: Arc::new(|| "ok\n".to_string()),
+        };
         let req = |m: &str, p: &str| Request {
             method: m.into(),
             path: p.into(),

@@ -8,7 +8,10 @@
 //! compared is Cedar's part of the decision — allow, deny or hold for approval — because plugins
 //! run only on what Cedar allowed: where a plugin denied or held an operation, its Cedar outcome
 //! was "allow", and the report says a plugin had the last word. Decisions re-made after an
-//! approval (`context.approved`) are not re-decided; their original hold is.
+//! approval (`context.approved`) are not re-decided; their original hold is. A hold the gateway
+//! could not open (it denied instead, recorded as `unheld`) counts as a hold. Operations that
+//! can never be held (connections, statements without text) compare a hold as the deny it
+//! becomes.
 //!
 //! Limits: sessions recorded before target tags were recorded re-decide with no tags (counted
 //! in the report); `context.auth.token_age_secs` and `mfa` are not recorded yet and are taken as
@@ -148,6 +151,7 @@ fn recorded_outcome(body: &EventBody) -> Option<(CedarOutcome, Vec<String>, Opti
         verdict,
         plugins,
         hold,
+        unheld,
         ..
     } = body
     else {
@@ -162,7 +166,7 @@ fn recorded_outcome(body: &EventBody) -> Option<(CedarOutcome, Vec<String>, Opti
     };
     let outcome = if plugin.is_some() {
         CedarOutcome::Allow
-    } else if hold.is_some() {
+    } else if hold.is_some() || unheld.is_some() {
         CedarOutcome::Hold
     } else if verdict.is_allow() {
         CedarOutcome::Allow
@@ -211,48 +215,58 @@ pub fn whatif(reader: &LogReader, engine: &PolicyEngine, from_us: i64, to_us: i6
                 ("query", Some(stmt)) => Operation::Query(Arc::new(stmt.clone())),
                 _ => continue,
             };
-            let Some((old, old_policies, plugin_verdict)) = recorded_outcome(&ev.body) else {
+            let Some((mut old, old_policies, plugin_verdict)) = recorded_outcome(&ev.body) else {
                 continue;
             };
+            // The gateway denies what it cannot hold, whatever the policies say.
+            let holdable = matches!(&op, Operation::Query(s) if !s.text.trim().is_empty());
+            if !holdable && old == CedarOutcome::Hold {
+                old = CedarOutcome::Deny;
+            }
             if !sessions.contains_key(&ev.session_id) {
                 let state = load_session(reader, engine, &ev.session_id, &mut report)?;
                 sessions.insert(ev.session_id.clone(), state);
             }
-            let (new, new_policies, new_approvers, errors, target) = match sessions.get(&ev.session_id) {
-                None | Some(SessionState::Missing) => {
-                    report.skipped_no_session += 1;
-                    continue;
-                }
-                Some(SessionState::Failed { error, target }) => (
-                    CedarOutcome::Deny,
-                    Vec::new(),
-                    Vec::new(),
-                    vec![error.clone()],
-                    target.clone(),
-                ),
-                Some(SessionState::Ready { policy, target }) => {
-                    let d = engine.decide_at(policy, &op, false, ev.time_us);
-                    let ids = match &d.verdict {
-                        Verdict::Allow { policy_ids } | Verdict::Deny { policy_ids, .. } => {
-                            policy_ids.clone()
-                        }
-                    };
-                    let outcome = if d.needs_approval.is_some() {
-                        CedarOutcome::Hold
-                    } else if d.verdict.is_allow() {
-                        CedarOutcome::Allow
-                    } else {
-                        CedarOutcome::Deny
-                    };
-                    (
-                        outcome,
-                        ids,
-                        d.needs_approval.unwrap_or_default(),
-                        d.errors,
+            let (mut new, new_policies, mut new_approvers, errors, target) =
+                match sessions.get(&ev.session_id) {
+                    None | Some(SessionState::Missing) => {
+                        report.skipped_no_session += 1;
+                        continue;
+                    }
+                    Some(SessionState::Failed { error, target }) => (
+                        CedarOutcome::Deny,
+                        Vec::new(),
+                        Vec::new(),
+                        vec![error.clone()],
                         target.clone(),
-                    )
-                }
-            };
+                    ),
+                    Some(SessionState::Ready { policy, target }) => {
+                        let d = engine.decide_at(policy, &op, false, ev.time_us);
+                        let ids = match &d.verdict {
+                            Verdict::Allow { policy_ids } | Verdict::Deny { policy_ids, .. } => {
+                                policy_ids.clone()
+                            }
+                        };
+                        let outcome = if d.needs_approval.is_some() {
+                            CedarOutcome::Hold
+                        } else if d.verdict.is_allow() {
+                            CedarOutcome::Allow
+                        } else {
+                            CedarOutcome::Deny
+                        };
+                        (
+                            outcome,
+                            ids,
+                            d.needs_approval.unwrap_or_default(),
+                            d.errors,
+                            target.clone(),
+                        )
+                    }
+                };
+            if !holdable && new == CedarOutcome::Hold {
+                new = CedarOutcome::Deny;
+                new_approvers.clear();
+            }
             report.decided += 1;
             if new == old {
                 report.unchanged += 1;
@@ -295,7 +309,14 @@ fn load_session(
     let Some(summary) = reader.session(session_id)? else {
         return Ok(SessionState::Missing);
     };
-    let Some(start) = reader.events(summary.first_seq, 1)?.into_iter().next() else {
+    // The session's first event must be exactly where its summary says (an event from another
+    // session must never lend its principal).
+    let Some(start) = reader
+        .events(summary.first_seq, 1)?
+        .into_iter()
+        .next()
+        .filter(|e| e.seq == summary.first_seq && e.session_id == session_id)
+    else {
         return Ok(SessionState::Missing);
     };
     let Some((ctx, no_tags)) = session_ctx(&start) else {

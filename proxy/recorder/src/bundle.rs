@@ -17,7 +17,7 @@
 //! manifest signature additionally vouches for the derived files (summaries, transcripts).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use crate::checkpoint::{Checkpoint, CheckpointSigner, PublicKeys, SignatureError};
 use crate::error::RecorderError;
 use crate::reader::LogReader;
-use crate::verify::{FindingKind, VerifyReport, Walk};
+use crate::verify::{FindingKind, RecordedHead, VerifyReport, Walk};
 
 /// Name of the bundle format.
 pub const BUNDLE_FORMAT: &str = "gatehouse-bundle-v1";
@@ -38,6 +38,9 @@ const TRANSCRIPTS: &str = "transcripts";
 const REPORT: &str = "report.html";
 const MANIFEST: &str = "manifest.json";
 const MANIFEST_SIG: &str = "manifest.sig";
+/// Verification reads no bundle file larger than this (a hostile bundle must not exhaust
+/// memory); export never writes one (a window that large should be split).
+pub const MAX_BUNDLE_FILE: u64 = 4 << 30;
 
 /// What to export.
 pub struct ExportOptions<'a> {
@@ -155,6 +158,24 @@ pub fn export_bundle(reader: &LogReader, o: &ExportOptions<'_>) -> Result<Bundle
             )));
         }
     }
+    // Never sign a bundle of a log that is already tampered with: the signature would lend it
+    // credibility. (Incomplete is fine: a log without checkpoints exports as such, and the
+    // report says so.)
+    let mut keys = PublicKeys::default();
+    if let Some(signer) = o.signer {
+        keys.add_pem(&signer.public_pem())
+            .map_err(|e| RecorderError::Invalid(format!("the signing key's public half: {e}")))?;
+    }
+    let check = reader.verify(&keys)?;
+    if let Some(f) = check.first_tampering() {
+        return Err(RecorderError::Invalid(format!(
+            "the log fails verification ({} finding{} of tampering, the first: {}); \
+             nothing was exported: run `gatehouse audit verify` for the details",
+            check.tampering_findings,
+            if check.tampering_findings == 1 { "" } else { "s" },
+            f.message
+        )));
+    }
     std::fs::create_dir_all(o.out.join(TRANSCRIPTS)).map_err(|e| io_err(o.out, e))?;
 
     // Which seqs fall in the window, and which sessions they belong to.
@@ -194,7 +215,7 @@ pub fn export_bundle(reader: &LogReader, o: &ExportOptions<'_>) -> Result<Bundle
             None => {
                 let end = reader.last_seq()?;
                 let signed = checkpoints.last().map(|c| c.seq).unwrap_or(0);
-                (end, end - signed.max(first - 1))
+                (end, end.saturating_sub(signed.max(first - 1)))
             }
         }
     };
@@ -233,9 +254,9 @@ pub fn export_bundle(reader: &LogReader, o: &ExportOptions<'_>) -> Result<Bundle
     summaries.sort_by(|a, b| a.start_us.cmp(&b.start_us).then(a.first_seq.cmp(&b.first_seq)));
     files.insert(SESSIONS.to_string(), jsonl(&summaries)?);
     let created_us = gatehouse_core::time::now_micros();
-    let mut keys: Vec<String> = cps.iter().map(|c| c.key_id.clone()).collect();
-    keys.sort();
-    keys.dedup();
+    let mut cp_keys: Vec<String> = cps.iter().map(|c| c.key_id.clone()).collect();
+    cp_keys.sort();
+    cp_keys.dedup();
     let head_hash = if last > 0 {
         reader.events(last, 1)?.into_iter().next().map(|e| e.hash)
     } else {
@@ -248,7 +269,8 @@ pub fn export_bundle(reader: &LogReader, o: &ExportOptions<'_>) -> Result<Bundle
         first_seq: first,
         last_seq: last,
         checkpoints: cps.len(),
-        checkpoint_keys: keys,
+        checkpoint_keys: cp_keys,
+        unsigned_events: unsigned,
         head_hash,
         sessions: &summaries,
         transcripts: &transcripts,
@@ -257,6 +279,14 @@ pub fn export_bundle(reader: &LogReader, o: &ExportOptions<'_>) -> Result<Bundle
     files.insert(REPORT.to_string(), report.into_bytes());
 
     let mut entries = Vec::new();
+    for (name, bytes) in &files {
+        if bytes.len() as u64 > MAX_BUNDLE_FILE {
+            return Err(RecorderError::Invalid(format!(
+                "{name} would be {} bytes, over the {MAX_BUNDLE_FILE}-byte limit: export a shorter window",
+                bytes.len()
+            )));
+        }
+    }
     for (name, bytes) in &files {
         let path = o.out.join(name);
         std::fs::write(&path, bytes).map_err(|e| io_err(&path, e))?;
@@ -330,7 +360,10 @@ fn list_files(dir: &Path) -> Result<Vec<String>, RecorderError> {
         {
             let entry = entry.map_err(RecorderError::read)?;
             let p = entry.path();
-            if p.is_dir() {
+            // file_type() does not follow symlinks: a linked directory is listed (as a
+            // non-regular file), never walked into.
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if is_dir {
                 stack.push(p);
             } else if let Ok(rel) = p.strip_prefix(dir) {
                 out.push(
@@ -350,13 +383,32 @@ fn list_files(dir: &Path) -> Result<Vec<String>, RecorderError> {
 /// the events' chain against the checkpoints. An `Err` means the bundle could not be read
 /// (no manifest, unreadable files).
 pub fn verify_bundle(dir: &Path, keys: &PublicKeys) -> Result<VerifyReport, RecorderError> {
+    // Only regular files, read without following links (a link could point anywhere on the
+    // verifier's machine, a FIFO would block) and up to the size cap.
     let read = |name: &str| -> Result<Option<Vec<u8>>, RecorderError> {
         let p = dir.join(name);
-        match std::fs::read(&p) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(RecorderError::read(format!("{}: {e}", p.display()))),
+        let bad = |what: String| RecorderError::Corrupt(format!("{}: {what}", p.display()));
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if !m.file_type().is_file() => return Err(bad("not a regular file".to_string())),
+            Ok(m) if m.len() > MAX_BUNDLE_FILE => {
+                return Err(bad(format!(
+                    "{} bytes, over the {MAX_BUNDLE_FILE}-byte limit",
+                    m.len()
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(RecorderError::read(format!("{}: {e}", p.display()))),
         }
+        let f = std::fs::File::open(&p).map_err(|e| RecorderError::read(format!("{}: {e}", p.display())))?;
+        let mut v = Vec::new();
+        f.take(MAX_BUNDLE_FILE + 1)
+            .read_to_end(&mut v)
+            .map_err(|e| RecorderError::read(format!("{}: {e}", p.display())))?;
+        if v.len() as u64 > MAX_BUNDLE_FILE {
+            return Err(bad("grew over the size limit while being read".to_string()));
+        }
+        Ok(Some(v))
     };
     let manifest_bytes = read(MANIFEST)?.ok_or_else(|| RecorderError::NotFound {
         path: dir.join(MANIFEST).display().to_string(),
@@ -373,11 +425,13 @@ pub fn verify_bundle(dir: &Path, keys: &PublicKeys) -> Result<VerifyReport, Reco
     // Checkpoints first: the walk needs them.
     let mut pre = Vec::new();
     let mut checkpoints = Vec::new();
-    for (i, line) in read(CHECKPOINTS)?
-        .unwrap_or_default()
-        .split(|b| *b == b'\n')
-        .enumerate()
-    {
+    // A listed file that is not a regular file is reported below, against the manifest.
+    let read_listed = |name: &str| match read(name) {
+        Ok(v) => Ok(v.unwrap_or_default()),
+        Err(RecorderError::Corrupt(_)) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    };
+    for (i, line) in read_listed(CHECKPOINTS)?.split(|b| *b == b'\n').enumerate() {
         if line.is_empty() {
             continue;
         }
@@ -395,7 +449,7 @@ pub fn verify_bundle(dir: &Path, keys: &PublicKeys) -> Result<VerifyReport, Reco
 
     // Events, in the order listed; anything listed before an earlier-numbered event is out of
     // place. They are then walked in seq order.
-    let events = read(EVENTS)?.unwrap_or_default();
+    let events = read_listed(EVENTS)?;
     let mut listed: Vec<(u64, &[u8])> = Vec::new();
     let mut max_seen = 0u64;
     let mut next_pos = first_expected;
@@ -418,18 +472,18 @@ pub fn verify_bundle(dir: &Path, keys: &PublicKeys) -> Result<VerifyReport, Reco
             ));
         }
         max_seen = max_seen.max(seq);
-        next_pos = seq + 1;
+        next_pos = seq.saturating_add(1);
         listed.push((seq, line));
     }
     listed.sort_by_key(|(seq, _)| *seq);
     for (seq, line) in &listed {
         walk.event(*seq, line);
     }
-    let mut report = walk.finish(None);
+    let mut report = walk.finish(RecordedHead::NotApplicable);
     if manifest.chain.last_seq > report.last_seq {
         report.push_always(
             FindingKind::Truncated,
-            Some(report.last_seq + 1),
+            Some(report.last_seq.saturating_add(1)),
             format!(
                 "the manifest lists events up to {}, but {EVENTS} ends at {}",
                 manifest.chain.last_seq, report.last_seq
@@ -454,7 +508,7 @@ pub fn verify_bundle(dir: &Path, keys: &PublicKeys) -> Result<VerifyReport, Reco
                 format!("{MANIFEST_SIG} is unreadable"),
             ),
             Ok(sig) if !keys.is_empty() => match keys.verify(&sig.key_id, &manifest_bytes, &sig.signature) {
-                Ok(()) => {}
+                Ok(()) => report.exported_us = Some(manifest.created_us),
                 Err(SignatureError::UnknownKey) => report.push_always(
                     FindingKind::UnknownKey,
                     None,
@@ -476,14 +530,23 @@ pub fn verify_bundle(dir: &Path, keys: &PublicKeys) -> Result<VerifyReport, Reco
         let safe = !f.path.is_empty()
             && f.path.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
             && !f.path.starts_with('/');
-        let content = if safe { read(&f.path)? } else { None };
+        let content = if safe { read(&f.path) } else { Ok(None) };
         match content {
-            None => report.push_always(
+            Ok(None) => report.push_always(
                 FindingKind::FileModified,
                 None,
                 format!("{} is listed in the manifest but missing", f.path),
             ),
-            Some(bytes) => {
+            Err(RecorderError::Corrupt(why)) => report.push_always(
+                FindingKind::FileModified,
+                None,
+                format!(
+                    "{} is listed in the manifest but is not what was exported ({why})",
+                    f.path
+                ),
+            ),
+            Err(e) => return Err(e),
+            Ok(Some(bytes)) => {
                 if hex::encode(Sha256::digest(&bytes)) != f.sha256 || bytes.len() as u64 != f.bytes {
                     report.push_always(
                         FindingKind::FileModified,

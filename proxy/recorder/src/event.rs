@@ -78,6 +78,11 @@ pub enum EventBody {
         /// After an approval, `verdict` is the decision re-made with `context.approved`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         approval: Option<Box<ApprovalRecord>>,
+        /// A policy or plugin asked for approval, but this operation cannot be held (a
+        /// connection, a statement without text, a gateway without an admin API): why. It is
+        /// denied (`verdict`); policy what-if reads this to compare like with like.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unheld: Option<String>,
     },
     /// An approver's vote on a held operation's request, recorded in the held session (the
     /// event's principal is the approver).

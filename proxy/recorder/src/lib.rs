@@ -64,6 +64,8 @@ mod error;
 mod event;
 mod reader;
 mod report;
+pub mod search;
+pub mod ship;
 mod store;
 mod transcript;
 pub mod verify;
@@ -77,9 +79,11 @@ pub use event::{
     PluginRecord, VoteRecord, canonical_from_stored, chain_hash, decode_hash,
 };
 pub use reader::LogReader;
+pub use search::{SearchQuery, SearchResult};
+pub use ship::{ShipStatus, Shipper, Sink, verify_sink};
 pub use store::SessionSummary;
 pub use transcript::{clean as escape_controls, render_transcript};
-pub use verify::{Finding, FindingKind, Outcome, VerifyReport};
+pub use verify::{Finding, FindingKind, Outcome, TailPolicy, VerifyReport};
 pub use writer::{GATEWAY_SESSION, Recorder, RecorderStats};
 
 #[cfg(test)]

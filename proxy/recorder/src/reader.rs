@@ -8,7 +8,7 @@ use crate::event::Event;
 use crate::store::{
     self, CF_BY_SESSION, CF_EVENTS, CF_SESSIONS, SessionSummary, seq_from_key, seq_key, session_prefix,
 };
-use crate::verify::{VerifyReport, Walk};
+use crate::verify::{RecordedHead, VerifyReport, Walk};
 use rocksdb::{DB, Direction, IteratorMode};
 
 /// A read-only view of a log, safe to open while a gateway process is writing to it (it takes
@@ -145,21 +145,50 @@ impl LogReader {
         store::checkpoints(&self.db)
     }
 
+    /// Events matching `q`, newest first, from the search indexes (see [`crate::search`]).
+    pub fn search(
+        &self,
+        q: &crate::search::SearchQuery,
+    ) -> Result<crate::search::SearchResult, RecorderError> {
+        crate::search::search(&self.db, q)
+    }
+
+    /// The first checkpoint covering `seq` (its seq is `seq` or later), if any.
+    pub fn checkpoint_at_or_after(&self, seq: u64) -> Result<Option<Checkpoint>, RecorderError> {
+        store::checkpoint_at_or_after(&self.db, seq)
+    }
+
     /// Verify the whole log from seq 1: recompute every hash from the stored bytes, check every
     /// link, the sequence, the recorded head, and every checkpoint against `keys` (see
     /// [`crate::verify`] for what this does and does not detect). An `Err` means the log could
     /// not be read at all.
     pub fn verify(&self, keys: &PublicKeys) -> Result<VerifyReport, RecorderError> {
         let cf = store::cf(&self.db, CF_EVENTS)?;
-        let mut walk = Walk::new(keys, self.checkpoints()?, 1);
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for r in store::checkpoint_records(&self.db)? {
+            match r {
+                Ok(cp) => good.push(cp),
+                Err(u) => bad.push(u),
+            }
+        }
+        let mut walk = Walk::new(keys, good, 1);
+        for u in bad {
+            walk.unreadable_checkpoint(u.seq, u.at);
+        }
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
             let (k, v) = item.map_err(RecorderError::read)?;
             match seq_from_key(&k) {
                 Some(seq) => walk.event(seq, &v),
-                None => return Err(RecorderError::Corrupt("malformed event key".to_string())),
+                None => walk.malformed_key(&k),
             }
         }
-        let head = store::meta_head(&self.db)?.map(|h| (h.seq, h.hash));
+        // An unreadable marker vouches for nothing, like a missing one.
+        let head = match store::meta_head(&self.db) {
+            Ok(Some(h)) => RecordedHead::Marker(h.seq, h.hash),
+            Ok(None) | Err(RecorderError::Corrupt(_)) => RecordedHead::MissingMarker,
+            Err(e) => return Err(e),
+        };
         Ok(walk.finish(head))
     }
 

@@ -147,6 +147,8 @@ pub(crate) struct ReportInput<'a> {
     pub last_seq: u64,
     pub checkpoints: usize,
     pub checkpoint_keys: Vec<String>,
+    /// Events of the bundle after its last checkpoint.
+    pub unsigned_events: u64,
     pub head_hash: Option<String>,
     pub sessions: &'a [SessionSummary],
     /// Session id → transcript file (relative path).
@@ -163,7 +165,7 @@ struct Control {
     artifacts: &'static [&'static str],
 }
 
-fn controls(t: &Tally, sessions: usize) -> Vec<Control> {
+fn controls(t: &Tally, sessions: usize, signing: &str) -> Vec<Control> {
     let denials = t.connects_denied + t.statements_denied;
     vec![
         Control {
@@ -217,8 +219,7 @@ fn controls(t: &Tally, sessions: usize) -> Vec<Control> {
             title: "System components monitored for anomalies",
             evidence: format!(
                 "{denials} denied operations, {} failed authentications, {} gateway notices \
-                 (plugin faults, upstream errors, recording outages); the record is hash-chained \
-                 and signed.",
+                 (plugin faults, upstream errors, recording outages); the record is {signing}.",
                 t.auth_failures, t.notices
             ),
             artifacts: &["events.jsonl", "checkpoints.jsonl"],
@@ -283,8 +284,7 @@ fn controls(t: &Tally, sessions: usize) -> Vec<Control> {
             framework: "ISO/IEC 27001:2022",
             title: "Logging",
             evidence: format!(
-                "{} events, recorded durably before each operation ran, hash-chained and covered by \
-                 Ed25519-signed checkpoints; verifiable offline with the public key.",
+                "{} events, recorded durably before each operation ran; the record is {signing}.",
                 t.events
             ),
             artifacts: &["events.jsonl", "checkpoints.jsonl", "manifest.json"],
@@ -369,7 +369,23 @@ pub(crate) fn render(r: &ReportInput<'_>) -> String {
         "<h2>Controls</h2><table id=\"controls\"><tr><th>Control</th><th>Framework</th>\
          <th>Objective</th><th>Evidence in this bundle</th><th>Artifacts</th></tr>"
     );
-    for c in controls(t, r.sessions.len()) {
+    let signing = match (r.checkpoints, r.unsigned_events) {
+        (0, _) => "hash-chained but covered by no signed checkpoint (the gateway had no signing key \
+                   configured for these events): its internal consistency can be checked, its \
+                   origin cannot"
+            .to_string(),
+        (n, 0) => format!(
+            "hash-chained and covered by {n} Ed25519-signed checkpoint{}, verifiable offline \
+             with the public key",
+            if n == 1 { "" } else { "s" }
+        ),
+        (n, u) => format!(
+            "hash-chained and covered by {n} Ed25519-signed checkpoint{}, except the last {u} \
+             events, which no checkpoint covered yet and which the hash chain alone protects",
+            if n == 1 { "" } else { "s" }
+        ),
+    };
+    for c in controls(t, r.sessions.len(), &signing) {
         let artifacts: Vec<String> = c
             .artifacts
             .iter()

@@ -20,7 +20,14 @@ pub(crate) const CF_META: &str = "meta";
 /// key = seq of the last event covered (u64 big-endian), value = JSON [`Checkpoint`].
 pub(crate) const CF_CHECKPOINTS: &str = "checkpoints";
 
-pub(crate) const ALL_CFS: [&str; 5] = [CF_EVENTS, CF_BY_SESSION, CF_SESSIONS, CF_META, CF_CHECKPOINTS];
+pub(crate) const ALL_CFS: [&str; 6] = [
+    CF_EVENTS,
+    CF_BY_SESSION,
+    CF_SESSIONS,
+    CF_META,
+    CF_CHECKPOINTS,
+    crate::search::CF_SEARCH,
+];
 
 pub(crate) const META_HEAD: &[u8] = b"head";
 pub(crate) const META_FORMAT: &[u8] = b"format";
@@ -92,7 +99,55 @@ pub(crate) fn open_rw(dir: &Path) -> Result<DB, RecorderError> {
                 .map_err(|e| open_err(e.to_string()))?;
         }
     }
+    backfill_search(&db)?;
     Ok(db)
+}
+
+/// A log written before the search indexes existed gets them once, at open.
+fn backfill_search(db: &DB) -> Result<(), RecorderError> {
+    let cf_search = cf(db, crate::search::CF_SEARCH)?;
+    let empty = db.iterator_cf(cf_search, IteratorMode::Start).next().is_none();
+    if !empty || last_event(db)?.is_none() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut summaries: std::collections::HashMap<String, (Option<String>, String)> =
+        std::collections::HashMap::new();
+    let (cf_events, cf_sessions) = (cf(db, CF_EVENTS)?, cf(db, CF_SESSIONS)?);
+    let mut wb = rocksdb::WriteBatch::default();
+    let mut n = 0u64;
+    for item in db.iterator_cf(cf_events, IteratorMode::Start) {
+        let (_, v) = item.map_err(RecorderError::read)?;
+        // What cannot be decoded is left to `audit verify`; it is simply not searchable.
+        let Ok(ev) = serde_json::from_slice::<crate::event::Event>(&v) else {
+            continue;
+        };
+        if !summaries.contains_key(&ev.session_id) {
+            let s = db
+                .get_cf(cf_sessions, ev.session_id.as_bytes())
+                .map_err(RecorderError::read)?
+                .and_then(|v| serde_json::from_slice::<SessionSummary>(&v).ok())
+                .map(|s| (s.principal, s.target))
+                .unwrap_or_default();
+            summaries.insert(ev.session_id.clone(), s);
+        }
+        let (principal, target) = summaries.get(&ev.session_id).cloned().unwrap_or_default();
+        for k in crate::search::index_keys(&ev, principal.as_deref(), &target) {
+            wb.put_cf(cf_search, k, []);
+        }
+        n += 1;
+        if wb.len() >= 100_000 {
+            db.write(std::mem::take(&mut wb))
+                .map_err(|e| RecorderError::Write(e.to_string()))?;
+        }
+    }
+    db.write(wb).map_err(|e| RecorderError::Write(e.to_string()))?;
+    tracing::info!(
+        events = n,
+        secs = started.elapsed().as_secs(),
+        "search indexes built for an existing log"
+    );
+    Ok(())
 }
 
 /// Open the database read-only; needs no lock, so it works while a gateway writes to it.
@@ -200,23 +255,65 @@ pub(crate) fn recover_head(db: &DB) -> Result<Head, RecorderError> {
 
 /// Every checkpoint, in seq order (none when the log predates checkpoints).
 pub(crate) fn checkpoints(db: &DB) -> Result<Vec<Checkpoint>, RecorderError> {
+    checkpoint_records(db)?
+        .into_iter()
+        .map(|r| r.map_err(|u| RecorderError::Corrupt(format!("unreadable checkpoint at {}", u.at))))
+        .collect()
+}
+
+/// A checkpoint record that does not decode.
+pub(crate) struct UnreadableCheckpoint {
+    /// The seq its key names, if the key is well formed.
+    pub seq: Option<u64>,
+    /// How to name it in a message.
+    pub at: String,
+}
+
+/// Every checkpoint record, in key order, decoded or not (verification reports the bad ones
+/// instead of giving up).
+pub(crate) fn checkpoint_records(
+    db: &DB,
+) -> Result<Vec<Result<Checkpoint, UnreadableCheckpoint>>, RecorderError> {
     let Some(cf) = db.cf_handle(CF_CHECKPOINTS) else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for item in db.iterator_cf(cf, IteratorMode::Start) {
         let (k, v) = item.map_err(RecorderError::read)?;
-        let cp: Checkpoint = serde_json::from_slice(&v).map_err(|e| {
-            RecorderError::Corrupt(format!(
-                "unreadable checkpoint at {}: {e}",
-                seq_from_key(&k)
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| hex::encode(&k))
-            ))
-        })?;
-        out.push(cp);
+        out.push(serde_json::from_slice::<Checkpoint>(&v).map_err(|_| {
+            let seq = seq_from_key(&k);
+            UnreadableCheckpoint {
+                seq,
+                at: seq
+                    .map(|s| format!("the checkpoint record at event {s}"))
+                    .unwrap_or_else(|| format!("the checkpoint record keyed {}", hex::encode(&k))),
+            }
+        }));
     }
     Ok(out)
+}
+
+/// The first checkpoint whose seq is `seq` or later.
+pub(crate) fn checkpoint_at_or_after(db: &DB, seq: u64) -> Result<Option<Checkpoint>, RecorderError> {
+    let Some(cf) = db.cf_handle(CF_CHECKPOINTS) else {
+        return Ok(None);
+    };
+    let start = seq_key(seq);
+    match db
+        .iterator_cf(cf, IteratorMode::From(&start, rocksdb::Direction::Forward))
+        .next()
+    {
+        None => Ok(None),
+        Some(item) => {
+            let (k, v) = item.map_err(RecorderError::read)?;
+            serde_json::from_slice(&v).map(Some).map_err(|e| {
+                RecorderError::Corrupt(format!(
+                    "unreadable checkpoint at {}: {e}",
+                    seq_from_key(&k).unwrap_or(0)
+                ))
+            })
+        }
+    }
 }
 
 /// Seq of the last checkpoint (0: none).

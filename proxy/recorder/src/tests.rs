@@ -24,6 +24,7 @@ async fn failed_write_refuses_batch_keeps_head_and_recovers() {
         durability: Durability::Sync,
         max_batch: 16,
         checkpoints: None,
+        shipping: None,
     })
     .unwrap();
     assert_eq!(rec.append(notice("s", "a")).await.unwrap(), 1);
@@ -94,6 +95,7 @@ async fn invalid_event_is_refused_alone() {
         durability: Durability::Buffered,
         max_batch: 16,
         checkpoints: None,
+        shipping: None,
     })
     .unwrap();
     let err = rec.append(notice("bad\0id", "x")).await.unwrap_err();

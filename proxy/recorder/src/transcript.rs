@@ -76,6 +76,7 @@ pub fn render_transcript(events: &[Event]) -> String {
                 plugins,
                 hold,
                 approval,
+                unheld,
             } => {
                 let _ = write!(out, "op {op} {action}  ");
                 match (verdict, hold) {
@@ -123,6 +124,9 @@ pub fn render_transcript(events: &[Event]) -> String {
                 }
                 for e in errors {
                     let _ = writeln!(out, "{indent}error: {}", clean(e));
+                }
+                if let Some(why) = unheld {
+                    let _ = writeln!(out, "{indent}approval was asked for, but {}", clean(why));
                 }
                 if let Some(h) = hold
                     && !h.parameters.is_empty()

@@ -30,10 +30,16 @@
 //! - Someone holding the *private* key (e.g. root on the gateway host) can sign a rewritten
 //!   history. Checkpoints shipped off-host before the rewrite still contradict it; that is
 //!   what shipping is for.
-//! - Removing checkpoints from the local log removes their signatures: that shows only as a
-//!   longer `unsigned_tail`. A running gateway's newest events are always an unsigned tail, so
-//!   it is tolerated by default; auditors checking a closed log or a bundle use `--strict`
-//!   (strict: any unsigned event makes the verdict incomplete).
+//! - Removing checkpoints from the local log removes their signatures: that shows as a longer
+//!   `unsigned_tail`. A running gateway's newest events are always an unsigned tail, so one is
+//!   tolerated ([`TailPolicy::Live`]) only while the last verified checkpoint is fresh: signed
+//!   no more than a grace period before now (for a bundle: before its signed export time).
+//!   Deleting recent checkpoints therefore leaves a stale last checkpoint and the verdict
+//!   *incomplete*; auditors checking a closed log or a bundle use `--strict`
+//!   ([`TailPolicy::Strict`]: any unsigned event makes the verdict incomplete).
+//! - Cutting the log back to exactly a checkpoint (events, later checkpoints and the head
+//!   marker all removed consistently) looks like a log that ended there. Only a copy that left
+//!   the host (shipped segments, an exported bundle) shows the difference.
 
 use std::collections::BTreeMap;
 
@@ -72,6 +78,8 @@ pub enum FindingKind {
     UnsignedTail,
     /// A bundle lacks a signed manifest, or holds a file the manifest does not list.
     Unsigned,
+    /// There were no events to verify.
+    Empty,
 }
 
 impl FindingKind {
@@ -79,7 +87,11 @@ impl FindingKind {
     pub fn is_tampering(self) -> bool {
         !matches!(
             self,
-            FindingKind::UnknownKey | FindingKind::NoKey | FindingKind::UnsignedTail | FindingKind::Unsigned
+            FindingKind::UnknownKey
+                | FindingKind::NoKey
+                | FindingKind::UnsignedTail
+                | FindingKind::Unsigned
+                | FindingKind::Empty
         )
     }
 }
@@ -119,6 +131,28 @@ impl Outcome {
     }
 }
 
+/// How events after the last verified checkpoint count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TailPolicy {
+    /// Any unsigned event makes the verdict incomplete (closed logs, bundles, auditors).
+    Strict,
+    /// A log still being written: its newest events are tolerated unsigned while the last
+    /// verified checkpoint was signed no more than `grace_us` before `now_us` (a running
+    /// gateway signs its head every few seconds, so a stale last checkpoint means signatures
+    /// were lost or removed).
+    Live { now_us: i64, grace_us: i64 },
+}
+
+impl TailPolicy {
+    /// [`TailPolicy::Live`] as of now.
+    pub fn live(grace_secs: u64) -> TailPolicy {
+        TailPolicy::Live {
+            now_us: gatehouse_core::time::now_micros(),
+            grace_us: i64::try_from(grace_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
+        }
+    }
+}
+
 /// What verification found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
@@ -133,13 +167,20 @@ pub struct VerifyReport {
     /// chain head).
     pub checkpoints: u64,
     pub checkpoints_verified: u64,
-    /// The last event covered by a verified checkpoint (0: none).
+    /// The last event covered by a verified checkpoint (0: none), and when that checkpoint
+    /// was signed (0: none).
     pub last_signed_seq: u64,
+    pub last_signed_time_us: i64,
+    /// For a bundle whose manifest signature verified: its signed export time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exported_us: Option<i64>,
     /// Key ids whose signatures were checked.
     pub keys: Vec<String>,
     pub findings: Vec<Finding>,
     /// Findings beyond [`MAX_FINDINGS`] that were counted, not listed.
     pub findings_omitted: u64,
+    /// Findings showing tampering, listed or not: the verdict never depends on the cap.
+    pub tampering_findings: u64,
 }
 
 /// At most this many event findings are listed.
@@ -148,17 +189,30 @@ pub const MAX_FINDINGS: usize = 100;
 impl VerifyReport {
     /// No evidence of tampering (the chain may still be unsigned).
     pub fn is_ok(&self) -> bool {
-        !self.findings.iter().any(|f| f.kind.is_tampering())
+        self.tampering_findings == 0
     }
 
-    /// `strict`: events after the last checkpoint make the verdict incomplete.
-    pub fn outcome(&self, strict: bool) -> Outcome {
+    /// Whether `tail` tolerates this report's unsigned tail (if it has one).
+    pub fn tail_tolerated(&self, tail: TailPolicy) -> bool {
+        match tail {
+            TailPolicy::Strict => false,
+            TailPolicy::Live { now_us, grace_us } => {
+                self.checkpoints_verified > 0
+                    && self.last_signed_time_us > 0
+                    && now_us.saturating_sub(self.last_signed_time_us) <= grace_us
+            }
+        }
+    }
+
+    /// The verdict, with events after the last verified checkpoint counted as `tail` says.
+    pub fn outcome(&self, tail: TailPolicy) -> Outcome {
         if !self.is_ok() {
             Outcome::Tampered
-        } else if self
-            .findings
-            .iter()
-            .any(|f| strict || f.kind != FindingKind::UnsignedTail)
+        } else if self.findings_omitted > 0
+            || self
+                .findings
+                .iter()
+                .any(|f| f.kind != FindingKind::UnsignedTail || !self.tail_tolerated(tail))
         {
             Outcome::Incomplete
         } else {
@@ -172,6 +226,9 @@ impl VerifyReport {
     }
 
     pub(crate) fn push(&mut self, kind: FindingKind, seq: Option<u64>, message: String) {
+        if kind.is_tampering() {
+            self.tampering_findings += 1;
+        }
         if self.findings.len() >= MAX_FINDINGS {
             self.findings_omitted += 1;
         } else {
@@ -181,6 +238,9 @@ impl VerifyReport {
 
     /// Findings about the whole input are always listed.
     pub(crate) fn push_always(&mut self, kind: FindingKind, seq: Option<u64>, message: String) {
+        if kind.is_tampering() {
+            self.tampering_findings += 1;
+        }
         self.findings.push(Finding { kind, seq, message });
     }
 }
@@ -201,10 +261,22 @@ enum CpState {
     Bad,
 }
 
+/// What the input says its last event is.
+pub(crate) enum RecordedHead {
+    /// The log's head marker: (seq, hash).
+    Marker(u64, String),
+    /// A log whose head marker is absent (removed, if the log has events).
+    MissingMarker,
+    /// The input has no head marker of its own (a bundle: its manifest covers that).
+    NotApplicable,
+}
+
 /// Walks events in position order, one at a time.
 pub(crate) struct Walk<'k> {
     keys: &'k PublicKeys,
     cps: BTreeMap<u64, Vec<(Checkpoint, CpState)>>,
+    /// Checkpoints signed by keys that were not given: key id → (count, first seq).
+    unknown_keys: BTreeMap<String, (u64, u64)>,
     report: VerifyReport,
     expected: u64,
     prev: Option<[u8; 32]>,
@@ -216,7 +288,7 @@ pub(crate) struct Walk<'k> {
 impl<'k> Walk<'k> {
     /// `first_expected`: the seq the input should start at (1 for a whole log).
     pub(crate) fn new(keys: &'k PublicKeys, checkpoints: Vec<Checkpoint>, first_expected: u64) -> Walk<'k> {
-        let mut report = VerifyReport {
+        let report = VerifyReport {
             events_checked: 0,
             first_seq: 0,
             last_seq: 0,
@@ -224,54 +296,84 @@ impl<'k> Walk<'k> {
             checkpoints: 0,
             checkpoints_verified: 0,
             last_signed_seq: 0,
+            last_signed_time_us: 0,
+            exported_us: None,
             keys: keys.ids().map(str::to_string).collect(),
             findings: Vec::new(),
             findings_omitted: 0,
+            tampering_findings: 0,
         };
-        let mut cps: BTreeMap<u64, Vec<(Checkpoint, CpState)>> = BTreeMap::new();
-        for cp in checkpoints {
-            if cp.seq < first_expected {
-                continue;
-            }
-            let state = if keys.is_empty() {
-                CpState::Unchecked
-            } else {
-                match keys.verify_checkpoint(&cp) {
-                    Ok(()) => CpState::Valid,
-                    Err(SignatureError::UnknownKey) => {
-                        report.push(
-                            FindingKind::UnknownKey,
-                            Some(cp.seq),
-                            format!(
-                                "the checkpoint at event {} was signed by key {}, which was not given",
-                                cp.seq, cp.key_id
-                            ),
-                        );
-                        CpState::Unchecked
-                    }
-                    Err(SignatureError::Invalid) => {
-                        report.push(
-                            FindingKind::BadSignature,
-                            Some(cp.seq),
-                            format!(
-                                "the checkpoint at event {} does not carry a valid signature of key {}",
-                                cp.seq, cp.key_id
-                            ),
-                        );
-                        CpState::Bad
-                    }
-                }
-            };
-            cps.entry(cp.seq).or_default().push((cp, state));
-        }
-        Walk {
+        let mut walk = Walk {
             keys,
-            cps,
+            cps: BTreeMap::new(),
+            unknown_keys: BTreeMap::new(),
             report,
             expected: first_expected,
             prev: None,
             suppress_link: false,
+        };
+        for cp in checkpoints {
+            walk.add_checkpoint(cp);
         }
+        walk
+    }
+
+    /// A checkpoint, checked against the keys now; it is compared with the chain when the walk
+    /// reaches its event. Ignored when the walk is already past it.
+    pub(crate) fn add_checkpoint(&mut self, cp: Checkpoint) {
+        if cp.seq < self.expected {
+            return;
+        }
+        let keys = self.keys;
+        let state = if keys.is_empty() {
+            CpState::Unchecked
+        } else {
+            match keys.verify_checkpoint(&cp) {
+                Ok(()) => CpState::Valid,
+                Err(SignatureError::UnknownKey) => {
+                    let e = self.unknown_keys.entry(cp.key_id.clone()).or_insert((0, cp.seq));
+                    e.0 += 1;
+                    CpState::Unchecked
+                }
+                Err(SignatureError::Invalid) => {
+                    self.report.push(
+                        FindingKind::BadSignature,
+                        Some(cp.seq),
+                        format!(
+                            "the checkpoint at event {} does not carry a valid signature of key {}",
+                            cp.seq, cp.key_id
+                        ),
+                    );
+                    CpState::Bad
+                }
+            }
+        };
+        self.cps.entry(cp.seq).or_default().push((cp, state));
+    }
+
+    /// A container of events (a shipped segment) that is not what was written: its events
+    /// are not walked, so they show as missing too.
+    pub(crate) fn bad_container(&mut self, seq: u64, message: String) {
+        self.report.push(FindingKind::Altered, Some(seq), message);
+    }
+
+    /// A checkpoint record that could not be decoded: its signature cannot vouch for anything,
+    /// and an honest writer never stores one.
+    pub(crate) fn unreadable_checkpoint(&mut self, seq: Option<u64>, what: String) {
+        self.report.push(
+            FindingKind::BadSignature,
+            seq,
+            format!("{what} is not a readable checkpoint"),
+        );
+    }
+
+    /// A record in the events' column family whose key is not a seq.
+    pub(crate) fn malformed_key(&mut self, key: &[u8]) {
+        self.report.push(
+            FindingKind::Altered,
+            None,
+            format!("a record keyed {} is not in the log's format", hex::encode(key)),
+        );
     }
 
     /// The next event, stored at (or listed as) position `pos`.
@@ -296,7 +398,7 @@ impl<'k> Walk<'k> {
         if self.report.events_checked == 0 {
             self.report.first_seq = pos;
         }
-        self.expected = pos + 1;
+        self.expected = pos.saturating_add(1);
         self.report.events_checked += 1;
         self.report.last_seq = pos;
 
@@ -373,7 +475,11 @@ impl<'k> Walk<'k> {
                     );
                 } else if *state == CpState::Valid {
                     self.report.checkpoints_verified += 1;
+                    if self.report.last_signed_seq < pos {
+                        self.report.last_signed_time_us = 0;
+                    }
                     self.report.last_signed_seq = pos;
+                    self.report.last_signed_time_us = self.report.last_signed_time_us.max(cp.time_us);
                 }
             }
         }
@@ -381,14 +487,28 @@ impl<'k> Walk<'k> {
 
     /// Finish: checkpoints and the recorded head beyond the last event, and what stayed
     /// unsigned. `recorded_head`: the log's own head marker, when there is one.
-    pub(crate) fn finish(mut self, recorded_head: Option<(u64, String)>) -> VerifyReport {
+    pub(crate) fn finish(mut self, recorded_head: RecordedHead) -> VerifyReport {
         let last = self.report.last_seq;
+        for (key_id, (count, first)) in std::mem::take(&mut self.unknown_keys) {
+            self.report.push_always(
+                FindingKind::UnknownKey,
+                Some(first),
+                if count == 1 {
+                    format!("the checkpoint at event {first} was signed by key {key_id}, which was not given")
+                } else {
+                    format!(
+                        "{count} checkpoints (the first at event {first}) were signed by key {key_id}, \
+                         which was not given"
+                    )
+                },
+            );
+        }
         self.report.checkpoints = self
             .cps
             .range(self.report.first_seq.max(1)..)
             .map(|(_, v)| v.len() as u64)
             .sum();
-        if let Some((&seq, cps)) = self.cps.range(last + 1..).next_back()
+        if let Some((&seq, cps)) = self.cps.range(last.saturating_add(1)..).next_back()
             && cps.iter().any(|(_, s)| *s != CpState::Bad)
         {
             let signed = cps.iter().any(|(_, s)| *s == CpState::Valid);
@@ -403,7 +523,19 @@ impl<'k> Walk<'k> {
                 ),
             );
         }
-        if let Some((head_seq, head_hash)) = recorded_head {
+        if let RecordedHead::MissingMarker = recorded_head
+            && self.report.events_checked > 0
+        {
+            self.report.push_always(
+                FindingKind::Truncated,
+                Some(last),
+                format!(
+                    "the log's head marker is missing (the writer keeps it with every commit): \
+                     events after {last} may have been cut off"
+                ),
+            );
+        }
+        if let RecordedHead::Marker(head_seq, head_hash) = recorded_head {
             if head_seq > last {
                 self.report.push_always(
                     FindingKind::Truncated,
@@ -424,32 +556,86 @@ impl<'k> Walk<'k> {
                 );
             }
         }
-        if self.report.events_checked > 0 {
-            if self.keys.is_empty() {
-                self.report.push_always(
-                    FindingKind::NoKey,
-                    None,
-                    "no public key given: checkpoint signatures were not checked, so only the \
-                     chain's internal consistency was verified"
-                        .to_string(),
-                );
-            } else if self.report.last_signed_seq < last {
-                let from = self
-                    .report
-                    .last_signed_seq
-                    .max(self.report.first_seq.saturating_sub(1))
-                    + 1;
-                self.report.push_always(
-                    FindingKind::UnsignedTail,
-                    Some(from),
-                    format!(
-                        "{} events after the last verified checkpoint (events {from} to {last}) are \
-                         protected by the hash chain only",
-                        last + 1 - from
-                    ),
-                );
-            }
+        if self.keys.is_empty() {
+            self.report.push_always(
+                FindingKind::NoKey,
+                None,
+                "no public key given: checkpoint signatures were not checked, so only the \
+                 chain's internal consistency was verified"
+                    .to_string(),
+            );
+        }
+        if self.report.events_checked == 0 {
+            self.report.push_always(
+                FindingKind::Empty,
+                None,
+                "there are no events to verify".to_string(),
+            );
+        } else if !self.keys.is_empty() && self.report.last_signed_seq < last {
+            let from = self
+                .report
+                .last_signed_seq
+                .max(self.report.first_seq.saturating_sub(1))
+                + 1;
+            self.report.push_always(
+                FindingKind::UnsignedTail,
+                Some(from),
+                format!(
+                    "{} events after the last verified checkpoint (events {from} to {last}) are \
+                     protected by the hash chain only",
+                    last + 1 - from
+                ),
+            );
         }
         self.report
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)] // tests fail loudly
+mod tests {
+    use super::*;
+    use crate::checkpoint::CheckpointSigner;
+
+    #[test]
+    fn the_verdict_counts_tampering_beyond_the_listing_cap() {
+        // 150 checkpoints from a key that was not given, then 150 unreadable events: the
+        // unknown key is one finding, and the cap hides no tampering from the verdict.
+        let (private, _, _) = CheckpointSigner::generate().expect("key");
+        let signer = CheckpointSigner::from_pem(&private).expect("signer");
+        let (_, other, _) = CheckpointSigner::generate().expect("key");
+        let mut keys = PublicKeys::default();
+        keys.add_pem(&other).expect("public key");
+        let cps = (1..=150u64)
+            .map(|s| signer.checkpoint(s, &[7u8; 32], 1))
+            .collect();
+        let mut walk = Walk::new(&keys, cps, 1);
+        for pos in 1..=150u64 {
+            walk.event(pos, b"not an event");
+        }
+        let report = walk.finish(RecordedHead::NotApplicable);
+        let unknown: Vec<&Finding> = report
+            .findings
+            .iter()
+            .filter(|f| f.kind == FindingKind::UnknownKey)
+            .collect();
+        assert_eq!(unknown.len(), 1, "{report:?}");
+        assert!(unknown[0].message.starts_with("150 checkpoints"), "{unknown:?}");
+        assert_eq!(report.tampering_findings, 150);
+        // The capped event findings, then the unknown key and the unsigned tail (always listed).
+        assert_eq!(report.findings.len(), MAX_FINDINGS + 2);
+        assert!(report.findings_omitted > 0);
+        assert_eq!(report.outcome(TailPolicy::live(60)), Outcome::Tampered);
+    }
+
+    #[test]
+    fn seq_overflow_is_a_finding_not_a_crash() {
+        let keys = PublicKeys::default();
+        let mut walk = Walk::new(&keys, Vec::new(), 1);
+        walk.event(u64::MAX, b"{}");
+        walk.event(u64::MAX, b"{}");
+        let report = walk.finish(RecordedHead::NotApplicable);
+        assert!(!report.is_ok());
+        assert_eq!(report.outcome(TailPolicy::Strict), Outcome::Tampered);
     }
 }

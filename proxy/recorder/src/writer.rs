@@ -94,12 +94,16 @@ impl Recorder {
                     .map_err(|e| open_err(format!("checkpoint signing key: {e}")))?;
                 let signer = CheckpointSigner::from_pem(&pem)
                     .map_err(|e| open_err(format!("checkpoint signing key: {e}")))?;
+                let every = Duration::from_secs(c.every_secs.max(1));
                 Some(Checkpoints {
                     signer,
                     every_events: c.every_events.max(1),
-                    every: Duration::from_secs(c.every_secs.max(1)),
+                    every,
                     seq: 0,
-                    at: Instant::now(),
+                    // As if the last checkpoint were an interval old: the first commit after
+                    // (re)start is signed at once, so a verifier never finds a running
+                    // gateway's tail without a recent signature to anchor it.
+                    at: Instant::now().checked_sub(every).unwrap_or_else(Instant::now),
                     retry_at: None,
                 })
             }
@@ -620,11 +624,12 @@ impl Writer {
         let Some(db) = self.db.as_ref() else {
             return Err(RecorderError::Write("the database is not open".to_string()));
         };
-        let (cf_events, cf_by_session, cf_sessions, cf_meta) = (
+        let (cf_events, cf_by_session, cf_sessions, cf_meta, cf_search) = (
             store::cf(db, CF_EVENTS)?,
             store::cf(db, CF_BY_SESSION)?,
             store::cf(db, CF_SESSIONS)?,
             store::cf(db, CF_META)?,
+            store::cf(db, crate::search::CF_SEARCH)?,
         );
 
         let mut head = self.head;
@@ -664,6 +669,10 @@ impl Writer {
             }
             if let Some(s) = staged.get_mut(&ev.session_id) {
                 update_summary(s, &ev.body, ev.principal.as_deref(), ev.time_us, seq);
+                // Searchable exactly when durable: the index entries ride in the same batch.
+                for k in crate::search::index_keys(&ev, s.principal.as_deref(), &s.target) {
+                    wb.put_cf(cf_search, k, []);
+                }
             }
             head = Head { seq, hash };
             results.push(Ok(seq));

@@ -7,8 +7,8 @@ use gatehouse_core::config::{CheckpointConfig, Durability, RecorderConfig, Secre
 use gatehouse_core::{Principal, PrincipalKind, SqlStatement, StatementKind, Verdict};
 use gatehouse_recorder::{
     Checkpoint, CheckpointSigner, Event, EventBody, ExportOptions, FindingKind, GENESIS_HASH, LogReader,
-    NewEvent, OpError, Outcome, PublicKeys, Recorder, RecorderError, VerifyReport, canonical_from_stored,
-    chain_hash, export_bundle, render_transcript, verify_bundle,
+    NewEvent, OpError, Outcome, PublicKeys, Recorder, RecorderError, TailPolicy, VerifyReport,
+    canonical_from_stored, chain_hash, export_bundle, render_transcript, verify_bundle,
 };
 
 fn cfg(dir: &Path, durability: Durability) -> RecorderConfig {
@@ -17,6 +17,7 @@ fn cfg(dir: &Path, durability: Durability) -> RecorderConfig {
         durability,
         max_batch: 4096,
         checkpoints: None,
+        shipping: None,
     }
 }
 
@@ -75,6 +76,7 @@ fn query(session: &str, t: i64, op: u64, text: &str, verdict: Verdict) -> NewEve
             plugins: vec![],
             hold: None,
             approval: None,
+            unheld: None,
         },
     )
 }
@@ -255,7 +257,7 @@ async fn chain_verifies_and_detects_tampering() {
     assert_eq!((report.events_checked, report.last_seq), (7, 7));
     // Without checkpoints and keys, an intact chain is still only "incomplete".
     assert_eq!(kinds(&report), [FindingKind::NoKey]);
-    assert_eq!(report.outcome(false), Outcome::Incomplete);
+    assert_eq!(report.outcome(TailPolicy::live(60)), Outcome::Incomplete);
 
     // Rewrite event 4's statement text directly in RocksDB.
     {
@@ -276,7 +278,7 @@ async fn chain_verifies_and_detects_tampering() {
     );
     // One edit, one finding: the next event still links to the recorded hash.
     assert_eq!(kinds(&report), [FindingKind::Altered, FindingKind::NoKey]);
-    assert_eq!(report.outcome(false), Outcome::Tampered);
+    assert_eq!(report.outcome(TailPolicy::live(60)), Outcome::Tampered);
 }
 
 #[tokio::test]
@@ -527,16 +529,17 @@ async fn checkpoints_sign_the_chain_and_a_closed_log_verifies_intact() {
     let l = signed_log().await;
     let r = LogReader::open(&l.log()).unwrap();
     let cps = r.checkpoints().unwrap();
-    // By count (at the group commit that reaches 3 more events), then the rest when the log
-    // closed (7).
+    // At the first commit after opening, then by count (at the group commit that reaches 3
+    // more events), then the rest when the log closed (7).
     let seqs: Vec<u64> = cps.iter().map(|c| c.seq).collect();
-    assert!(seqs.len() >= 2 && seqs[0] >= 3 && seqs[0] < 7, "{seqs:?}");
+    assert!(seqs.len() >= 2 && seqs[0] < 7, "{seqs:?}");
+    assert!(seqs.windows(2).all(|w| w[1] > w[0]), "{seqs:?}");
     assert_eq!(seqs.last(), Some(&7));
     let evs = r.events(1, 10).unwrap();
     assert_eq!(cps.last().unwrap().hash, evs[6].hash);
     let report = l.verify();
     assert!(report.findings.is_empty(), "{report:?}");
-    assert_eq!(report.outcome(true), Outcome::Intact);
+    assert_eq!(report.outcome(TailPolicy::Strict), Outcome::Intact);
     assert_eq!(
         (report.checkpoints_verified, report.last_signed_seq),
         (seqs.len() as u64, 7)
@@ -548,7 +551,7 @@ async fn checkpoints_sign_the_chain_and_a_closed_log_verifies_intact() {
     let report = r.verify(&other).unwrap();
     assert!(report.is_ok());
     assert!(kinds(&report).contains(&FindingKind::UnknownKey), "{report:?}");
-    assert_eq!(report.outcome(false), Outcome::Incomplete);
+    assert_eq!(report.outcome(TailPolicy::live(60)), Outcome::Incomplete);
 }
 
 #[tokio::test]
@@ -598,7 +601,7 @@ async fn a_consistent_rewrite_is_caught_only_by_the_signed_checkpoint() {
         (FindingKind::CheckpointMismatch, Some(cp)),
         "{report:?}"
     );
-    assert_eq!(report.outcome(false), Outcome::Tampered);
+    assert_eq!(report.outcome(TailPolicy::live(60)), Outcome::Tampered);
     let before: Vec<u64> = l.checkpoint_seqs().into_iter().filter(|s| *s < 4).collect();
     assert_eq!(report.last_signed_seq, before.last().copied().unwrap_or(0));
 
@@ -671,7 +674,9 @@ async fn an_idle_log_is_signed_after_the_interval() {
         every_secs: 1,
     });
     let rec = Recorder::open(&c).unwrap();
+    // The first commit after opening is signed at once; the next one waits for the interval.
     rec.append(start("s", 1)).await.unwrap();
+    rec.append(start("t", 2)).await.unwrap();
     let mut seqs = Vec::new();
     for _ in 0..50 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -682,15 +687,15 @@ async fn an_idle_log_is_signed_after_the_interval() {
             .iter()
             .map(|c| c.seq)
             .collect();
-        if !seqs.is_empty() {
+        if seqs.len() >= 2 {
             break;
         }
     }
-    assert_eq!(seqs, [1], "an idle writer signs its unsigned head");
+    assert_eq!(seqs, [1, 2], "an idle writer signs its unsigned head");
     rec.shutdown();
-    // Nothing new: no second checkpoint at close.
+    // Nothing new: no further checkpoint at close.
     let cps = LogReader::open(&log).unwrap().checkpoints().unwrap();
-    assert_eq!(cps.len(), 1);
+    assert_eq!(cps.len(), 2);
 }
 
 #[tokio::test]
@@ -766,7 +771,7 @@ async fn bundles_verify_offline_and_name_each_kind_of_tampering() {
     assert_eq!(s.unsigned_events, 0);
     let report = verify_bundle(&out, &l.keys).unwrap();
     assert!(report.findings.is_empty(), "{report:?}");
-    assert_eq!(report.outcome(true), Outcome::Intact);
+    assert_eq!(report.outcome(TailPolicy::Strict), Outcome::Intact);
     let transcript = std::fs::read_to_string(out.join("transcripts/s1.txt")).unwrap();
     assert!(transcript.contains("DELETE FROM orders"), "{transcript}");
 
@@ -781,7 +786,7 @@ async fn bundles_verify_offline_and_name_each_kind_of_tampering() {
             kinds(&report).contains(&FindingKind::FileModified),
             "{name}: {report:?}"
         );
-        assert_eq!(report.outcome(false), Outcome::Tampered);
+        assert_eq!(report.outcome(TailPolicy::live(60)), Outcome::Tampered);
     };
     check(
         "edited",
@@ -847,7 +852,7 @@ async fn a_window_is_extended_to_its_next_checkpoint_and_unsigned_manifests_are_
     let report = verify_bundle(&out, &l.keys).unwrap();
     assert!(report.is_ok(), "{report:?}");
     assert_eq!(kinds(&report), [FindingKind::Unsigned]);
-    assert_eq!(report.outcome(false), Outcome::Incomplete);
+    assert_eq!(report.outcome(TailPolicy::live(60)), Outcome::Incomplete);
     assert_eq!((report.first_seq, report.last_signed_seq), (4, cp));
     // An empty window is a valid, empty bundle.
     let empty = l.dir.path().join("empty");
@@ -866,4 +871,419 @@ async fn a_window_is_extended_to_its_next_checkpoint_and_unsigned_manifests_are_
         },
     );
     assert!(matches!(again, Err(RecorderError::Invalid(_))));
+}
+
+#[tokio::test]
+async fn deleting_recent_checkpoints_leaves_a_stale_signature_not_a_pass() {
+    let l = signed_log().await;
+    let cps = l.checkpoint_seqs();
+    let kept = cps[0];
+    assert!(kept < 7, "{cps:?}");
+    // Remove every checkpoint after the first, and rewrite the tail after it (re-sealed, so the
+    // chain itself is consistent): only the signatures could tell, and they are gone.
+    {
+        let db = raw_db(&l.log());
+        let cf = db.cf_handle("checkpoints").unwrap();
+        for seq in cps.iter().skip(1) {
+            db.delete_cf(cf, seq.to_be_bytes()).unwrap();
+        }
+        let ev_cf = db.cf_handle("events").unwrap();
+        let v = db.get_cf(ev_cf, kept.to_be_bytes()).unwrap().unwrap();
+        let mut prev = canonical_from_stored(&v).unwrap().1;
+        for seq in kept + 1..=7 {
+            let v = db.get_cf(ev_cf, seq.to_be_bytes()).unwrap().unwrap();
+            let mut ev: Event = serde_json::from_slice(&v).unwrap();
+            if let EventBody::Decision { verdict, .. } = &mut ev.body {
+                *verdict = allow("read-orders");
+            }
+            let (bytes, hash) = reseal(&mut ev, prev);
+            db.put_cf(ev_cf, seq.to_be_bytes(), bytes).unwrap();
+            prev = hash;
+        }
+        let head = serde_json::json!({"seq": 7, "hash": hex::encode(prev)}).to_string();
+        db.put_cf(db.cf_handle("meta").unwrap(), b"head", head).unwrap();
+    }
+    let report = l.verify();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(kinds(&report), [FindingKind::UnsignedTail]);
+    assert_eq!(report.last_signed_seq, kept);
+    assert!(report.last_signed_time_us > 0);
+    // Seconds after the checkpoint was signed, a running gateway looks just like this.
+    assert_eq!(report.outcome(TailPolicy::live(60)), Outcome::Intact);
+    // Once the last signature is older than the gateway's signing interval allows, it is not.
+    let later = TailPolicy::Live {
+        now_us: report.last_signed_time_us + 3_600_000_000,
+        grace_us: 60_000_000,
+    };
+    assert_eq!(report.outcome(later), Outcome::Incomplete);
+    assert_eq!(report.outcome(TailPolicy::Strict), Outcome::Incomplete);
+}
+
+#[tokio::test]
+async fn a_removed_head_marker_and_corrupt_checkpoints_are_findings() {
+    let l = signed_log().await;
+    {
+        let db = raw_db(&l.log());
+        db.delete_cf(db.cf_handle("meta").unwrap(), b"head").unwrap();
+    }
+    let report = l.verify();
+    let t = report.first_tampering().unwrap();
+    assert_eq!((t.kind, t.seq), (FindingKind::Truncated, Some(7)), "{report:?}");
+    assert!(t.message.contains("head marker is missing"), "{t:?}");
+
+    let l = signed_log().await;
+    let first = l.checkpoint_seqs()[0];
+    {
+        let db = raw_db(&l.log());
+        let cf = db.cf_handle("checkpoints").unwrap();
+        db.put_cf(cf, first.to_be_bytes(), b"{\"seq\": not json").unwrap();
+    }
+    // Not an unreadable log: a finding naming the record.
+    let report = l.verify();
+    let t = report.first_tampering().unwrap();
+    assert_eq!(
+        (t.kind, t.seq),
+        (FindingKind::BadSignature, Some(first)),
+        "{report:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_log_is_never_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = Recorder::open(&cfg(dir.path(), Durability::Sync)).unwrap();
+    rec.shutdown();
+    let r = LogReader::open(dir.path()).unwrap();
+    let report = r.verify_chain().unwrap();
+    assert!(report.is_ok());
+    assert_eq!(kinds(&report), [FindingKind::NoKey, FindingKind::Empty]);
+    assert_eq!(report.outcome(TailPolicy::live(60)), Outcome::Incomplete);
+    let mut keys = PublicKeys::default();
+    keys.add_pem(&CheckpointSigner::generate().unwrap().1).unwrap();
+    let report = r.verify(&keys).unwrap();
+    assert_eq!(kinds(&report), [FindingKind::Empty]);
+    assert_eq!(report.outcome(TailPolicy::live(60)), Outcome::Incomplete);
+}
+
+#[tokio::test]
+async fn bundle_verification_reads_only_regular_files() {
+    let l = signed_log().await;
+    let out = l.dir.path().join("bundle");
+    export(&l, &out, i64::MIN, i64::MAX, true);
+    // A listed file replaced by a link to a file outside the bundle (with the same content, so
+    // only the link itself is wrong), and an unlisted FIFO (reading it would block forever).
+    let dst = l.dir.path().join("linked");
+    tampered_copy(&out, &dst, |_| {});
+    std::fs::copy(out.join("report.html"), dst.join("report.html")).unwrap();
+    let outside = l.dir.path().join("outside.txt");
+    std::fs::copy(out.join("transcripts/s1.txt"), &outside).unwrap();
+    std::fs::remove_file(dst.join("transcripts/s1.txt")).unwrap();
+    std::os::unix::fs::symlink(&outside, dst.join("transcripts/s1.txt")).unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(dst.join("transcripts/extra"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    let report = verify_bundle(&dst, &l.keys).unwrap();
+    let modified: Vec<&str> = report
+        .findings
+        .iter()
+        .filter(|f| f.kind == FindingKind::FileModified)
+        .map(|f| f.message.as_str())
+        .collect();
+    assert!(
+        modified.len() == 1 && modified[0].contains("not a regular file"),
+        "{report:?}"
+    );
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.kind == FindingKind::Unsigned && f.message.contains("transcripts/extra")),
+        "{report:?}"
+    );
+    assert_eq!(report.outcome(TailPolicy::Strict), Outcome::Tampered);
+}
+
+#[tokio::test]
+async fn a_tampered_log_is_not_exported_and_unsigned_logs_say_so() {
+    let l = signed_log().await;
+    {
+        let db = raw_db(&l.log());
+        let cf = db.cf_handle("events").unwrap();
+        let v = db.get_cf(cf, 4u64.to_be_bytes()).unwrap().unwrap();
+        let edited = String::from_utf8(v).unwrap().replacen("DELETE", "SELECT", 1);
+        db.put_cf(cf, 4u64.to_be_bytes(), edited).unwrap();
+    }
+    let r = LogReader::open(&l.log()).unwrap();
+    let out = l.dir.path().join("refused");
+    let signer = CheckpointSigner::from_pem(&l.signer_pem).unwrap();
+    let err = export_bundle(
+        &r,
+        &ExportOptions {
+            from_us: i64::MIN,
+            to_us: i64::MAX,
+            out: &out,
+            signer: Some(&signer),
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("event 4 was altered"), "{err}");
+    assert!(!out.join("manifest.json").exists());
+
+    // A log written without a signing key: the report must not claim signatures.
+    let dir = tempfile::tempdir().unwrap();
+    let rec = Recorder::open(&cfg(&dir.path().join("log"), Durability::Sync)).unwrap();
+    populate(&rec).await;
+    rec.shutdown();
+    let r = LogReader::open(&dir.path().join("log")).unwrap();
+    let out = dir.path().join("bundle");
+    export_bundle(
+        &r,
+        &ExportOptions {
+            from_us: i64::MIN,
+            to_us: i64::MAX,
+            out: &out,
+            signer: None,
+        },
+    )
+    .unwrap();
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("covered by no signed checkpoint"), "{html}");
+    assert!(!html.contains("Ed25519-signed checkpoint"), "{html}");
+}
+
+// --- Shipping ----------------------------------------------------------------------------
+
+fn shipping(sink: &Path, encryption_key: Option<&Path>) -> gatehouse_core::config::ShippingConfig {
+    gatehouse_core::config::ShippingConfig {
+        sink: format!("file://{}", sink.display()),
+        endpoint: None,
+        region: "us-east-1".into(),
+        access_key_id: None,
+        secret_access_key: None,
+        allow_http: false,
+        interval_secs: 1,
+        backlog_alert_events: 100,
+        encryption_key: encryption_key.map(|p| SecretRef::File(p.to_path_buf())),
+    }
+}
+
+#[tokio::test]
+async fn the_shipper_sends_sealed_segments_once_and_resumes_from_its_cursor() {
+    let l = signed_log().await;
+    let sink_dir = l.dir.path().join("sink");
+    let key_file = l.dir.path().join("enc.key");
+    std::fs::write(&key_file, "11".repeat(32)).unwrap();
+    let mut c = cfg(&l.log(), Durability::Sync);
+    c.checkpoints = Some(CheckpointConfig {
+        key: SecretRef::File(l.dir.path().join("signing.pem")),
+        every_events: 3,
+        every_secs: 3600,
+    });
+    c.shipping = Some(shipping(&sink_dir, Some(&key_file)));
+    let rec = Recorder::open(&c).unwrap();
+    let shipper = gatehouse_recorder::Shipper::from_config(&c, rec.clone())
+        .unwrap()
+        .unwrap();
+    // Every checkpoint of the closed log is a segment boundary.
+    let n = shipper.ship_sealed().await.unwrap();
+    assert_eq!(n as usize, l.checkpoint_seqs().len());
+    assert_eq!(
+        shipper.ship_sealed().await.unwrap(),
+        0,
+        "nothing new: nothing sent"
+    );
+    let cursor = gatehouse_recorder::ship::load_cursor(&l.log()).unwrap();
+    assert_eq!(cursor.seq, 7);
+    // Encrypted at rest: no event text in the sink.
+    for e in std::fs::read_dir(sink_dir.join("segments")).unwrap() {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap();
+        assert!(bytes.starts_with(b"GHSEG-AES256GCM-V1\n"));
+        assert!(!String::from_utf8_lossy(&bytes).contains("orders"));
+    }
+    let sink = gatehouse_recorder::Sink::from_config(c.shipping.as_ref().unwrap()).unwrap();
+    let report = gatehouse_recorder::verify_sink(&sink, &l.keys).await.unwrap();
+    assert!(report.findings.is_empty(), "{report:?}");
+    assert_eq!((report.events_checked, report.last_signed_seq), (7, 7));
+
+    // More events, a crash-like loss of the cursor: the same segments are cut and sent again
+    // under the same names, so the sink ends with each event once.
+    rec.append(start("s3", 9_000)).await.unwrap();
+    rec.shutdown();
+    std::fs::remove_file(l.log().join("shipping/cursor.json")).unwrap();
+    let before: Vec<_> = std::fs::read_dir(sink_dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    shipper.ship_sealed().await.unwrap();
+    let after: Vec<_> = std::fs::read_dir(sink_dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(after.len(), before.len() + 1, "{before:?} -> {after:?}");
+    let report = gatehouse_recorder::verify_sink(&sink, &l.keys).await.unwrap();
+    assert!(report.findings.is_empty(), "{report:?}");
+    assert_eq!(report.events_checked, 8);
+
+    // A segment renamed to another range does not decrypt under its new name.
+    let mut names: Vec<_> = after.iter().map(|n| n.to_string_lossy().to_string()).collect();
+    names.sort();
+    let seg = sink_dir.join("segments");
+    let last = names.last().unwrap().clone();
+    std::fs::rename(
+        seg.join(&last),
+        seg.join("00000000000000000008-00000000000000000009.seg"),
+    )
+    .unwrap();
+    let report = gatehouse_recorder::verify_sink(&sink, &l.keys).await.unwrap();
+    let t = report.first_tampering().unwrap();
+    assert_eq!(t.kind, FindingKind::Altered, "{report:?}");
+    assert!(t.message.contains("does not decrypt"), "{t:?}");
+}
+
+#[tokio::test]
+async fn a_tampered_local_log_is_not_shipped() {
+    let l = signed_log().await;
+    {
+        let db = raw_db(&l.log());
+        let cf = db.cf_handle("events").unwrap();
+        let v = db.get_cf(cf, 2u64.to_be_bytes()).unwrap().unwrap();
+        let edited = String::from_utf8(v).unwrap().replacen("orders", "ordersX", 1);
+        db.put_cf(cf, 2u64.to_be_bytes(), edited).unwrap();
+    }
+    let sink_dir = l.dir.path().join("sink");
+    let mut c = cfg(&l.log(), Durability::Sync);
+    c.checkpoints = Some(CheckpointConfig {
+        key: SecretRef::File(l.dir.path().join("signing.pem")),
+        every_events: 3,
+        every_secs: 3600,
+    });
+    c.shipping = Some(shipping(&sink_dir, None));
+    let rec = Recorder::open(&c).unwrap();
+    let shipper = gatehouse_recorder::Shipper::from_config(&c, rec.clone())
+        .unwrap()
+        .unwrap();
+    let err = shipper.ship_sealed().await.unwrap_err();
+    assert!(err.contains("event 2 was altered"), "{err}");
+    assert!(shipper.status().halted.load(std::sync::atomic::Ordering::Relaxed));
+    // Segments before the damage went; nothing from it on.
+    let names: Vec<String> = std::fs::read_dir(sink_dir.join("segments"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let first_cp = l.checkpoint_seqs()[0];
+    assert!(
+        names.iter().all(|n| n.ends_with(&format!("-{first_cp:020}.seg"))),
+        "{names:?}"
+    );
+    rec.shutdown();
+}
+
+// --- Search -------------------------------------------------------------------------------
+
+fn seqs_of(r: &LogReader, q: gatehouse_recorder::SearchQuery) -> Vec<u64> {
+    r.search(&q).unwrap().events.iter().map(|e| e.seq).collect()
+}
+
+fn q() -> gatehouse_recorder::SearchQuery {
+    gatehouse_recorder::SearchQuery {
+        from_us: i64::MIN,
+        to_us: i64::MAX,
+        limit: 100,
+        ..Default::default()
+    }
+}
+
+fn search_checks(r: &LogReader) {
+    let s = |f: &dyn Fn(&mut gatehouse_recorder::SearchQuery)| {
+        let mut query = q();
+        f(&mut query);
+        seqs_of(r, query)
+    };
+    // Newest first.
+    assert_eq!(
+        s(&|q| q.principal = Some("agent:etl".into())),
+        [7, 5, 6, 4, 3, 2, 1]
+    );
+    assert_eq!(
+        s(&|q| q.principal = Some("agent:nobody".into())),
+        Vec::<u64>::new()
+    );
+    assert_eq!(s(&|q| q.decision = Some("deny".into())), [4]);
+    assert_eq!(s(&|q| q.policy = Some("no-writes".into())), [4]);
+    assert_eq!(s(&|q| q.text = Some("delete from".into())), [4]);
+    assert_eq!(s(&|q| q.text = Some("ORDERS".into())), [4, 2]);
+    assert_eq!(s(&|q| q.text = Some("from orders".into())), [4, 2]);
+    assert_eq!(
+        s(&|q| q.text = Some("orders delete".into())),
+        Vec::<u64>::new(),
+        "the phrase, not just its words"
+    );
+    assert_eq!(
+        s(&|q| {
+            q.text = Some("orders".into());
+            q.decision = Some("allow".into());
+        }),
+        [2]
+    );
+    assert_eq!(s(&|q| q.kind = Some("session_start".into())), [5, 1]);
+    assert_eq!(
+        s(&|q| {
+            q.target = Some("app".into());
+            q.kind = Some("decision".into());
+        }),
+        [4, 2]
+    );
+    assert_eq!(
+        s(&|q| {
+            q.kind = Some("decision".into());
+            q.from_us = 1_200;
+            q.to_us = 1_300;
+        }),
+        [4]
+    );
+    assert_eq!(
+        s(&|q| {
+            q.from_us = 1_100;
+            q.to_us = 1_300;
+        }),
+        [4, 3, 2]
+    );
+    let mut limited = q();
+    limited.principal = Some("agent:etl".into());
+    limited.limit = 2;
+    let res = r.search(&limited).unwrap();
+    assert_eq!(res.events.len(), 2);
+    assert!(res.truncated);
+}
+
+#[tokio::test]
+async fn search_finds_events_by_every_field_from_the_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = Recorder::open(&cfg(dir.path(), Durability::Sync)).unwrap();
+    populate(&rec).await;
+    rec.shutdown();
+    search_checks(&LogReader::open(dir.path()).unwrap());
+
+    // A log from before the indexes: they are built when it is next opened for writing.
+    {
+        let db = raw_db(dir.path());
+        let cf = db.cf_handle("search").unwrap();
+        let keys: Vec<Box<[u8]>> = db
+            .iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .map(|i| i.unwrap().0)
+            .collect();
+        assert!(keys.len() > 7);
+        for k in keys {
+            db.delete_cf(cf, k).unwrap();
+        }
+    }
+    assert!(seqs_of(&LogReader::open(dir.path()).unwrap(), q()).is_empty());
+    Recorder::open(&cfg(dir.path(), Durability::Sync))
+        .unwrap()
+        .shutdown();
+    search_checks(&LogReader::open(dir.path()).unwrap());
 }

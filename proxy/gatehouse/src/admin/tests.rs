@@ -68,6 +68,7 @@ fn fixture() -> Fixture {
         durability: Durability::Sync,
         max_batch: 64,
         checkpoints: None,
+        shipping: None,
     })
     .unwrap();
     let approvals = Arc::new(Approvals::new(100));
@@ -550,6 +551,27 @@ async fn the_openapi_description_matches_the_server() {
             Some("dave"),
             Some(b""),
         ),
+        (
+            "GET",
+            "/v1/audit/search",
+            "/v1/audit/search?principal=agent%3Aai-agent&kind=session_start&from=-1h".into(),
+            Some("erin"),
+            Some(b""),
+        ),
+        (
+            "GET",
+            "/v1/audit/search",
+            "/v1/audit/search?decision=maybe".into(),
+            Some("erin"),
+            Some(b""),
+        ),
+        (
+            "GET",
+            "/v1/audit/search",
+            "/v1/audit/search".into(),
+            Some("dave"),
+            Some(b""),
+        ),
     ];
     let mut statuses = std::collections::BTreeSet::new();
     for (method, pattern, path, user, body) in calls {
@@ -557,6 +579,16 @@ async fn the_openapi_description_matches_the_server() {
         check_reply(&doc, method, pattern, &reply);
         statuses.insert((pattern, reply.status));
     }
+    let found = f
+        .call(
+            "GET",
+            "/v1/audit/search?principal=agent%3Aai-agent&kind=session_start",
+            Some("erin"),
+            Some(b""),
+        )
+        .await;
+    let v = &found.body;
+    assert_eq!(v["events"][0]["session_id"], "sess-1", "{v}");
     for expected in [
         ("/v1/whoami", 401),
         ("/v1/approvals", 400),
@@ -569,6 +601,9 @@ async fn the_openapi_description_matches_the_server() {
         ("/v1/sessions", 403),
         ("/v1/sessions/{id}", 200),
         ("/v1/sessions/{id}", 404),
+        ("/v1/audit/search", 200),
+        ("/v1/audit/search", 400),
+        ("/v1/audit/search", 403),
     ] {
         assert!(
             statuses.contains(&expected),

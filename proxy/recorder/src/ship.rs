@@ -1,0 +1,730 @@
+//! Shipping the log off the host (`[recorder.shipping]`), and verifying what was shipped.
+//!
+//! A compromised gateway can rewrite its local log (and, holding the signing key, re-sign it);
+//! it cannot rewrite what already left. The shipper copies **sealed segments** to an object
+//! store through the `object_store` crate (S3-compatible endpoints, or a filesystem path):
+//!
+//! - a segment is the run of events after the previous segment up to the next signed
+//!   checkpoint (at most [`MAX_SEGMENT_EVENTS`]; a longer run is cut there and its last piece
+//!   carries the checkpoint). Boundaries depend only on the log and the previous boundary, so
+//!   after a crash the same segments are cut again;
+//! - it is named by its seq range, `segments/<first>-<last>.seg` (20-digit, zero-padded, so
+//!   names sort in log order): sending it again replaces the object with the same events;
+//! - delivery is at least once, in order: the cursor (the last acknowledged seq and its hash,
+//!   `<log dir>/shipping/cursor.json`, replaced atomically) moves only after the sink
+//!   acknowledged the put; after an outage or a restart shipping resumes from it;
+//! - the shipper reads the log through a read-only view and holds one segment in memory:
+//!   a slow or unreachable sink never slows down recording, the backlog just stays on disk.
+//!   The backlog is exposed (metrics, `/healthz`) and logged and recorded when shipping starts
+//!   failing, when it lags past `backlog_alert_events`, and when it recovers;
+//! - before a segment leaves, its chain is checked (every hash, every link to the cursor's
+//!   hash, the checkpoint's head): a locally tampered log is not shipped, the shipper stops
+//!   and says so;
+//! - with `encryption_key`, segments are encrypted with AES-256-GCM before they leave (a random
+//!   96-bit nonce per object, the object's name as associated data, so a segment cannot be
+//!   passed off under another range's name).
+//!
+//! # Segment format (`gatehouse-segment-v1`)
+//!
+//! Line 1: `{"format":"gatehouse-segment-v1","first_seq":F,"last_seq":L,"checkpoint":{…}|null}`;
+//! then the events F..=L, one stored record per line, byte for byte as in the log. Encrypted:
+//! `GHSEG-AES256GCM-V1\n`, the 12-byte nonce, then the ciphertext and tag of the above.
+//!
+//! [`verify_sink`] walks every segment in name order through the same checks as a local log
+//! ([`crate::verify`]): an edited, removed, replaced or reordered segment shows as the finding
+//! its events give.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use gatehouse_core::config::ShippingConfig;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, PutPayload};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::SecureRandom as _;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{Checkpoint, PublicKeys};
+use crate::error::RecorderError;
+use crate::event::{canonical_from_stored, chain_hash, decode_hash};
+use crate::reader::LogReader;
+use crate::verify::{FindingKind, RecordedHead, VerifyReport, Walk};
+use crate::writer::{GATEWAY_SESSION, Recorder};
+
+/// Name of the segment format.
+pub const SEGMENT_FORMAT: &str = "gatehouse-segment-v1";
+/// Most events in one segment.
+pub const MAX_SEGMENT_EVENTS: u64 = 50_000;
+const ENC_MAGIC: &[u8] = b"GHSEG-AES256GCM-V1\n";
+const SEGMENTS: &str = "segments";
+/// A put or get that takes longer than this failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait between retries after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Serialize, Deserialize)]
+struct SegmentHeader {
+    format: String,
+    first_seq: u64,
+    last_seq: u64,
+    checkpoint: Option<Checkpoint>,
+}
+
+/// Where segments go: an object store, a prefix in it, and the optional encryption key.
+pub struct Sink {
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjPath,
+    url: String,
+    key: Option<LessSafeKey>,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink")
+            .field("url", &self.url)
+            .field("encrypted", &self.key.is_some())
+            .finish()
+    }
+}
+
+fn config_err(message: String) -> RecorderError {
+    RecorderError::Invalid(format!("recorder.shipping: {message}"))
+}
+
+impl Sink {
+    /// Build the sink `c` describes (resolving its secrets). Nothing is contacted yet.
+    pub fn from_config(c: &ShippingConfig) -> Result<Sink, RecorderError> {
+        let key = match &c.encryption_key {
+            None => None,
+            Some(r) => {
+                let hex_key = r
+                    .resolve()
+                    .map_err(|e| config_err(format!("encryption_key: {e}")))?;
+                let bytes = hex::decode(hex_key.trim())
+                    .ok()
+                    .filter(|b| b.len() == 32)
+                    .ok_or_else(|| config_err("encryption_key: expected 64 hex digits (32 bytes)".into()))?;
+                let unbound = UnboundKey::new(&AES_256_GCM, &bytes)
+                    .map_err(|_| config_err("encryption_key: not an AES-256 key".into()))?;
+                Some(LessSafeKey::new(unbound))
+            }
+        };
+        let (store, prefix): (Arc<dyn ObjectStore>, String) =
+            if let Some(rest) = c.sink.strip_prefix("file://") {
+                let root = PathBuf::from(rest);
+                if !root.is_absolute() {
+                    return Err(config_err(format!(
+                        "sink `{}`: the path must be absolute",
+                        c.sink
+                    )));
+                }
+                std::fs::create_dir_all(&root)
+                    .map_err(|e| config_err(format!("sink `{}`: cannot create it: {e}", c.sink)))?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(&root)
+                    .map_err(|e| config_err(format!("sink `{}`: {e}", c.sink)))?;
+                (Arc::new(fs), String::new())
+            } else if let Some(rest) = c.sink.strip_prefix("s3://") {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(config_err(format!("sink `{}` names no bucket", c.sink)));
+                }
+                let mut b = object_store::aws::AmazonS3Builder::new()
+                    .with_bucket_name(bucket)
+                    .with_region(&c.region)
+                    .with_allow_http(c.allow_http)
+                    .with_client_options(
+                        object_store::ClientOptions::new()
+                            .with_timeout(REQUEST_TIMEOUT)
+                            .with_connect_timeout(Duration::from_secs(5))
+                            .with_allow_http(c.allow_http),
+                    )
+                    // Retries are the shipper's: it keeps the cursor and backs off itself.
+                    .with_retry(object_store::RetryConfig {
+                        max_retries: 1,
+                        retry_timeout: Duration::from_secs(10),
+                        ..object_store::RetryConfig::default()
+                    });
+                if let Some(e) = &c.endpoint {
+                    b = b.with_endpoint(e);
+                }
+                match (&c.access_key_id, &c.secret_access_key) {
+                    (Some(id), Some(secret)) => {
+                        let id = id
+                            .resolve()
+                            .map_err(|e| config_err(format!("access_key_id: {e}")))?;
+                        let secret = secret
+                            .resolve()
+                            .map_err(|e| config_err(format!("secret_access_key: {e}")))?;
+                        b = b.with_access_key_id(id).with_secret_access_key(secret);
+                    }
+                    (None, None) => b = b.with_skip_signature(true),
+                    _ => {
+                        return Err(config_err(
+                            "give both access_key_id and secret_access_key, or neither".into(),
+                        ));
+                    }
+                }
+                let s3 = b
+                    .build()
+                    .map_err(|e| config_err(format!("sink `{}`: {e}", c.sink)))?;
+                (Arc::new(s3), prefix.trim_matches('/').to_string())
+            } else {
+                return Err(config_err(format!(
+                    "sink `{}`: expected file:///absolute/path or s3://bucket[/prefix]",
+                    c.sink
+                )));
+            };
+        Ok(Sink {
+            store,
+            prefix: ObjPath::from(prefix),
+            url: c.sink.clone(),
+            key,
+        })
+    }
+
+    /// The sink's address as configured (no secrets).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn name(first: u64, last: u64) -> String {
+        format!("{SEGMENTS}/{first:020}-{last:020}.seg")
+    }
+
+    fn path(&self, name: &str) -> ObjPath {
+        let mut p = self.prefix.clone();
+        for part in name.split('/') {
+            p = p.child(part);
+        }
+        p
+    }
+
+    /// Encrypt (if configured) and store segment `first..=last`.
+    async fn put(&self, first: u64, last: u64, plain: Vec<u8>) -> Result<u64, String> {
+        let name = Sink::name(first, last);
+        let body = match &self.key {
+            None => plain,
+            Some(key) => seal(key, &name, plain)?,
+        };
+        let len = body.len() as u64;
+        let path = self.path(&name);
+        let put = self.store.put(&path, PutPayload::from(Bytes::from(body)));
+        match tokio::time::timeout(REQUEST_TIMEOUT, put).await {
+            Err(_) => Err(format!("storing {name} timed out")),
+            Ok(Err(e)) => Err(format!("storing {name}: {e}")),
+            Ok(Ok(_)) => Ok(len),
+        }
+    }
+
+    /// Every segment in the sink as (first, last, name), in log order; objects that are not
+    /// segments are returned separately.
+    pub async fn list(&self) -> Result<(Vec<(u64, u64, String)>, Vec<String>), RecorderError> {
+        let dir = self.path(SEGMENTS);
+        let mut stream = self.store.list(Some(&dir));
+        let mut segs = Vec::new();
+        let mut other = Vec::new();
+        while let Some(item) = stream.next().await {
+            let meta = item.map_err(|e| RecorderError::read(format!("listing {}: {e}", self.url)))?;
+            let file = meta.location.filename().unwrap_or_default().to_string();
+            let parsed = file
+                .strip_suffix(".seg")
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+                .filter(|(a, b)| a <= b && file == Sink::name(*a, *b).trim_start_matches("segments/"));
+            match parsed {
+                Some((a, b)) => segs.push((a, b, Sink::name(a, b))),
+                None => other.push(meta.location.to_string()),
+            }
+        }
+        segs.sort();
+        Ok((segs, other))
+    }
+
+    /// A segment's plaintext.
+    async fn get(&self, name: &str) -> Result<Vec<u8>, SegmentError> {
+        let get = async {
+            let r = self.store.get(&self.path(name)).await?;
+            r.bytes().await
+        };
+        let body = match tokio::time::timeout(REQUEST_TIMEOUT, get).await {
+            Err(_) => return Err(SegmentError::Unreachable(format!("reading {name} timed out"))),
+            Ok(Err(e)) => return Err(SegmentError::Unreachable(format!("reading {name}: {e}"))),
+            Ok(Ok(b)) => b.to_vec(),
+        };
+        match (&self.key, body.starts_with(ENC_MAGIC)) {
+            (Some(key), true) => open(key, name, &body).map_err(SegmentError::Bad),
+            (None, true) => Err(SegmentError::Unreachable(format!(
+                "{name} is encrypted: give the sink's encryption key"
+            ))),
+            (Some(_), false) => Err(SegmentError::Bad(
+                "is not encrypted, but this sink's segments are".to_string(),
+            )),
+            (None, false) => Ok(body),
+        }
+    }
+}
+
+enum SegmentError {
+    /// The sink could not be read (or the key is missing): the verdict cannot be given.
+    Unreachable(String),
+    /// The object is not a segment as shipped.
+    Bad(String),
+}
+
+fn seal(key: &LessSafeKey, name: &str, mut plain: Vec<u8>) -> Result<Vec<u8>, String> {
+    let mut nonce = [0u8; NONCE_LEN];
+    ring::rand::SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| "no randomness for a nonce".to_string())?;
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(name.as_bytes()),
+        &mut plain,
+    )
+    .map_err(|_| "encryption failed".to_string())?;
+    let mut out = Vec::with_capacity(ENC_MAGIC.len() + NONCE_LEN + plain.len());
+    out.extend_from_slice(ENC_MAGIC);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&plain);
+    Ok(out)
+}
+
+fn open(key: &LessSafeKey, name: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+    let rest = &body[ENC_MAGIC.len()..];
+    let (nonce, sealed) = rest
+        .split_at_checked(NONCE_LEN)
+        .ok_or_else(|| "is truncated".to_string())?;
+    let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| "is truncated".to_string())?;
+    let mut buf = sealed.to_vec();
+    let plain = key
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(name.as_bytes()),
+            &mut buf,
+        )
+        .map_err(|_| {
+            "does not decrypt under its name with this key (altered, renamed or another key)".to_string()
+        })?;
+    Ok(plain.to_vec())
+}
+
+/// The last acknowledged event.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cursor {
+    pub seq: u64,
+    /// Its hash (empty at 0).
+    pub hash: String,
+}
+
+fn cursor_path(log_dir: &Path) -> PathBuf {
+    log_dir.join("shipping").join("cursor.json")
+}
+
+/// The persisted cursor (seq 0 when nothing was shipped yet).
+pub fn load_cursor(log_dir: &Path) -> Result<Cursor, RecorderError> {
+    let p = cursor_path(log_dir);
+    match std::fs::read(&p) {
+        Ok(v) => {
+            serde_json::from_slice(&v).map_err(|e| RecorderError::Corrupt(format!("{}: {e}", p.display())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Cursor::default()),
+        Err(e) => Err(RecorderError::read(format!("{}: {e}", p.display()))),
+    }
+}
+
+/// Replace the cursor atomically and durably (write, fsync, rename, fsync the directory).
+fn save_cursor(log_dir: &Path, c: &Cursor) -> Result<(), String> {
+    use std::io::Write as _;
+    let p = cursor_path(log_dir);
+    let dir = p.parent().map(Path::to_path_buf).unwrap_or_default();
+    let err = |e: std::io::Error| format!("saving the shipping cursor in {}: {e}", dir.display());
+    std::fs::create_dir_all(&dir).map_err(err)?;
+    let tmp = dir.join("cursor.json.tmp");
+    let bytes = serde_json::to_vec(c).map_err(|e| e.to_string())?;
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(&bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, &p).map_err(err)?;
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err)?;
+    Ok(())
+}
+
+/// A segment ready to go.
+struct Segment {
+    first: u64,
+    last: u64,
+    last_hash: [u8; 32],
+    bytes: Vec<u8>,
+}
+
+/// Cut the next sealed segment after `cursor`, checking its chain; `None` when no checkpoint
+/// covers anything after the cursor yet.
+fn next_segment(reader: &LogReader, cursor: &Cursor) -> Result<Option<Segment>, RecorderError> {
+    let first = cursor.seq + 1;
+    let Some(cp) = reader.checkpoint_at_or_after(first)? else {
+        return Ok(None);
+    };
+    let last = cp.seq.min(first + MAX_SEGMENT_EVENTS - 1);
+    let checkpoint = (last == cp.seq).then_some(cp);
+    let header = SegmentHeader {
+        format: SEGMENT_FORMAT.to_string(),
+        first_seq: first,
+        last_seq: last,
+        checkpoint,
+    };
+    let mut bytes = serde_json::to_vec(&header).map_err(|e| RecorderError::Encode(e.to_string()))?;
+    bytes.push(b'\n');
+    let mut prev = if cursor.seq == 0 {
+        Some([0u8; 32])
+    } else {
+        decode_hash(&cursor.hash)
+    };
+    let mut expected = first;
+    let bad = |seq: u64, what: &str| {
+        RecorderError::Corrupt(format!(
+            "event {seq} {what}: the local log does not verify, so it is not shipped \
+             (run `gatehouse audit verify`)"
+        ))
+    };
+    reader.for_each_stored(first, |seq, stored| {
+        if seq > last {
+            return Ok(false);
+        }
+        if seq != expected {
+            return Err(bad(expected, "is missing"));
+        }
+        let Some((canonical, recorded)) = canonical_from_stored(stored) else {
+            return Err(bad(seq, "is unreadable"));
+        };
+        #[derive(Deserialize)]
+        struct Link {
+            seq: u64,
+            prev_hash: String,
+        }
+        let link: Link = serde_json::from_slice(stored).map_err(|_| bad(seq, "is unreadable"))?;
+        let claimed_prev = decode_hash(&link.prev_hash).ok_or_else(|| bad(seq, "is unreadable"))?;
+        if link.seq != seq || chain_hash(&claimed_prev, &canonical) != recorded {
+            return Err(bad(seq, "was altered"));
+        }
+        if prev.is_some_and(|p| p != claimed_prev) {
+            return Err(bad(seq, "does not link to the last shipped event"));
+        }
+        prev = Some(recorded);
+        bytes.extend_from_slice(stored);
+        bytes.push(b'\n');
+        expected += 1;
+        Ok(true)
+    })?;
+    if expected != last + 1 {
+        return Err(bad(expected, "is missing"));
+    }
+    let last_hash = prev.unwrap_or([0u8; 32]);
+    if let Some(cp) = &header.checkpoint
+        && cp.hash != hex::encode(last_hash)
+    {
+        return Err(bad(last, "does not match its checkpoint"));
+    }
+    Ok(Some(Segment {
+        first,
+        last,
+        last_hash,
+        bytes,
+    }))
+}
+
+/// Shipping's state, for metrics and health. Updated by the shipper, read at any time.
+#[derive(Debug, Default)]
+pub struct ShipStatus {
+    /// Last event the sink acknowledged.
+    pub acked_seq: AtomicU64,
+    /// Segments and bytes stored since start.
+    pub segments: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Failed attempts since start.
+    pub errors: AtomicU64,
+    /// µs since the epoch of the first failure of the current outage (0: not failing).
+    pub failing_since_us: AtomicI64,
+    /// µs since the epoch of the last acknowledged segment (0: none since start).
+    pub last_success_us: AtomicI64,
+    /// The backlog is above `backlog_alert_events`.
+    pub lagging: AtomicBool,
+    /// The local log does not verify: shipping stopped.
+    pub halted: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ShipStatus {
+    /// The last failure's message (cleared by a success).
+    pub fn last_error(&self) -> Option<String> {
+        match self.last_error.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        match self.last_error.lock() {
+            Ok(mut g) => *g = e,
+            Err(p) => *p.into_inner() = e,
+        }
+    }
+}
+
+/// Copies sealed segments to the sink; see the module documentation.
+pub struct Shipper {
+    sink: Sink,
+    log_dir: PathBuf,
+    recorder: Recorder,
+    status: Arc<ShipStatus>,
+    interval: Duration,
+    alert: u64,
+}
+
+impl Shipper {
+    /// The shipper `[recorder.shipping]` asks for, if any.
+    pub fn from_config(
+        cfg: &gatehouse_core::config::RecorderConfig,
+        recorder: Recorder,
+    ) -> Result<Option<Shipper>, RecorderError> {
+        let Some(c) = &cfg.shipping else { return Ok(None) };
+        if cfg.checkpoints.is_none() {
+            return Err(config_err(
+                "segments end at signed checkpoints: configure [recorder.checkpoints] too".into(),
+            ));
+        }
+        let status = Arc::new(ShipStatus::default());
+        let cursor = load_cursor(&cfg.dir)?;
+        status.acked_seq.store(cursor.seq, Ordering::Relaxed);
+        Ok(Some(Shipper {
+            sink: Sink::from_config(c)?,
+            log_dir: cfg.dir.clone(),
+            recorder,
+            status,
+            interval: Duration::from_secs(c.interval_secs.max(1)),
+            alert: c.backlog_alert_events,
+        }))
+    }
+
+    pub fn status(&self) -> Arc<ShipStatus> {
+        self.status.clone()
+    }
+
+    pub fn sink_url(&self) -> &str {
+        self.sink.url()
+    }
+
+    /// Events recorded and not yet acknowledged by the sink.
+    pub fn backlog(&self) -> u64 {
+        let acked = self.status.acked_seq.load(Ordering::Relaxed);
+        self.recorder.stats().last_seq.saturating_sub(acked)
+    }
+
+    /// Ship every sealed segment there is now. Returns how many were stored.
+    pub async fn ship_sealed(&self) -> Result<u64, String> {
+        let mut shipped = 0;
+        loop {
+            let dir = self.log_dir.clone();
+            let cut = tokio::task::spawn_blocking(move || -> Result<_, RecorderError> {
+                let cursor = load_cursor(&dir)?;
+                let reader = LogReader::open(&dir)?;
+                Ok((next_segment(&reader, &cursor)?, cursor))
+            })
+            .await
+            .map_err(|e| format!("segment task: {e}"))?;
+            let (seg, _cursor) = match cut {
+                Ok(v) => v,
+                Err(e @ RecorderError::Corrupt(_)) => {
+                    if !self.status.halted.swap(true, Ordering::Relaxed) {
+                        tracing::error!(error = %e, "shipping stopped");
+                        self.notice("error", format!("shipping to {} stopped: {e}", self.sink.url()));
+                    }
+                    return Err(e.to_string());
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            let Some(seg) = seg else { return Ok(shipped) };
+            let len = self.sink.put(seg.first, seg.last, seg.bytes).await?;
+            let next = Cursor {
+                seq: seg.last,
+                hash: hex::encode(seg.last_hash),
+            };
+            let dir = self.log_dir.clone();
+            tokio::task::spawn_blocking(move || save_cursor(&dir, &next))
+                .await
+                .map_err(|e| format!("cursor task: {e}"))??;
+            self.status.acked_seq.store(seg.last, Ordering::Relaxed);
+            self.status.segments.fetch_add(1, Ordering::Relaxed);
+            self.status.bytes.fetch_add(len, Ordering::Relaxed);
+            self.status
+                .last_success_us
+                .store(gatehouse_core::time::now_micros(), Ordering::Relaxed);
+            shipped += 1;
+        }
+    }
+
+    fn notice(&self, level: &str, message: String) {
+        self.recorder.append_nowait(crate::event::NewEvent::now(
+            GATEWAY_SESSION.to_string(),
+            None,
+            crate::event::EventBody::Notice {
+                level: level.to_string(),
+                message,
+            },
+        ));
+    }
+
+    /// One attempt, with the operator signals for its outcome.
+    async fn attempt(&self) -> bool {
+        let result = self.ship_sealed().await;
+        let backlog = self.backlog();
+        match result {
+            Ok(_) => {
+                let since = self.status.failing_since_us.swap(0, Ordering::Relaxed);
+                self.status.set_error(None);
+                if since != 0 {
+                    let down = (gatehouse_core::time::now_micros() - since) / 1_000_000;
+                    tracing::info!(sink = %self.sink.url(), down_secs = down, backlog, "shipping recovered");
+                    self.notice(
+                        "info",
+                        format!(
+                            "shipping to {} recovered after {down}s; {backlog} events wait to be shipped",
+                            self.sink.url()
+                        ),
+                    );
+                }
+            }
+            Err(ref e) => {
+                self.status.errors.fetch_add(1, Ordering::Relaxed);
+                self.status.set_error(Some(e.clone()));
+                let now = gatehouse_core::time::now_micros();
+                if self.status.failing_since_us.load(Ordering::Relaxed) == 0 {
+                    self.status.failing_since_us.store(now, Ordering::Relaxed);
+                    tracing::warn!(sink = %self.sink.url(), error = %e, backlog, "shipping failed; retrying");
+                    self.notice(
+                        "warn",
+                        format!(
+                            "shipping to {} failed: {e}; events stay in the local log until it recovers",
+                            self.sink.url()
+                        ),
+                    );
+                }
+            }
+        }
+        let lagging = backlog > self.alert;
+        if lagging != self.status.lagging.swap(lagging, Ordering::Relaxed) && lagging {
+            tracing::warn!(sink = %self.sink.url(), backlog, alert = self.alert, "shipping backlog over the alert level");
+            self.notice(
+                "warn",
+                format!(
+                    "{backlog} events are not shipped to {} yet (alert level {})",
+                    self.sink.url(),
+                    self.alert
+                ),
+            );
+        }
+        result.is_ok()
+    }
+
+    /// Ship until `stop` resolves: every `interval_secs`, or sooner while segments keep
+    /// coming; after a failure, back off from the interval up to 30 s.
+    pub async fn run(&self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut backoff = self.interval;
+        loop {
+            let ok = self.attempt().await;
+            let wait = if ok {
+                backoff = self.interval;
+                self.interval
+            } else {
+                let w = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                w
+            };
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// At shutdown (after the recorder signed its last events): ship what is sealed, within
+    /// `limit`. What is left goes at the next start.
+    pub async fn drain(&self, limit: Duration) -> Result<u64, String> {
+        match tokio::time::timeout(limit, self.ship_sealed()).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("not done within {}s", limit.as_secs())),
+        }
+    }
+}
+
+/// Verify everything in `sink` with `keys`: every segment's events, in name order, through the
+/// log's own checks, with each segment's checkpoint. An `Err` means the sink could not be read.
+pub async fn verify_sink(sink: &Sink, keys: &PublicKeys) -> Result<VerifyReport, RecorderError> {
+    let (segments, others) = sink.list().await?;
+    let mut walk = Walk::new(keys, Vec::new(), 1);
+    for (first, last, name) in &segments {
+        let plain = match sink.get(name).await {
+            Ok(p) => p,
+            Err(SegmentError::Unreachable(e)) => return Err(RecorderError::read(e)),
+            Err(SegmentError::Bad(why)) => {
+                walk.bad_container(*first, format!("segment {name} {why}"));
+                continue;
+            }
+        };
+        let mut lines = plain.split(|b| *b == b'\n');
+        let header = lines
+            .next()
+            .and_then(|h| serde_json::from_slice::<SegmentHeader>(h).ok())
+            .filter(|h| h.format == SEGMENT_FORMAT);
+        let Some(header) = header else {
+            walk.bad_container(*first, format!("segment {name} has no readable header"));
+            continue;
+        };
+        if (header.first_seq, header.last_seq) != (*first, *last) {
+            walk.bad_container(
+                *first,
+                format!(
+                    "segment {name} says it holds events {} to {}",
+                    header.first_seq, header.last_seq
+                ),
+            );
+            continue;
+        }
+        if let Some(cp) = header.checkpoint {
+            walk.add_checkpoint(cp);
+        }
+        let mut pos = *first;
+        for line in lines {
+            if line.is_empty() {
+                continue;
+            }
+            walk.event(pos, line);
+            pos = pos.saturating_add(1);
+        }
+        if pos != last.saturating_add(1) {
+            walk.bad_container(
+                *first,
+                format!(
+                    "segment {name} holds {} events, its name says {}",
+                    pos - first,
+                    last - first + 1
+                ),
+            );
+        }
+    }
+    let mut report = walk.finish(RecordedHead::NotApplicable);
+    for o in others {
+        report.push_always(
+            FindingKind::Unsigned,
+            None,
+            format!("{o} is in the segments folder but is not a segment"),
+        );
+    }
+    Ok(report)
+}
