@@ -101,6 +101,7 @@ fn bench_append(c: &mut Criterion) {
                 every_secs: 10,
             }),
             shipping: None,
+            literals: Default::default(),
         })
         .unwrap_or_else(|e| fail("opening the recorder", e));
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use gatehouse_conformance::Harness;
+use gatehouse_conformance::{Harness, Options};
 
 fn text(o: &Output) -> String {
     format!(
@@ -540,4 +540,102 @@ forbid (
         .unwrap();
     assert!(!out.status.success());
     assert!(text(&out).contains("broken.cedar"), "{}", text(&out));
+}
+
+/// Statement constants touching classified columns never reach the log (the default
+/// `redact-classified`), others are kept; `hash` keeps a keyed token instead.
+#[test]
+fn constants_of_classified_statements_are_redacted_in_the_record() {
+    let recorded = |h: &Harness| -> Vec<String> {
+        let r = gatehouse_recorder::LogReader::open(&h.setup.log_dir).unwrap();
+        r.events(1, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e.body {
+                gatehouse_recorder::EventBody::Decision {
+                    statement: Some(s), ..
+                } => Some(s.text),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut h = Harness::start().unwrap();
+    let out = h
+        .psql(
+            "alice",
+            "app",
+            &[
+                "-c",
+                "SELECT name FROM customers WHERE ssn = '078-05-1120'",
+                "-c",
+                "UPDATE customers SET email = 'new@example.com' WHERE id = 424242",
+                "-c",
+                "SELECT 'not secret' AS label",
+            ],
+        )
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    h.stop_gateway().unwrap();
+    let texts = recorded(&h);
+    let all = texts.join("\n");
+    assert!(
+        !all.contains("078-05-1120") && !all.contains("new@example.com"),
+        "{all}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t == "SELECT name FROM customers WHERE ssn = ?"),
+        "{all}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t == "UPDATE customers SET email = ? WHERE id = ?"),
+        "{all}"
+    );
+    assert!(texts.iter().any(|t| t == "SELECT 'not secret' AS label"), "{all}");
+    // The search index never saw the values either.
+    let log = h.setup.log_dir.display().to_string();
+    let out = h
+        .gatehouse(&["audit", "search", "--log", &log, "--text", "078-05-1120"])
+        .unwrap();
+    assert!(out.status.success() && out.stdout.is_empty(), "{}", text(&out));
+    let out = h
+        .gatehouse(&["audit", "search", "--log", &log, "--text", "ssn = ?", "--json"])
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        1,
+        "{}",
+        text(&out)
+    );
+
+    // `hash`: the same value gives the same token, and the value itself is gone.
+    let mut h = Harness::start_with(Options {
+        extra_config: "\n[recorder.literals]\nmode = \"hash\"\n",
+        ..Options::default()
+    })
+    .unwrap();
+    let out = h
+        .psql(
+            "alice",
+            "app",
+            &[
+                "-c",
+                "SELECT id FROM customers WHERE ssn = '078-05-1120'",
+                "-c",
+                "SELECT id FROM customers WHERE ssn = '078-05-1120' OR id = 1",
+            ],
+        )
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    h.stop_gateway().unwrap();
+    let texts = recorded(&h);
+    let all = texts.join("\n");
+    assert!(!all.contains("078-05-1120"), "{all}");
+    let token = |t: &str| -> String { t.split('\'').nth(1).unwrap_or_default().to_string() };
+    let hashed: Vec<&String> = texts.iter().filter(|t| t.contains("ssn = 'tok_")).collect();
+    assert_eq!(hashed.len(), 2, "{all}");
+    assert_eq!(token(hashed[0]), token(hashed[1]), "{all}");
 }

@@ -219,8 +219,10 @@ async fn shipping_to_s3_rides_out_an_outage_and_a_kill_without_loss_or_duplicate
     // The sink is back: the backlog drains.
     hop.set_up(true);
     tokio::task::block_in_place(|| {
+        // (Under this load the unsealed tail alone can exceed the low alert level, so health may
+        // still say "lags"; it must no longer say "failing".)
         wait_for(Duration::from_secs(90), "shipping to recover", || {
-            scrape(hh, "gatehouse_shipping_failing") == 0.0 && health(hh) == "ok\n"
+            scrape(hh, "gatehouse_shipping_failing") == 0.0 && !health(hh).contains("failing")
         })
     });
     // A crash under load, then a restart on the same log.

@@ -384,6 +384,73 @@ pub struct RecorderConfig {
     /// Shipping sealed segments off the host (off when absent; needs checkpoints).
     #[serde(default)]
     pub shipping: Option<ShippingConfig>,
+    /// What recorded statements keep of their constants.
+    #[serde(default)]
+    pub literals: LiteralsConfig,
+}
+
+/// `[recorder.literals]`: statement constants (and bound parameters) in the audit log. The
+/// log must not become a second copy of the values masking protects.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LiteralsConfig {
+    #[serde(default)]
+    pub mode: LiteralMode,
+    /// Column names (the last part, any case) whose statements are classified.
+    #[serde(default = "default_classified_columns")]
+    pub classified_columns: Vec<String>,
+}
+
+impl Default for LiteralsConfig {
+    fn default() -> Self {
+        LiteralsConfig {
+            mode: LiteralMode::default(),
+            classified_columns: default_classified_columns(),
+        }
+    }
+}
+
+/// What happens to a recorded statement's constants and bound parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LiteralMode {
+    /// Recorded as sent.
+    Keep,
+    /// Replaced by `?` in every statement.
+    Redact,
+    /// Replaced by a keyed token (`tok_…`, the masking `hash` key): equal values give equal
+    /// tokens, so an investigation can still follow one value without reading it.
+    Hash,
+    /// Replaced by `?` in statements that name a classified column; others kept (default).
+    #[default]
+    RedactClassified,
+}
+
+fn default_classified_columns() -> Vec<String> {
+    [
+        "ssn",
+        "social_security_number",
+        "card_number",
+        "credit_card",
+        "cvv",
+        "iban",
+        "account_number",
+        "password",
+        "password_hash",
+        "secret",
+        "api_key",
+        "token",
+        "email",
+        "phone",
+        "phone_number",
+        "date_of_birth",
+        "dob",
+        "passport_number",
+        "tax_id",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// `[recorder.shipping]`: sealed segments of the log (each ending at a signed checkpoint) are

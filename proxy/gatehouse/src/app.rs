@@ -74,6 +74,7 @@ impl Gateway {
             approvals.clone(),
             config.approvals.clone(),
             notifier,
+            &config.recorder.literals,
         ));
         let mut targets = Vec::new();
         for t in &config.targets {

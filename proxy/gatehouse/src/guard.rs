@@ -17,11 +17,12 @@ use std::time::Instant;
 use async_trait::async_trait;
 use gatehouse_approval::notify::{Notifier, Step};
 use gatehouse_approval::{ApprovalRequest, Approvals, NewRequest, State};
-use gatehouse_core::config::ApprovalsConfig;
+use gatehouse_core::config::{ApprovalsConfig, LiteralMode, LiteralsConfig};
 use gatehouse_core::guard::AuthFailure;
 use gatehouse_core::time::now_micros;
 use gatehouse_core::{
-    Checked, Guard, GuardError, Hold, OpOutcome, Operation, SessionCtx, SessionGuard, Verdict, Withdrawal,
+    Checked, Guard, GuardError, Hold, OpOutcome, Operation, SessionCtx, SessionGuard, SqlStatement, Verdict,
+    Withdrawal,
 };
 use gatehouse_policy::{PolicyEngine, SessionPolicy};
 use gatehouse_recorder::{
@@ -44,9 +45,12 @@ pub struct GatehouseGuard {
     approval_settings: ApprovalsConfig,
     /// Approvers' webhooks, when configured.
     notifier: Option<Arc<Notifier>>,
+    /// What recorded statements keep of their constants.
+    literals: Arc<Literals>,
 }
 
 impl GatehouseGuard {
+    #[allow(clippy::too_many_arguments)] // one per component the guard ties together
     pub fn new(
         policy: Arc<PolicyEngine>,
         recorder: Recorder,
@@ -55,7 +59,17 @@ impl GatehouseGuard {
         approvals: Option<Arc<Approvals>>,
         approval_settings: ApprovalsConfig,
         notifier: Option<Arc<Notifier>>,
+        literals: &LiteralsConfig,
     ) -> Self {
+        let literals = Arc::new(Literals {
+            mode: literals.mode,
+            columns: literals
+                .classified_columns
+                .iter()
+                .map(|c| c.trim_matches('"').to_lowercase())
+                .collect(),
+            hash: hash.clone(),
+        });
         GatehouseGuard {
             policy,
             recorder,
@@ -64,6 +78,85 @@ impl GatehouseGuard {
             approvals,
             approval_settings,
             notifier,
+            literals,
+        }
+    }
+}
+
+/// `[recorder.literals]`: what the audit log keeps of a statement's constants and bound
+/// parameters. Statements that cannot be scanned are redacted whole (fail closed).
+struct Literals {
+    mode: LiteralMode,
+    /// Classified column names, lower case.
+    columns: Vec<String>,
+    hash: Arc<gatehouse_mask::Masker>,
+}
+
+impl Literals {
+    /// Whether `s`'s constants are rewritten, and how.
+    fn mode_for(&self, s: &SqlStatement) -> LiteralMode {
+        match self.mode {
+            LiteralMode::Hash if !self.hash.can_hash() => LiteralMode::Redact,
+            LiteralMode::RedactClassified => {
+                match gatehouse_pg::literals::names_any(&s.text, &self.columns) {
+                    Some(false) => LiteralMode::Keep,
+                    Some(true) | None => LiteralMode::Redact,
+                }
+            }
+            m => m,
+        }
+    }
+
+    /// A keyed token for a constant: a string's value (so it matches the `hash` masking of
+    /// the same value in results), anything else as written.
+    fn token(&self, constant: &str) -> String {
+        let value = constant
+            .strip_prefix('\'')
+            .and_then(|c| c.strip_suffix('\''))
+            .map(|v| v.replace("''", "'"))
+            .unwrap_or_else(|| constant.to_string());
+        self.keyed(value.as_bytes())
+    }
+
+    /// `tok_…` of `value` under the masking `hash` key.
+    fn keyed(&self, value: &[u8]) -> String {
+        String::from_utf8_lossy(&self.hash.mask(gatehouse_mask::Strategy::Hash, value)).into_owned()
+    }
+
+    /// The statement as recorded, and the mode its parameters get.
+    fn statement(&self, s: &SqlStatement) -> (SqlStatement, LiteralMode) {
+        let mode = self.mode_for(s);
+        let mut out = s.clone();
+        let rewritten = match mode {
+            LiteralMode::Keep | LiteralMode::RedactClassified => return (out, LiteralMode::Keep),
+            LiteralMode::Redact => gatehouse_pg::literals::rewrite_constants(&s.text, |_| "?".to_string()),
+            LiteralMode::Hash => {
+                gatehouse_pg::literals::rewrite_constants(&s.text, |c| format!("'{}'", self.token(c)))
+            }
+        };
+        out.text = rewritten.unwrap_or_else(|| {
+            format!(
+                "[{} bytes redacted: the statement could not be scanned for constants]",
+                s.text.len()
+            )
+        });
+        (out, mode)
+    }
+
+    /// Bound parameters as recorded.
+    fn params(&self, mode: LiteralMode, params: &[String]) -> Vec<String> {
+        match mode {
+            LiteralMode::Keep | LiteralMode::RedactClassified => params.to_vec(),
+            LiteralMode::Redact => params.iter().map(|_| "?".to_string()).collect(),
+            LiteralMode::Hash => params.iter().map(|p| self.keyed(p.as_bytes())).collect(),
+        }
+    }
+
+    /// What a decision records of `op`.
+    fn recorded(&self, op: Option<&Operation>) -> Option<SqlStatement> {
+        match op {
+            Some(Operation::Query(s)) => Some(self.statement(s).0),
+            _ => None,
         }
     }
 }
@@ -142,6 +235,7 @@ struct Session {
     approvals: Option<Arc<Approvals>>,
     approval_settings: ApprovalsConfig,
     notifier: Option<Arc<Notifier>>,
+    literals: Arc<Literals>,
     /// Receivers of this session's open requests, by operation number.
     waiting: std::sync::Mutex<std::collections::HashMap<u64, Waiting>>,
 }
@@ -246,10 +340,7 @@ impl Session {
         EventBody::Decision {
             op: n,
             action: op.action().to_string(),
-            statement: match op {
-                Operation::Query(s) => Some((**s).clone()),
-                Operation::Connect => None,
-            },
+            statement: self.literals.recorded(Some(op)),
             verdict: ev.verdict,
             policy_generation: ev.generation,
             errors: ev.errors,
@@ -310,7 +401,10 @@ impl Session {
             min_approvals: h.min_approvals,
             timeout_secs: h.timeout.as_secs(),
             reason: h.reason.clone(),
-            parameters: params.clone(),
+            parameters: match op {
+                Operation::Query(s) => self.literals.params(self.literals.mode_for(s), &params),
+                Operation::Connect => params.clone(),
+            },
         });
         let body = self.decision(n, op, ev, hold_record, None);
         // No record, no access; and no request an approver could act on without its record.
@@ -393,10 +487,7 @@ impl Session {
         self.event(EventBody::Decision {
             op: n,
             action: req.action.clone(),
-            statement: match op {
-                Some(Operation::Query(s)) => Some((**s).clone()),
-                _ => None,
-            },
+            statement: self.literals.recorded(op),
             verdict: deny(reason, req.policy_ids.clone()),
             policy_generation: self.policy.generation(),
             errors: Vec::new(),
@@ -440,6 +531,7 @@ impl Guard for GatehouseGuard {
             approvals: self.approvals.clone(),
             approval_settings: self.approval_settings.clone(),
             notifier: self.notifier.clone(),
+            literals: self.literals.clone(),
             waiting: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
         let start = EventBody::SessionStart {

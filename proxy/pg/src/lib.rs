@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod classify;
+pub mod literals;
 mod mask;
 pub mod proto;
 mod relay;

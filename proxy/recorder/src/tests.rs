@@ -25,6 +25,7 @@ async fn failed_write_refuses_batch_keeps_head_and_recovers() {
         max_batch: 16,
         checkpoints: None,
         shipping: None,
+        literals: Default::default(),
     })
     .unwrap();
     assert_eq!(rec.append(notice("s", "a")).await.unwrap(), 1);
@@ -96,6 +97,7 @@ async fn invalid_event_is_refused_alone() {
         max_batch: 16,
         checkpoints: None,
         shipping: None,
+        literals: Default::default(),
     })
     .unwrap();
     let err = rec.append(notice("bad\0id", "x")).await.unwrap_err();

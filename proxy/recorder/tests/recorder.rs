@@ -18,6 +18,7 @@ fn cfg(dir: &Path, durability: Durability) -> RecorderConfig {
         max_batch: 4096,
         checkpoints: None,
         shipping: None,
+        literals: Default::default(),
     }
 }
 

@@ -69,6 +69,7 @@ fn fixture() -> Fixture {
         max_batch: 64,
         checkpoints: None,
         shipping: None,
+        literals: Default::default(),
     })
     .unwrap();
     let approvals = Arc::new(Approvals::new(100));
