@@ -15,7 +15,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gatehouse_core::config::{CheckpointConfig, Durability, RecorderConfig, SecretRef};
 use gatehouse_core::{SqlStatement, Verdict};
 use gatehouse_pg::classify::classify_one;
-use gatehouse_recorder::{CheckpointSigner, EventBody, LogReader, NewEvent, PublicKeys, Recorder};
+use gatehouse_recorder::{
+    CheckpointSigner, EventBody, LogReader, NewEvent, PublicKeys, Recorder, SearchQuery,
+};
 
 /// Concurrent sessions in the group-commit benchmark.
 const SESSIONS: u64 = 64;
@@ -186,5 +188,129 @@ fn bench_append(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_append);
+/// Search over a larger log: `GATEHOUSE_BENCH_SEARCH_EVENTS` events (default 1,000,000),
+/// 1,000 principals, one statement in 1,000 a denied DELETE. Each query asks for the newest
+/// 100 matches, as `gatehouse audit search` does by default.
+fn bench_search(c: &mut Criterion) {
+    let n: u64 = std::env::var("GATEHOUSE_BENCH_SEARCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let base = std::env::var_os("GATEHOUSE_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let tmp = tempfile::Builder::new()
+        .prefix("gatehouse-bench-search-")
+        .tempdir_in(&base)
+        .unwrap_or_else(|e| fail("creating a temporary directory", e));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail("starting tokio", e));
+    let select = classify_one("SELECT abalance FROM pgbench_accounts WHERE aid = 48213");
+    let delete = classify_one("DELETE FROM pgbench_history WHERE tid = 7");
+    let rec = Recorder::open(&RecorderConfig {
+        dir: tmp.path().join("log"),
+        durability: Durability::Buffered,
+        max_batch: 4096,
+        checkpoints: None,
+        shipping: None,
+        literals: Default::default(),
+    })
+    .unwrap_or_else(|e| fail("opening the recorder", e));
+    let started = Instant::now();
+    rt.block_on(async {
+        for i in 0..n {
+            let who = i % 1000;
+            let (stmt, verdict) = if i % 1000 == 999 {
+                (
+                    &delete,
+                    Verdict::Deny {
+                        reason: "writes are not allowed".to_string(),
+                        policy_ids: vec!["agents-read-only".to_string()],
+                    },
+                )
+            } else {
+                (
+                    &select,
+                    Verdict::Allow {
+                        policy_ids: vec!["users-read-anywhere".to_string()],
+                    },
+                )
+            };
+            let ev = NewEvent::now(
+                format!("search-session-{who:04}"),
+                Some(format!("user:u{who:04}")),
+                EventBody::Decision {
+                    op: i,
+                    action: "query".to_string(),
+                    statement: Some(stmt.clone()),
+                    verdict,
+                    policy_generation: 1,
+                    errors: Vec::new(),
+                    plugins: Vec::new(),
+                    hold: None,
+                    approval: None,
+                    unheld: None,
+                },
+            );
+            // Wait now and then so the queue stays bounded.
+            if i % 4096 == 4095 {
+                if let Err(e) = rec.append(ev).await {
+                    fail("append", e);
+                }
+            } else {
+                rec.append_nowait(ev);
+            }
+        }
+    });
+    rec.shutdown();
+    eprintln!(
+        "recorder_search: {n} events written with their indexes in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let reader = LogReader::open(&tmp.path().join("log")).unwrap_or_else(|e| fail("opening the log", e));
+    let query = |f: &dyn Fn(&mut SearchQuery)| {
+        let mut q = SearchQuery {
+            from_us: i64::MIN,
+            to_us: i64::MAX,
+            limit: 100,
+            ..SearchQuery::default()
+        };
+        f(&mut q);
+        q
+    };
+    let cases = [
+        ("principal", query(&|q| q.principal = Some("user:u0421".into()))),
+        ("text_rare", query(&|q| q.text = Some("pgbench_history".into()))),
+        (
+            "principal_and_decision",
+            query(&|q| {
+                q.principal = Some("user:u0999".into());
+                q.decision = Some("deny".into());
+            }),
+        ),
+        (
+            "principal_and_rare_policy",
+            query(&|q| {
+                q.principal = Some("user:u0421".into());
+                q.policy = Some("agents-read-only".into());
+            }),
+        ),
+        ("kind_common", query(&|q| q.kind = Some("decision".into()))),
+    ];
+    let mut g = c.benchmark_group(format!("recorder_search_{n}"));
+    g.sample_size(20);
+    for (name, q) in &cases {
+        g.bench_function(*name, |b| {
+            b.iter(|| {
+                let r = reader.search(q).unwrap_or_else(|e| fail("search", e));
+                r.events.len()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_append, bench_search);
 criterion_main!(benches);
