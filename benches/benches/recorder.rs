@@ -28,16 +28,32 @@ fn fail(what: &str, e: impl std::fmt::Display) -> ! {
 }
 
 fn decision(stmt: &SqlStatement, session: u64, op: u64) -> NewEvent {
-    NewEvent::now(
+    decision_event(
         format!("bench-session-{session:04}"),
-        Some("user:bob".to_string()),
+        "user:bob".to_string(),
+        stmt,
+        Verdict::Allow {
+            policy_ids: vec!["users-read-anywhere".to_string()],
+        },
+        op,
+    )
+}
+
+fn decision_event(
+    session: String,
+    principal: String,
+    stmt: &SqlStatement,
+    verdict: Verdict,
+    op: u64,
+) -> NewEvent {
+    NewEvent::now(
+        session,
+        Some(principal),
         EventBody::Decision {
             op,
             action: "query".to_string(),
             statement: Some(stmt.clone()),
-            verdict: Verdict::Allow {
-                policy_ids: vec!["users-read-anywhere".to_string()],
-            },
+            verdict,
             policy_generation: 1,
             errors: Vec::new(),
             plugins: Vec::new(),
@@ -63,14 +79,19 @@ fn result(session: u64, op: u64) -> NewEvent {
     )
 }
 
-fn bench_append(c: &mut Criterion) {
+/// A temporary directory under `$GATEHOUSE_BENCH_DIR` (default: the system temp dir).
+fn bench_dir(prefix: &str) -> tempfile::TempDir {
     let base = std::env::var_os("GATEHOUSE_BENCH_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
-    let tmp = tempfile::Builder::new()
-        .prefix("gatehouse-bench-recorder-")
+    tempfile::Builder::new()
+        .prefix(prefix)
         .tempdir_in(&base)
-        .unwrap_or_else(|e| fail("creating a temporary directory", e));
+        .unwrap_or_else(|e| fail("creating a temporary directory", e))
+}
+
+fn bench_append(c: &mut Criterion) {
+    let tmp = bench_dir("gatehouse-bench-recorder-");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -196,13 +217,7 @@ fn bench_search(c: &mut Criterion) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let base = std::env::var_os("GATEHOUSE_BENCH_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    let tmp = tempfile::Builder::new()
-        .prefix("gatehouse-bench-search-")
-        .tempdir_in(&base)
-        .unwrap_or_else(|e| fail("creating a temporary directory", e));
+    let tmp = bench_dir("gatehouse-bench-search-");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -238,21 +253,12 @@ fn bench_search(c: &mut Criterion) {
                     },
                 )
             };
-            let ev = NewEvent::now(
+            let ev = decision_event(
                 format!("search-session-{who:04}"),
-                Some(format!("user:u{who:04}")),
-                EventBody::Decision {
-                    op: i,
-                    action: "query".to_string(),
-                    statement: Some(stmt.clone()),
-                    verdict,
-                    policy_generation: 1,
-                    errors: Vec::new(),
-                    plugins: Vec::new(),
-                    hold: None,
-                    approval: None,
-                    unheld: None,
-                },
+                format!("user:u{who:04}"),
+                stmt,
+                verdict,
+                i,
             );
             // Wait now and then so the queue stays bounded.
             if i % 4096 == 4095 {

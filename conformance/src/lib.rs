@@ -502,3 +502,17 @@ impl TcpSwitch {
         }
     }
 }
+
+/// A finished command's stdout and stderr, for assertion messages.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A finished command's exit code (-1 when a signal ended it).
+pub fn exit_code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}

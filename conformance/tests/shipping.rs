@@ -11,19 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use gatehouse_conformance::{Harness, Options, S3Server, TcpSwitch, http_get, metric};
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
+use gatehouse_conformance::{
+    Harness, Options, S3Server, TcpSwitch, exit_code as code, http_get, metric, output_text as text,
+};
 
 fn verify_shipped(h: &Harness, extra: &[&str]) -> Output {
     let config = h.setup.config_path.display().to_string();
