@@ -30,6 +30,7 @@ pub fn session_ctx(kind: PrincipalKind, id: &str, groups: &[&str], on_behalf_of:
             groups: groups.iter().map(|g| g.to_string()).collect(),
             attrs: BTreeMap::new(),
             on_behalf_of: on_behalf_of.map(str::to_string),
+            actor_chain: Vec::new(),
         },
         target: TargetRef {
             name: "app".to_string(),
@@ -41,7 +42,10 @@ pub fn session_ctx(kind: PrincipalKind, id: &str, groups: &[&str], on_behalf_of:
             method: "scram-sha-256".to_string(),
             token_age_secs: 0,
             mfa: false,
+            expires_at: None,
+            issuer: None,
         },
         client_app: Some("bench".to_string()),
+        grant: None,
     }
 }

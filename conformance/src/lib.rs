@@ -365,22 +365,170 @@ ca_file = "@CA_FILE@"
 
 /// `GET path` over plain HTTP/1.1 (the gateway's metrics endpoint): (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    http_request(addr, "GET", path, &[], "")
+}
+
+/// One HTTP/1.1 request (`Connection: close`) with extra headers and a body: (status, body).
+/// Understands `Content-Length` and chunked responses.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String)> {
     use std::io::{Read as _, Write as _};
     let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     c.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(c, "GET {path} HTTP/1.1\r\nHost: gatehouse\r\n\r\n")?;
-    let mut out = String::new();
-    c.read_to_string(&mut out)?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    c.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw)?;
+    let out = String::from_utf8_lossy(&raw).to_string();
     let status = out
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .context("no HTTP status")?;
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let (head, rest) = out.split_once("\r\n\r\n").unwrap_or((out.as_str(), ""));
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked")
+    });
+    if !chunked {
+        return Ok((status, rest.to_string()));
+    }
+    let mut body = String::new();
+    let mut rest = rest;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).context("bad chunk size")?;
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        body.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
     Ok((status, body))
+}
+
+/// A real OpenID Provider: `conformance/oidc/op.mjs` (npm's `oidc-provider`, installed by
+/// `deploy/setup.sh` under `$GATEHOUSE_NODE_DIR`, default `~/.cache/gatehouse/node`) run with
+/// Node on `127.0.0.1:0`. Its clients and resources are described in the script.
+pub struct OpenIdProvider {
+    pub issuer: String,
+    pub addr: SocketAddr,
+    child: Child,
+    script: PathBuf,
+}
+
+impl OpenIdProvider {
+    pub fn start() -> Result<OpenIdProvider> {
+        let dir = match std::env::var_os("GATEHOUSE_NODE_DIR") {
+            Some(d) => PathBuf::from(d),
+            None => {
+                Path::new(&std::env::var_os("HOME").context("HOME is not set")?).join(".cache/gatehouse/node")
+            }
+        };
+        if !dir.join("node_modules/oidc-provider").is_dir() {
+            bail!(
+                "{}/node_modules/oidc-provider is missing: run ./deploy/setup.sh",
+                dir.display()
+            );
+        }
+        // ES modules resolve packages from the script's own directory: put it beside them.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let script = dir.join(format!("op-{}-{n}.mjs", std::process::id()));
+        let tmp = dir.join(format!(".op-{}-{n}.mjs", std::process::id()));
+        std::fs::write(&tmp, include_str!("../oidc/op.mjs"))?;
+        std::fs::rename(&tmp, &script)?;
+        let mut child = Command::new("node")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting node (the OpenID Provider)")?;
+        let stdout = child.stdout.take().context("node stdout")?;
+        let mut stdout = BufReader::new(stdout);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        // oidc-provider writes notices to stdout later on; keep reading so that they never
+        // hit a closed pipe (EPIPE would end the provider).
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let issuer = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v["issuer"].as_str().map(str::to_string));
+        let Some(issuer) = issuer else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&script);
+            bail!("the OpenID Provider did not start (printed `{}`)", line.trim());
+        };
+        let addr: SocketAddr = issuer.trim_start_matches("http://").parse()?;
+        Ok(OpenIdProvider {
+            issuer,
+            addr,
+            child,
+            script,
+        })
+    }
+
+    /// An access token for `client` (client credentials) for `resource` (default: the
+    /// provider's default, `urn:gatehouse`).
+    pub fn token(&self, client: &str, resource: Option<&str>) -> Result<String> {
+        use base64::Engine as _;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{client}:{client}-secret"));
+        let mut form = "grant_type=client_credentials&scope=db".to_string();
+        if let Some(r) = resource {
+            form.push_str(&format!("&resource={}", r.replace(':', "%3A")));
+        }
+        let (status, body) = http_request(
+            self.addr,
+            "POST",
+            "/token",
+            &[
+                ("Authorization", &format!("Basic {basic}")),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            &form,
+        )?;
+        let v: serde_json::Value =
+            serde_json::from_str(&body).with_context(|| format!("token response {status}: {body}"))?;
+        v["access_token"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("no access token ({status}): {body}"))
+    }
+
+    /// Replace the signing key (new kid; the old key is no longer published).
+    pub fn rotate(&self) -> Result<()> {
+        let (status, body) = http_request(self.addr, "POST", "/_rotate", &[], "")?;
+        if status != 200 {
+            bail!("rotate: {status} {body}");
+        }
+        Ok(())
+    }
+
+    /// Stop the provider (it becomes unreachable).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OpenIdProvider {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(&self.script);
+    }
 }
 
 /// The value of an unlabelled metric in exposition text.

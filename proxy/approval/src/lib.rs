@@ -18,6 +18,7 @@
 //! the durable history; decided requests are kept here (up to `history`) for
 //! `gatehouse approvals list|show`.
 
+pub mod access;
 pub mod notify;
 
 use std::collections::{HashMap, VecDeque};

@@ -7,6 +7,7 @@ fn principal(kind: PrincipalKind, id: &str, groups: &[&str]) -> Principal {
         groups: groups.iter().map(|g| g.to_string()).collect(),
         attrs: Default::default(),
         on_behalf_of: None,
+        actor_chain: Vec::new(),
     }
 }
 

@@ -23,6 +23,9 @@ pub struct Config {
     pub recorder: RecorderConfig,
     #[serde(default, rename = "identity")]
     pub identities: Vec<IdentityConfig>,
+    /// OpenID Connect issuers whose tokens identify users and agents (`[[oidc]]`).
+    #[serde(default, rename = "oidc")]
+    pub oidc: Vec<OidcConfig>,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
     #[serde(default, rename = "plugin")]
@@ -40,6 +43,45 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     /// The admin API (approvals); no section, no API, and every hold is denied at once.
     pub admin: Option<AdminConfig>,
+    /// Just-in-time access requests (`gatehouse access request`); needs `[admin]`.
+    #[serde(default)]
+    pub access: AccessConfig,
+}
+
+/// `[access]`: who approves access requests and how long grants may last.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Groups whose members approve access requests. Empty: nobody can, and requests are refused.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// Approvals from distinct approvers a request needs.
+    #[serde(default = "default_min_approvals")]
+    pub min_approvals: u32,
+    /// The longest grant anyone may ask for.
+    #[serde(default = "default_max_grant")]
+    pub max_duration_secs: u64,
+    /// A request not decided within this many seconds is denied.
+    #[serde(default = "default_access_request_timeout")]
+    pub request_timeout_secs: u64,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            approvers: Vec::new(),
+            min_approvals: default_min_approvals(),
+            max_duration_secs: default_max_grant(),
+            request_timeout_secs: default_access_request_timeout(),
+        }
+    }
+}
+
+fn default_max_grant() -> u64 {
+    8 * 3600
+}
+fn default_access_request_timeout() -> u64 {
+    3600
 }
 
 /// `[approvals]`.
@@ -567,6 +609,62 @@ pub struct IdentityConfig {
     pub attrs: BTreeMap<String, String>,
 }
 
+/// `[[oidc]]`: an OpenID Provider whose signed tokens (ID tokens or JWT access tokens) are
+/// accepted as the password (PostgreSQL) or bearer token (admin API).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The issuer URL, exactly as the tokens' `iss` claim says it. Discovery is read from
+    /// `<issuer>/.well-known/openid-configuration`.
+    pub issuer: Spanned<String>,
+    /// A token must name this in its `aud` claim.
+    pub audience: String,
+    /// The claim holding the principal's group names (an array or a space-separated string).
+    /// A token without it has no groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// The claim naming a human (`User`); the name given as the PostgreSQL user must equal it.
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+    /// Prepended to every principal name from this issuer (keeps two issuers' names apart).
+    #[serde(default)]
+    pub name_prefix: String,
+    /// Seconds of clock difference tolerated on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_secs: u64,
+    /// Seconds a session may go on after its token expired (0: none). Past it, the session
+    /// ends at its next operation.
+    #[serde(default)]
+    pub expiry_grace_secs: u64,
+    /// At most one key-set fetch per this many seconds when a token names an unknown key.
+    #[serde(default = "default_jwks_min_refresh")]
+    pub jwks_min_refresh_secs: u64,
+    /// The key set is fetched again when older than this (removed keys stop verifying).
+    #[serde(default = "default_jwks_max_age")]
+    pub jwks_max_age_secs: u64,
+    /// Accept an `http://` issuer (only for an issuer on this host, e.g. in tests).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// A CA bundle for the issuer's TLS certificate; default: the system's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_username_claim() -> String {
+    "sub".into()
+}
+fn default_clock_skew() -> u64 {
+    30
+}
+fn default_jwks_min_refresh() -> u64 {
+    10
+}
+fn default_jwks_max_age() -> u64 {
+    600
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetKind {
@@ -758,6 +856,16 @@ impl Config {
                 ));
             }
         }
+        if cfg.access.min_approvals == 0
+            || cfg.access.max_duration_secs == 0
+            || cfg.access.request_timeout_secs == 0
+        {
+            return Err(at(
+                None,
+                "access: `min_approvals`, `max_duration_secs` and `request_timeout_secs` must be positive"
+                    .to_string(),
+            ));
+        }
         if cfg.approvals.timeout_secs == 0 || cfg.approvals.min_approvals == 0 {
             return Err(at(
                 None,
@@ -784,6 +892,62 @@ impl Config {
                 return Err(at(
                     Some(id.name.span()),
                     format!("identity[{i}].on_behalf_of: only agents act on behalf of someone"),
+                ));
+            }
+        }
+        let mut issuers = HashSet::new();
+        for (i, o) in cfg.oidc.iter().enumerate() {
+            let issuer = o.issuer.get_ref();
+            if !issuers.insert(issuer.clone()) {
+                return Err(at(
+                    Some(o.issuer.span()),
+                    format!("oidc[{i}].issuer: duplicate issuer `{issuer}`"),
+                ));
+            }
+            let loopback_http = issuer
+                .strip_prefix("http://")
+                .map(|rest| {
+                    let host = rest.split(['/', ':']).next().unwrap_or("");
+                    host == "127.0.0.1" || host == "localhost" || rest.starts_with("[::1]")
+                })
+                .unwrap_or(false);
+            if !(issuer.starts_with("https://") || (o.allow_http && loopback_http)) {
+                return Err(at(
+                    Some(o.issuer.span()),
+                    format!(
+                        "oidc[{i}].issuer: expected an https:// URL (http:// only on this host, with `allow_http = true`)"
+                    ),
+                ));
+            }
+            if o.audience.is_empty() || o.groups_claim.is_empty() || o.username_claim.is_empty() {
+                return Err(at(
+                    Some(o.issuer.span()),
+                    format!("oidc[{i}]: `audience`, `groups_claim` and `username_claim` must not be empty"),
+                ));
+            }
+            if o.jwks_min_refresh_secs == 0
+                || o.jwks_max_age_secs < o.jwks_min_refresh_secs
+                || o.jwks_max_age_secs > 7 * 86_400
+            {
+                return Err(at(
+                    Some(o.issuer.span()),
+                    format!("oidc[{i}]: need 0 < jwks_min_refresh_secs <= jwks_max_age_secs <= 604800"),
+                ));
+            }
+            if o.clock_skew_secs > 3600 || o.expiry_grace_secs > 86_400 {
+                return Err(at(
+                    Some(o.issuer.span()),
+                    format!("oidc[{i}]: clock_skew_secs is at most 3600 and expiry_grace_secs at most 86400"),
+                ));
+            }
+            // Two issuers naming principals the same way would make one's `alice` the other's.
+            if cfg.oidc[..i].iter().any(|p| p.name_prefix == o.name_prefix) {
+                return Err(at(
+                    Some(o.issuer.span()),
+                    format!(
+                        "oidc[{i}].name_prefix: `{}` is already another issuer's; give each issuer its own prefix",
+                        o.name_prefix
+                    ),
                 ));
             }
         }

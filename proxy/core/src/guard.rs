@@ -25,6 +25,10 @@ pub enum GuardError {
     /// The client canceled the operation while it waited for approval.
     #[error("canceled while waiting for approval")]
     Canceled,
+    /// The credential the session was opened with is no longer valid (an expired token): the
+    /// protocol crate must end the session, telling the client this message.
+    #[error("{0}")]
+    CredentialExpired(String),
 }
 
 /// A decided operation. `op` numbers operations within the session.

@@ -44,6 +44,10 @@ pub struct Principal {
     /// For agents acting for a human: the human's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_behalf_of: Option<String>,
+    /// Earlier actors in a delegation (RFC 8693 nested `act` claims), nearest first: the
+    /// principal acts for `on_behalf_of` as instructed by these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actor_chain: Vec<String>,
 }
 
 impl Principal {
@@ -61,6 +65,13 @@ pub struct AuthInfo {
     /// Seconds since the presented credential was issued (0 for static keys).
     pub token_age_secs: i64,
     pub mfa: bool,
+    /// When the presented credential stops being valid (Unix seconds, grace included); the
+    /// session ends at its first operation after it. `None`: never (static keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    /// The issuer that vouched for the identity (OIDC `iss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
 }
 
 /// The target a session is bound to, as the guard sees it.
@@ -91,4 +102,18 @@ pub struct SessionCtx {
     /// Protocol-level user-agent, e.g. PostgreSQL's `application_name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_app: Option<String>,
+    /// The just-in-time access grant the principal held for this target when the session
+    /// opened (Cedar: `context.grant`); the session ends at its first operation after the
+    /// grant expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<GrantRef>,
+}
+
+/// An approved access grant, as a session sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRef {
+    /// The access request it came from (`gatehouse approvals show ID`).
+    pub id: String,
+    /// Unix seconds.
+    pub expires_at: i64,
 }

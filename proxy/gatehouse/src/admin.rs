@@ -1,10 +1,11 @@
 //! The admin API (DESIGN.md §7): JSON over HTTP/1.1 on `[admin] listen`, parsed by pingora's
 //! HTTP server session on an [`Endpoint`] (its own pingora service and thread).
 //!
-//! Every route but `GET /healthz` is authenticated. Today that is an identity's access key
-//! (the one it uses as its PostgreSQL password) in `Authorization: Basic` (name and key),
-//! checked against the identity's SCRAM verifier; OIDC bearer tokens come with the OIDC
-//! provider. The listener is loopback-only (the config refuses anything else) because the API
+//! Every route but `GET /healthz` is authenticated: an identity's access key (the one it uses
+//! as its PostgreSQL password) in `Authorization: Basic` (name and key), checked against the
+//! identity's SCRAM verifier, or, with `[[oidc]]` issuers configured, a token from one of them
+//! in `Authorization: Bearer` (checked as for a PostgreSQL connection; its groups decide the
+//! role). The listener is loopback-only (the config refuses anything else) because the API
 //! has no TLS of its own yet.
 //!
 //! | route | who | what |
@@ -18,6 +19,8 @@
 //! | `GET /v1/sessions?limit=100` | admins, auditors | recorded sessions, newest first |
 //! | `GET /v1/sessions/{id}` | admins, auditors | summary, events (as stored, hash-chained), transcript |
 //! | `GET /v1/audit/search?principal=&target=&kind=&decision=&policy=&text=&from=&to=&limit=` | admins, auditors | matching events, newest first, from the log's search indexes |
+//! | `POST /v1/access/requests` | any identity | `{"target", "duration_secs", "reason"}`: a just-in-time access request (an approval request with action `access`, decided with the routes above) |
+//! | `GET /v1/access/grants` | any identity | the caller's active grants (admins, auditors: all) |
 //!
 //! `admin-openapi.json` beside `Cargo.toml` describes every route and answer; a test checks
 //! the server against it.
@@ -35,10 +38,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use gatehouse_approval::{ApprovalRequest, Approvals, State, VoteError};
+use gatehouse_approval::access::{Grant, Grants};
+use gatehouse_approval::{ApprovalRequest, Approvals, NewRequest, State, VoteError};
 use gatehouse_core::Principal;
-use gatehouse_core::config::AdminConfig;
-use gatehouse_identity::StaticKeys;
+use gatehouse_core::config::{AccessConfig, AdminConfig};
+use gatehouse_identity::{AuthError, IdentityProvider, OidcProvider, StaticKeys};
 use gatehouse_recorder::{EventBody, LogReader, NewEvent, Recorder, render_transcript};
 use pingora_core::protocols::http::ServerSession;
 use pingora_http::ResponseHeader;
@@ -64,6 +68,8 @@ pub struct AdminApi {
     approvals: Arc<Approvals>,
     recorder: Recorder,
     keys: Arc<StaticKeys>,
+    /// OIDC issuers whose tokens are accepted as `Authorization: Bearer`.
+    oidc: Option<Arc<OidcProvider>>,
     /// The recorder's directory, read (read-only) for `/v1/sessions`.
     log_dir: std::path::PathBuf,
     admins: Vec<String>,
@@ -73,6 +79,8 @@ pub struct AdminApi {
     /// One key check (a PBKDF2 run) at a time: guessing keys costs a guesser time, and never
     /// more than one core of the gateway.
     key_checks: tokio::sync::Semaphore,
+    /// Just-in-time access: the grants and who approves them (`None`: no access requests).
+    access: Option<(Arc<Grants>, AccessConfig)>,
 }
 
 /// A response before it is written.
@@ -114,18 +122,27 @@ impl AdminApi {
         approvals: Arc<Approvals>,
         recorder: Recorder,
         keys: Arc<StaticKeys>,
+        oidc: Option<Arc<OidcProvider>>,
         log_dir: std::path::PathBuf,
     ) -> Self {
         AdminApi {
             approvals,
             recorder,
             keys,
+            oidc,
             log_dir,
             admins: cfg.admins.clone(),
             auditors: cfg.auditors.clone(),
             auth_cache: Mutex::new(HashMap::new()),
             key_checks: tokio::sync::Semaphore::new(1),
+            access: None,
         }
+    }
+
+    /// Serve access requests and grants.
+    pub fn with_access(mut self, grants: Option<Arc<Grants>>, cfg: AccessConfig) -> Self {
+        self.access = grants.map(|g| (g, cfg));
+        self
     }
 
     fn in_any(p: &Principal, groups: &[String]) -> bool {
@@ -151,7 +168,7 @@ impl AdminApi {
                 && r.on_behalf_of.as_deref() == Some(p.id.as_str()))
     }
 
-    /// The caller, from `Authorization: Basic name:key`.
+    /// The caller, from `Authorization: Basic name:key` or `Authorization: Bearer <OIDC token>`.
     async fn authenticate(&self, header: Option<&[u8]>) -> Result<Principal, Reply> {
         let Some(h) = header else {
             return Err(Reply::error(401, "authentication required"));
@@ -160,11 +177,31 @@ impl AdminApi {
         let Some((scheme, value)) = h.trim().split_once(' ') else {
             return Err(Reply::error(401, "malformed Authorization header"));
         };
+        if scheme.eq_ignore_ascii_case("bearer")
+            && let Some(oidc) = &self.oidc
+        {
+            return match oidc.verify_token(value.trim()).await {
+                // A name with an access key belongs to that identity, whatever an IdP says
+                // (the PostgreSQL listener asks the access keys first for the same reason).
+                Ok(a) if self.keys.lookup(&a.principal.id).is_some() => Err(Reply::error(
+                    401,
+                    format!(
+                        "the token names `{}`, an identity that signs in with its access key",
+                        a.principal.id
+                    ),
+                )),
+                Ok(a) => Ok(a.principal),
+                Err(e @ AuthError::Unavailable(_)) => Err(Reply::error(503, e)),
+                Err(e) => Err(Reply::error(401, e)),
+            };
+        }
         if !scheme.eq_ignore_ascii_case("basic") {
-            return Err(Reply::error(
-                401,
-                "use Basic authentication with an identity and its access key",
-            ));
+            let how = if self.oidc.is_some() {
+                "use Bearer authentication with an OIDC token, or Basic with an identity and its access key"
+            } else {
+                "use Basic authentication with an identity and its access key"
+            };
+            return Err(Reply::error(401, how));
         }
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(value.trim())
@@ -257,6 +294,11 @@ impl AdminApi {
             ("GET", ["v1", "sessions"]) => self.sessions(&caller, query).await,
             ("GET", ["v1", "sessions", id]) => self.session(&caller, id).await,
             ("GET", ["v1", "audit", "search"]) => self.search(&caller, query).await,
+            ("POST", ["v1", "access", "requests"]) => match body {
+                None => Reply::error(413, "request body too large"),
+                Some(b) => self.request_access(&caller, b).await,
+            },
+            ("GET", ["v1", "access", "grants"]) => self.grants(&caller),
             ("POST", ["v1", "approvals", id, verb]) => {
                 let Some(body) = body else {
                     return Reply::error(413, "request body too large");
@@ -401,6 +443,97 @@ impl AdminApi {
         }
     }
 
+    /// `POST /v1/access/requests`: record the request, open it for the approvers, and wait for
+    /// it in the background (a grant on approval, its expiry recorded when it comes).
+    async fn request_access(&self, caller: &Principal, body: &[u8]) -> Reply {
+        let Some((grants, cfg)) = &self.access else {
+            return Reply::error(404, "access requests are not enabled on this gateway");
+        };
+        let req: AccessBody = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => return Reply::error(400, format!("invalid JSON body: {e}")),
+        };
+        let target = req.target.trim();
+        let reason = req.reason.trim();
+        if target.is_empty() || target.len() > 256 {
+            return Reply::error(400, "`target` must name a target");
+        }
+        if reason.is_empty() || reason.len() > MAX_COMMENT {
+            return Reply::error(
+                400,
+                format!("`reason` must say why, in at most {MAX_COMMENT} bytes"),
+            );
+        }
+        if req.duration_secs == 0 || req.duration_secs > cfg.max_duration_secs {
+            return Reply::error(
+                400,
+                format!(
+                    "`duration_secs` must be 1 to {} (this gateway's longest grant)",
+                    cfg.max_duration_secs
+                ),
+            );
+        }
+        if cfg.approvers.is_empty() {
+            return Reply::error(
+                409,
+                "nobody approves access requests here (`[access] approvers` is empty)",
+            );
+        }
+        let id = Approvals::new_id();
+        let session = format!("access-{id}");
+        let step = |step: &str, expires_us: Option<i64>| EventBody::Access {
+            request: id.clone(),
+            step: step.to_string(),
+            target: target.to_string(),
+            duration_secs: req.duration_secs,
+            reason: reason.to_string(),
+            expires_us,
+        };
+        // No record, no request.
+        let event = NewEvent::now(session.clone(), Some(caller.display()), step("requested", None));
+        if self.recorder.append(event).await.is_err() {
+            return Reply::error(503, "the audit log is unavailable; the request was not opened");
+        }
+        let (opened, rx) = self.approvals.open(
+            id.clone(),
+            NewRequest {
+                session_id: session,
+                op: 0,
+                requester: caller.clone(),
+                target: target.to_string(),
+                action: "access".into(),
+                operation: format!("access to {target} for {}", human_duration(req.duration_secs)),
+                kind: "access".into(),
+                approvers: cfg.approvers.clone(),
+                required_groups: Vec::new(),
+                reason: reason.to_string(),
+                policy_ids: Vec::new(),
+                min_approvals: cfg.min_approvals,
+                timeout_secs: cfg.request_timeout_secs,
+            },
+        );
+        tokio::spawn(await_access(
+            self.approvals.clone(),
+            grants.clone(),
+            self.recorder.clone(),
+            caller.display(),
+            opened.clone(),
+            req.duration_secs,
+            rx,
+        ));
+        Reply::ok(serde_json::json!({ "request": opened }))
+    }
+
+    /// `GET /v1/access/grants`: the caller's active grants (admins and auditors: everyone's).
+    fn grants(&self, caller: &Principal) -> Reply {
+        let Some((grants, _)) = &self.access else {
+            return Reply::error(404, "access requests are not enabled on this gateway");
+        };
+        let who = caller.display();
+        let filter = (!self.reads_everything(caller)).then_some(who.as_str());
+        Reply::ok(serde_json::json!({ "grants": grants.list(filter, gatehouse_core::time::now_micros()) }))
+    }
+
     async fn vote(&self, caller: &Principal, id: &str, approve: bool, comment: &str) -> Reply {
         let req = match self.approvals.check_vote(id, caller) {
             Ok(r) => r,
@@ -439,6 +572,141 @@ impl AdminApi {
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessBody {
+    target: String,
+    duration_secs: u64,
+    reason: String,
+}
+
+fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Wait for an access request's decision (or its timeout); on approval create the grant, and
+/// record every outcome in the request's session.
+async fn await_access(
+    approvals: Arc<Approvals>,
+    grants: Arc<Grants>,
+    recorder: Recorder,
+    requester: String,
+    req: ApprovalRequest,
+    duration_secs: u64,
+    mut rx: tokio::sync::watch::Receiver<Option<ApprovalRequest>>,
+) {
+    let wait = std::time::Duration::from_micros(
+        u64::try_from(req.expires_us.saturating_sub(gatehouse_core::time::now_micros())).unwrap_or(0),
+    );
+    let decided = tokio::time::timeout(wait, rx.wait_for(Option::is_some))
+        .await
+        .ok()
+        .and_then(|r| r.ok().and_then(|v| v.clone()));
+    let ended = match decided {
+        Some(r) => r,
+        None => {
+            let why = format!("no decision within {}s", wait.as_secs());
+            match approvals
+                .finish(&req.id, State::TimedOut, &why)
+                .or_else(|| rx.borrow().clone())
+            {
+                Some(r) => r,
+                None => return,
+            }
+        }
+    };
+    let event = |step: &str, expires_us: Option<i64>| {
+        NewEvent::now(
+            req.session_id.clone(),
+            Some(requester.clone()),
+            EventBody::Access {
+                request: req.id.clone(),
+                step: step.to_string(),
+                target: req.target.clone(),
+                duration_secs,
+                reason: req.reason.clone(),
+                expires_us,
+            },
+        )
+    };
+    if ended.state != State::Approved {
+        let _ = recorder.append(event(ended.state.as_str(), None)).await;
+        return;
+    }
+    let now = gatehouse_core::time::now_micros();
+    let grant = Grant {
+        id: req.id.clone(),
+        principal: requester.clone(),
+        on_behalf_of: req.on_behalf_of.clone(),
+        target: req.target.clone(),
+        reason: req.reason.clone(),
+        granted_us: now,
+        expires_us: now
+            .saturating_add(i64::try_from(duration_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX)),
+        approvers: ended
+            .votes
+            .iter()
+            .filter(|v| v.approve)
+            .map(|v| v.approver.clone())
+            .collect(),
+    };
+    // The grant counts only once recorded and kept; otherwise it is not given.
+    if recorder
+        .append(event("granted", Some(grant.expires_us)))
+        .await
+        .is_err()
+    {
+        tracing::warn!(request = %req.id, "access grant not given: the audit log is unavailable");
+        return;
+    }
+    if let Err(e) = grants.add(grant.clone(), now) {
+        tracing::warn!(request = %req.id, "access grant not kept: {e}");
+        recorder.append_nowait(NewEvent::now(
+            req.session_id.clone(),
+            Some(requester.clone()),
+            EventBody::Notice {
+                level: "error".into(),
+                message: format!(
+                    "access grant {} was approved but could not be stored ({e}); it is not in effect",
+                    req.id
+                ),
+            },
+        ));
+        return;
+    }
+    record_expiry(recorder, grant).await;
+}
+
+/// Wait until `grant` expires and record that.
+pub async fn record_expiry(recorder: Recorder, grant: Grant) {
+    let left = grant
+        .expires_us
+        .saturating_sub(gatehouse_core::time::now_micros());
+    tokio::time::sleep(std::time::Duration::from_micros(u64::try_from(left).unwrap_or(0))).await;
+    let _ = recorder.append(expiry_event(&grant, "")).await;
+}
+
+/// The `expired` step of a grant; `note` is added to its reason (e.g. that the gateway was
+/// not running when it expired).
+pub fn expiry_event(grant: &Grant, note: &str) -> NewEvent {
+    NewEvent::now(
+        format!("access-{}", grant.id),
+        Some(grant.principal.clone()),
+        EventBody::Access {
+            request: grant.id.clone(),
+            step: "expired".into(),
+            target: grant.target.clone(),
+            duration_secs: u64::try_from((grant.expires_us - grant.granted_us) / 1_000_000).unwrap_or(0),
+            reason: format!("{}{note}", grant.reason),
+            expires_us: Some(grant.expires_us),
+        },
+    )
+}
+
 fn vote_error(api: &AdminApi, caller: &Principal, id: &str, e: VoteError) -> Reply {
     match e {
         VoteError::NotFound(_) => Reply::error(404, e),
@@ -463,6 +731,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/sessions"),
     ("GET", "/v1/sessions/{id}"),
     ("GET", "/v1/audit/search"),
+    ("POST", "/v1/access/requests"),
+    ("GET", "/v1/access/grants"),
 ];
 
 /// `%XX` and `+` decoded; `None` for a bad escape or invalid UTF-8.

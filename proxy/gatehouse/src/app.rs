@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use async_trait::async_trait;
 use gatehouse_core::TargetRef;
 use gatehouse_core::config::{Config, ListenerProtocol, TargetKind};
-use gatehouse_identity::StaticKeys;
+use gatehouse_identity::{ChainProvider, IdentityProvider, OidcProvider, StaticKeys};
 use gatehouse_pg::upstream::PgTarget;
 use gatehouse_pg::{PgFront, PgFrontConfig};
 use gatehouse_policy::PolicyEngine;
@@ -53,7 +53,27 @@ impl Gateway {
             .with_context(|| format!("opening the audit log in `{}`", config.recorder.dir.display()))?;
         let shipper =
             gatehouse_recorder::Shipper::from_config(&config.recorder, recorder.clone())?.map(Arc::new);
-        let identities = Arc::new(StaticKeys::from_config(&config.identities).map_err(anyhow::Error::msg)?);
+        let keys = Arc::new(StaticKeys::from_config(&config.identities).map_err(anyhow::Error::msg)?);
+        let oidc = Arc::new(OidcProvider::from_config(&config.oidc).map_err(anyhow::Error::msg)?);
+        if !oidc.is_empty() {
+            // Fetch the issuers' keys before the first connection needs them.
+            let o = oidc.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                if let Ok(rt) = rt {
+                    for e in rt.block_on(o.warm()) {
+                        tracing::warn!(
+                            "OIDC issuer not reachable at start (tokens from it are refused until it is): {e}"
+                        );
+                    }
+                }
+            });
+        }
+        // Named identities first: a token cannot claim a name that has an access key.
+        let identities: Arc<dyn IdentityProvider> = Arc::new(ChainProvider::new(vec![
+            keys.clone() as Arc<dyn IdentityProvider>,
+            oidc.clone() as Arc<dyn IdentityProvider>,
+        ]));
         let plugins = crate::plugins::Plugins::load(&config)?.map(Arc::new);
         let plugin_set = plugins.as_ref().map(|p| p.set().clone());
         let hash = crate::masking::hash_masker(&config.masking, &config.recorder.dir)?;
@@ -62,20 +82,60 @@ impl Gateway {
             .admin
             .as_ref()
             .map(|_| Arc::new(gatehouse_approval::Approvals::new(config.approvals.history)));
+        // Access grants need approvers, hence the admin API.
+        let grants = match &approvals {
+            Some(_) => {
+                let path = config.recorder.dir.join("access").join("grants.json");
+                let now = gatehouse_core::time::now_micros();
+                let (grants, expired) = gatehouse_approval::access::Grants::open(&path, now)
+                    .map_err(|e| anyhow::anyhow!("access grants: {e}"))?;
+                for g in &expired {
+                    recorder.append_nowait(crate::admin::expiry_event(
+                        g,
+                        " (expired while the gateway was not running)",
+                    ));
+                }
+                // The expiry of grants given before this start is recorded when it comes.
+                let active = grants.list(None, now);
+                if !active.is_empty() {
+                    let r = recorder.clone();
+                    std::thread::Builder::new()
+                        .name("grant-expiry".into())
+                        .spawn(move || {
+                            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                            if let Ok(rt) = rt {
+                                rt.block_on(async {
+                                    let mut set = tokio::task::JoinSet::new();
+                                    for g in active {
+                                        set.spawn(crate::admin::record_expiry(r.clone(), g));
+                                    }
+                                    while set.join_next().await.is_some() {}
+                                });
+                            }
+                        })
+                        .context("starting the grant expiry thread")?;
+                }
+                Some(Arc::new(grants))
+            }
+            None => None,
+        };
         let notifier = match &approvals {
             Some(_) => notifier(&config, &recorder)?.map(Arc::new),
             None => None,
         };
-        let guard = Arc::new(GatehouseGuard::new(
-            policy.clone(),
-            recorder.clone(),
-            plugins,
-            hash,
-            approvals.clone(),
-            config.approvals.clone(),
-            notifier,
-            &config.recorder.literals,
-        ));
+        let guard = Arc::new(
+            GatehouseGuard::new(
+                policy.clone(),
+                recorder.clone(),
+                plugins,
+                hash,
+                approvals.clone(),
+                config.approvals.clone(),
+                notifier,
+                &config.recorder.literals,
+            )
+            .with_grants(grants.clone()),
+        );
         let mut targets = Vec::new();
         for t in &config.targets {
             match t.kind {
@@ -151,9 +211,11 @@ impl Gateway {
                     a,
                     approvals,
                     recorder.clone(),
-                    identities.clone(),
+                    keys.clone(),
+                    (!oidc.is_empty()).then(|| oidc.clone()),
                     config.recorder.dir.clone(),
-                );
+                )
+                .with_access(grants.clone(), config.access.clone());
                 Some(
                     crate::admin::endpoint(addr, Arc::new(api))
                         .with_context(|| format!("admin API: cannot bind {addr}"))?,

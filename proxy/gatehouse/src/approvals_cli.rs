@@ -1,8 +1,9 @@
 //! `gatehouse approvals list|show|approve|deny`: the admin API's approval routes from a shell.
 //!
 //! The API address comes from `--url` or `GATEHOUSE_ADMIN_URL`; the caller is `--user` or
-//! `GATEHOUSE_USER`, with the access key in `GATEHOUSE_KEY` (never an argument: arguments are
-//! visible to every user of the machine in the process list).
+//! `GATEHOUSE_USER`, with the access key in `GATEHOUSE_KEY`, or an OIDC token in
+//! `GATEHOUSE_TOKEN` (`gatehouse login`); never an argument: arguments are visible to every
+//! user of the machine in the process list.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -23,6 +24,15 @@ pub struct Client {
 impl Client {
     pub fn new(url: &str, user: &str, key: &str) -> Client {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{key}"));
+        Self::with_auth(url, format!("Basic {token}"))
+    }
+
+    /// Authenticated with an OIDC token (`gatehouse login`) instead of an access key.
+    pub fn with_token(url: &str, token: &str) -> Client {
+        Self::with_auth(url, format!("Bearer {}", token.trim()))
+    }
+
+    fn with_auth(url: &str, auth: String) -> Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
@@ -30,21 +40,30 @@ impl Client {
             .into();
         Client {
             base: url.trim_end_matches('/').to_string(),
-            auth: format!("Basic {token}"),
+            auth,
             agent,
         }
     }
 
-    /// From the environment, with explicit values first.
+    /// From the environment, with explicit values first: an OIDC token in `GATEHOUSE_TOKEN`,
+    /// else an identity (`--user`/`GATEHOUSE_USER`) and its key in `GATEHOUSE_KEY`.
     pub fn from_env(url: Option<String>, user: Option<String>) -> Result<Client> {
         let url = url
             .or_else(|| std::env::var("GATEHOUSE_ADMIN_URL").ok())
             .ok_or_else(|| anyhow!("no admin API address: pass --url or set GATEHOUSE_ADMIN_URL"))?;
+        if let Ok(token) = std::env::var("GATEHOUSE_TOKEN")
+            && !token.trim().is_empty()
+        {
+            return Ok(Client::with_token(&url, &token));
+        }
         let user = user
             .or_else(|| std::env::var("GATEHOUSE_USER").ok())
-            .ok_or_else(|| anyhow!("no identity: pass --user or set GATEHOUSE_USER"))?;
-        let key =
-            std::env::var("GATEHOUSE_KEY").map_err(|_| anyhow!("set GATEHOUSE_KEY to your access key"))?;
+            .ok_or_else(|| anyhow!("no identity: set GATEHOUSE_TOKEN (see `gatehouse login`), or pass --user or set GATEHOUSE_USER"))?;
+        let key = std::env::var("GATEHOUSE_KEY").map_err(|_| {
+            anyhow!(
+                "set GATEHOUSE_KEY to your access key, or GATEHOUSE_TOKEN to a token from `gatehouse login`"
+            )
+        })?;
         Ok(Client::new(&url, &user, &key))
     }
 
@@ -93,6 +112,19 @@ impl Client {
             Some(body),
         )?;
         serde_json::from_value(v.get("request").cloned().unwrap_or_default()).context("unexpected answer")
+    }
+
+    /// Ask for just-in-time access to `target` for `duration_secs`.
+    pub fn request_access(&self, target: &str, duration_secs: u64, reason: &str) -> Result<ApprovalRequest> {
+        let body = serde_json::json!({ "target": target, "duration_secs": duration_secs, "reason": reason });
+        let v = self.call("POST", "/v1/access/requests", Some(body))?;
+        serde_json::from_value(v.get("request").cloned().unwrap_or_default()).context("unexpected answer")
+    }
+
+    /// The caller's active grants (everyone's for admins and auditors).
+    pub fn grants(&self) -> Result<Vec<gatehouse_approval::access::Grant>> {
+        let v = self.call("GET", "/v1/access/grants", None)?;
+        serde_json::from_value(v.get("grants").cloned().unwrap_or_default()).context("unexpected answer")
     }
 }
 

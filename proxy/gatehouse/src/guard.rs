@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use async_trait::async_trait;
+use gatehouse_approval::access::Grants;
 use gatehouse_approval::notify::{Notifier, Step};
 use gatehouse_approval::{ApprovalRequest, Approvals, NewRequest, State};
 use gatehouse_core::config::{ApprovalsConfig, LiteralMode, LiteralsConfig};
@@ -47,9 +48,17 @@ pub struct GatehouseGuard {
     notifier: Option<Arc<Notifier>>,
     /// What recorded statements keep of their constants.
     literals: Arc<Literals>,
+    /// Just-in-time access grants; a session carries the one active when it opens.
+    grants: Option<Arc<Grants>>,
 }
 
 impl GatehouseGuard {
+    /// Sessions opened from now on carry their principal's active grant for the target.
+    pub fn with_grants(mut self, grants: Option<Arc<Grants>>) -> Self {
+        self.grants = grants;
+        self
+    }
+
     #[allow(clippy::too_many_arguments)] // one per component the guard ties together
     pub fn new(
         policy: Arc<PolicyEngine>,
@@ -79,6 +88,7 @@ impl GatehouseGuard {
             approval_settings,
             notifier,
             literals,
+            grants: None,
         }
     }
 }
@@ -351,8 +361,36 @@ impl Session {
         }
     }
 
+    /// Refuse to go on once the session's credential expired (its `expires_at`, grace
+    /// included): recorded, and the protocol crate ends the session.
+    async fn check_credential(&self) -> Result<(), GuardError> {
+        let now = now_micros() / 1_000_000;
+        let at = |secs: i64| gatehouse_core::time::rfc3339_micros(secs.saturating_mul(1_000_000));
+        let message = match (&self.ctx.auth.expires_at, &self.ctx.grant) {
+            (Some(exp), _) if now >= *exp => format!(
+                "gatehouse: the token this session was opened with expired at {}; sign in again and reconnect",
+                at(*exp)
+            ),
+            (_, Some(g)) if now >= g.expires_at => format!(
+                "gatehouse: access grant {} for target \"{}\" expired at {}; request access again and reconnect",
+                g.id,
+                self.ctx.target.name,
+                at(g.expires_at)
+            ),
+            _ => return Ok(()),
+        };
+        let body = EventBody::Notice {
+            level: "warn".to_string(),
+            message: message.clone(),
+        };
+        // Best effort: the session ends either way, and its end is recorded with the reason.
+        let _ = self.recorder.append(self.event(body)).await;
+        Err(GuardError::CredentialExpired(message))
+    }
+
     /// `params`: the operation's bound parameters, rendered (shown to approvers if held).
     async fn decide(&self, op: &Operation, params: Vec<String>) -> Result<Checked, GuardError> {
+        self.check_credential().await?;
         let n = self.ops.fetch_add(1, Ordering::Relaxed) + 1;
         let mut ev = self.evaluate(op, None).await;
         let mut hold = None;
@@ -501,7 +539,17 @@ impl Session {
 
 #[async_trait]
 impl Guard for GatehouseGuard {
-    async fn open(&self, ctx: SessionCtx) -> Result<(Arc<dyn SessionGuard>, Verdict), GuardError> {
+    async fn open(&self, mut ctx: SessionCtx) -> Result<(Arc<dyn SessionGuard>, Verdict), GuardError> {
+        if let Some(grants) = &self.grants {
+            ctx.grant = grants
+                .active(
+                    &ctx.principal.display(),
+                    ctx.principal.on_behalf_of.as_deref(),
+                    &ctx.target.name,
+                    now_micros(),
+                )
+                .map(|g| g.as_ref());
+        }
         let sp = match self.policy.session(&ctx) {
             Ok(sp) => Some(Arc::new(sp)),
             Err(e) => {
@@ -542,6 +590,8 @@ impl Guard for GatehouseGuard {
             auth_method: session.ctx.auth.method.clone(),
             principal: session.ctx.principal.clone(),
             target_tags: session.ctx.target.tags.clone(),
+            auth: Some(session.ctx.auth.clone()),
+            grant: session.ctx.grant.clone(),
         };
         self.recorder
             .append(session.event(start))
@@ -582,7 +632,21 @@ impl SessionGuard for Session {
         let Some(approvals) = &self.approvals else {
             return Err(GuardError::Policy);
         };
-        let Some(req) = self.wait(approvals, n, hold).await else {
+        let waited = self.wait(approvals, n, hold).await;
+        if let Err(e) = self.check_credential().await {
+            // Approved or not, nothing runs on an expired credential; the request ends here.
+            if let Some(req) = &waited {
+                self.notify(Step::Ended, req);
+                let why = format!(
+                    "approval request {} ended: the session's token or access grant expired",
+                    req.id
+                );
+                self.recorder
+                    .append_nowait(self.ended_unrun(n, Some(&op), req, why));
+            }
+            return Err(e);
+        }
+        let Some(req) = waited else {
             // Only when `check` never opened it (the recorder refused) or it was awaited twice:
             // fail closed.
             let verdict = deny(format!("approval request {} is not open", hold.id), vec![]);

@@ -61,8 +61,47 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PluginCmd,
     },
-    /// Approval requests of held statements, through the admin API. The caller's access key is
-    /// read from GATEHOUSE_KEY.
+    /// Sign in at your OpenID Provider (OAuth device authorization: open the printed link on
+    /// any device, confirm the code) and print shell commands that set PGUSER, PGPASSWORD
+    /// (the token), PGSSLMODE and GATEHOUSE_TOKEN: `eval "$(gatehouse login --issuer …)"`.
+    Login {
+        /// The provider's issuer URL (default: GATEHOUSE_ISSUER).
+        #[arg(long)]
+        issuer: Option<String>,
+        /// The OAuth client registered for this CLI (a public client with the device grant).
+        #[arg(long, default_value = "gatehouse-cli")]
+        client_id: String,
+        /// The resource (RFC 8707) the gateway is configured with as `audience`: the access
+        /// token for it is used. Without it, the ID token is used (audience: the client id).
+        #[arg(long)]
+        resource: Option<String>,
+        #[arg(long, default_value = "openid")]
+        scope: String,
+        /// The claim the gateway names users by (its `username_claim`); becomes PGUSER.
+        #[arg(long, default_value = "sub")]
+        user_claim: String,
+        /// CA bundle for the provider's TLS certificate.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// `env` (shell commands), `json`, or `token` (the token alone).
+        #[arg(long, default_value = "env")]
+        format: String,
+    },
+    /// Just-in-time access: ask for a time-limited grant to a target (approved by `[access]
+    /// approvers with `gatehouse approvals approve ID`), and list your active grants. Same
+    /// credentials as `gatehouse approvals`.
+    Access {
+        /// Admin API address (default: GATEHOUSE_ADMIN_URL).
+        #[arg(long, global = true)]
+        url: Option<String>,
+        /// Your identity (default: GATEHOUSE_USER).
+        #[arg(long, global = true)]
+        user: Option<String>,
+        #[command(subcommand)]
+        cmd: AccessCmd,
+    },
+    /// Approval requests of held statements, through the admin API. The caller's token is read
+    /// from GATEHOUSE_TOKEN (`gatehouse login`), or an access key from GATEHOUSE_KEY.
     Approvals {
         /// Admin API address, e.g. `http://127.0.0.1:9465` (default: GATEHOUSE_ADMIN_URL).
         #[arg(long, global = true)]
@@ -72,6 +111,29 @@ enum Cmd {
         user: Option<String>,
         #[command(subcommand)]
         cmd: ApprovalsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccessCmd {
+    /// Ask for access; prints the request id approvers act on.
+    Request {
+        #[arg(long)]
+        target: String,
+        /// How long the grant lasts once approved: `30m`, `2h`, `1h30m`, seconds.
+        #[arg(long)]
+        duration: String,
+        /// Why (a ticket, an incident); approvers see it and the audit log keeps it.
+        #[arg(long)]
+        reason: String,
+        /// Wait until the request is decided; exit 0 once granted, 1 if not.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Your active grants (admins and auditors: everyone's).
+    Grants {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -443,6 +505,32 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         }
         Cmd::Plugin { cmd } => plugin(cmd),
         Cmd::Approvals { url, user, cmd } => approvals(url, user, cmd),
+        Cmd::Access { url, user, cmd } => access(url, user, cmd),
+        Cmd::Login {
+            issuer,
+            client_id,
+            resource,
+            scope,
+            user_claim,
+            ca_file,
+            format,
+        } => {
+            let issuer = issuer
+                .or_else(|| std::env::var("GATEHOUSE_ISSUER").ok())
+                .context("no issuer: pass --issuer or set GATEHOUSE_ISSUER")?;
+            if !matches!(format.as_str(), "env" | "json" | "token") {
+                anyhow::bail!("--format: expected env, json or token");
+            }
+            login(LoginArgs {
+                issuer,
+                client_id,
+                resource,
+                scope,
+                user_claim,
+                ca_file,
+                format,
+            })
+        }
         Cmd::Policy {
             cmd: PolicyCmd::Check { dir },
         } => {
@@ -590,6 +678,76 @@ fn approvals(url: Option<String>, user: Option<String>, cmd: ApprovalsCmd) -> Re
         ApprovalsCmd::Deny { id, comment } => {
             let r = client.vote(&id, false, &comment)?;
             println!("{}: you denied; the request is {}", r.id, r.state.as_str());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn access(url: Option<String>, user: Option<String>, cmd: AccessCmd) -> Result<ExitCode> {
+    use gatehouse::approvals_cli::Client;
+    use gatehouse_core::time::rfc3339_micros;
+    let client = Client::from_env(url, user)?;
+    match cmd {
+        AccessCmd::Request {
+            target,
+            duration,
+            reason,
+            wait,
+        } => {
+            let secs = gatehouse_approval::access::parse_duration(&duration).map_err(anyhow::Error::msg)?;
+            let r = client.request_access(&target, secs, &reason)?;
+            println!(
+                "{}: access to {target} for {duration} requested; approvers ({}) run: gatehouse approvals approve {}",
+                r.id,
+                r.approvers.join(", "),
+                r.id
+            );
+            if !wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                let now = client.show(&r.id)?;
+                if now.state == gatehouse_approval::State::Pending {
+                    continue;
+                }
+                if now.state != gatehouse_approval::State::Approved {
+                    println!("{}: {}", r.id, now.state.as_str());
+                    return Ok(ExitCode::from(1));
+                }
+                // The grant appears once it is recorded and stored.
+                for _ in 0..30 {
+                    if let Some(g) = client.grants()?.into_iter().find(|g| g.id == r.id) {
+                        println!("{}: granted until {}", r.id, rfc3339_micros(g.expires_us));
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                anyhow::bail!(
+                    "{}: approved, but no grant appeared (see the gateway's log)",
+                    r.id
+                );
+            }
+        }
+        AccessCmd::Grants { json } => {
+            let grants = client.grants()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&grants)?);
+            } else if grants.is_empty() {
+                println!("no active grants");
+            } else {
+                for g in grants {
+                    println!(
+                        "{}  {} on {} until {}  ({}; approved by {})",
+                        g.id,
+                        g.principal,
+                        g.target,
+                        rfc3339_micros(g.expires_us),
+                        g.reason,
+                        g.approvers.join(", ")
+                    );
+                }
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -925,4 +1083,72 @@ fn audit_verify(
         }
     }
     Ok(ExitCode::from(outcome.exit_code()))
+}
+
+struct LoginArgs {
+    issuer: String,
+    client_id: String,
+    resource: Option<String>,
+    scope: String,
+    user_claim: String,
+    ca_file: Option<PathBuf>,
+    format: String,
+}
+
+/// `gatehouse login`: the device flow, instructions on stderr, the result on stdout.
+fn login(a: LoginArgs) -> Result<ExitCode> {
+    use gatehouse_identity::login::DeviceLogin;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let token = rt.block_on(async {
+        let flow = DeviceLogin::discover(
+            &a.issuer,
+            &a.client_id,
+            &a.scope,
+            a.resource.as_deref(),
+            a.ca_file.as_deref(),
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        let code = flow.start().await.map_err(anyhow::Error::msg)?;
+        match &code.verification_uri_complete {
+            Some(link) => eprintln!(
+                "To sign in, open {link}\nand check that it shows the code {} (it expires in {}s).",
+                code.user_code, code.expires_in
+            ),
+            None => eprintln!(
+                "To sign in, open {} and enter the code {} (it expires in {}s).",
+                code.verification_uri, code.user_code, code.expires_in
+            ),
+        }
+        flow.wait(&code).await.map_err(anyhow::Error::msg)
+    })?;
+    let user = token.claim(&a.user_claim).map(str::to_string).with_context(|| {
+        format!(
+            "the {} has no `{}` claim (see --user-claim)",
+            token.kind, a.user_claim
+        )
+    })?;
+    let until = token
+        .expires_at()
+        .map(|e| gatehouse_core::time::rfc3339_micros(e.saturating_mul(1_000_000)))
+        .unwrap_or_else(|| "an unknown time".into());
+    eprintln!("Signed in as {user} ({} valid until {until}).", token.kind);
+    match a.format.as_str() {
+        "token" => println!("{}", token.token),
+        "json" => println!(
+            "{}",
+            serde_json::json!({"user": user, "token": token.token, "kind": token.kind, "expires_at": token.expires_at()})
+        ),
+        _ => {
+            // Single-quoted for the shell; tokens and names never contain a quote, but be safe.
+            let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+            println!("export PGUSER={}", q(&user));
+            println!("export PGPASSWORD={}", q(&token.token));
+            println!("export PGSSLMODE=require");
+            println!("export GATEHOUSE_TOKEN={}", q(&token.token));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

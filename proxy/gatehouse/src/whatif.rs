@@ -114,6 +114,8 @@ fn session_ctx(ev: &Event) -> Option<(SessionCtx, bool)> {
         auth_method,
         principal,
         target_tags,
+        auth,
+        grant,
     } = &ev.body
     else {
         return None;
@@ -133,12 +135,16 @@ fn session_ctx(ev: &Event) -> Option<(SessionCtx, bool)> {
                 tags: target_tags.clone(),
             },
             source_ip,
-            auth: AuthInfo {
+            // What Cedar saw; records from before `auth` was kept have the method only.
+            auth: auth.clone().unwrap_or_else(|| AuthInfo {
                 method: auth_method.clone(),
                 token_age_secs: 0,
                 mfa: false,
-            },
+                expires_at: None,
+                issuer: None,
+            }),
             client_app: client_app.clone(),
+            grant: grant.clone(),
         },
         target_tags.is_empty(),
     ))

@@ -6,12 +6,15 @@
 //! [`IdentityProvider::verify_bearer`]. OIDC plugs in as another provider without touching
 //! protocol code.
 
+pub mod login;
+pub mod oidc;
 pub mod scram;
 mod static_keys;
 
 use async_trait::async_trait;
 use gatehouse_core::{AuthInfo, Principal};
 
+pub use oidc::OidcProvider;
 pub use static_keys::StaticKeys;
 
 /// How a user must prove who they are.
@@ -20,7 +23,7 @@ pub enum Credential {
     /// SCRAM-SHA-256 against a stored verifier; the principal is who they become on success.
     Scram {
         verifier: scram::ScramVerifier,
-        principal: Principal,
+        principal: Box<Principal>,
     },
     /// A secret sent in cleartext over TLS (a bearer token), checked by
     /// [`IdentityProvider::verify_bearer`].
@@ -42,6 +45,9 @@ pub enum AuthError {
     InvalidCredentials,
     #[error("credential expired")]
     Expired,
+    /// A token that is malformed, untrusted or not for this gateway; says why.
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
     #[error("identity provider unavailable: {0}")]
     Unavailable(String),
 }
@@ -58,11 +64,11 @@ pub trait IdentityProvider: Send + Sync {
 
 /// Several providers asked in order; the first that knows a user answers for it.
 pub struct ChainProvider {
-    providers: Vec<Box<dyn IdentityProvider>>,
+    providers: Vec<std::sync::Arc<dyn IdentityProvider>>,
 }
 
 impl ChainProvider {
-    pub fn new(providers: Vec<Box<dyn IdentityProvider>>) -> Self {
+    pub fn new(providers: Vec<std::sync::Arc<dyn IdentityProvider>>) -> Self {
         ChainProvider { providers }
     }
 }

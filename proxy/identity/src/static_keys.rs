@@ -27,6 +27,7 @@ impl StaticKeys {
                 groups: id.groups.clone(),
                 attrs: id.attrs.clone(),
                 on_behalf_of: id.on_behalf_of.clone(),
+                actor_chain: Vec::new(),
             };
             by_name.insert(name, (verifier, principal));
         }
@@ -54,7 +55,7 @@ impl IdentityProvider for StaticKeys {
     fn lookup(&self, user: &str) -> Option<Credential> {
         self.by_name.get(user).map(|(v, p)| Credential::Scram {
             verifier: v.clone(),
-            principal: p.clone(),
+            principal: Box::new(p.clone()),
         })
     }
 

@@ -82,6 +82,8 @@ enum ClientEnd {
     Disconnected,
     ProtocolError(String),
     UpstreamWriteFailed,
+    /// The session's token or access grant expired; the client was told (the message).
+    CredentialExpired(String),
 }
 
 pub(crate) async fn run(
@@ -353,6 +355,7 @@ async fn check(
     };
     let checked = match checked {
         Ok(c) => c,
+        Err(GuardError::CredentialExpired(m)) => return Err(expired(io.cw, &m).await),
         Err(e) => return Ok(Err(e)),
     };
     let Some(hold) = checked.hold.clone() else {
@@ -386,7 +389,10 @@ async fn check(
         tokio::select! {
             // A decision that is already there wins over a cancel or a disconnect.
             biased;
-            decided = &mut wait => return Ok(decided),
+            decided = &mut wait => return match decided {
+                Err(GuardError::CredentialExpired(m)) => Err(expired(io.cw, &m).await),
+                d => Ok(d),
+            },
             () = io.cancel.fired_since(seen) => {
                 sg.withdraw(checked.op, &hold, Withdrawal::Canceled);
                 return Ok(Err(GuardError::Canceled));
@@ -809,6 +815,17 @@ async fn flush(uwr: &mut WriteHalf<Stream>, out: &mut BytesMut) -> bool {
     let ok = uwr.write_all(out).await.is_ok();
     out.clear();
     ok
+}
+
+/// End the session because its credential expired: FATAL with SQLSTATE 28000
+/// (invalid_authorization_specification), as for a failed login.
+async fn expired(cw: &ClientWriter, message: &str) -> ClientEnd {
+    let mut out = BytesMut::new();
+    proto::error_msg(&mut out, Severity::Fatal, "28000", message, None);
+    let mut w = cw.lock().await;
+    let _ = w.write_all(&out).await;
+    let _ = w.shutdown().await;
+    ClientEnd::CredentialExpired(message.trim_start_matches("gatehouse: ").to_string())
 }
 
 async fn protocol_error(cw: &ClientWriter, message: &str) -> ClientEnd {
@@ -1337,5 +1354,6 @@ fn describe(end: &ClientEnd) -> String {
         ClientEnd::Disconnected => "client disconnected".into(),
         ClientEnd::ProtocolError(m) => format!("protocol error: {m}"),
         ClientEnd::UpstreamWriteFailed => "upstream connection lost".into(),
+        ClientEnd::CredentialExpired(m) => m.clone(),
     }
 }

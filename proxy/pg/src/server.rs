@@ -298,14 +298,15 @@ impl PgFront {
             .await
         {
             Ok(a) => a,
-            Err(reason) => {
+            Err((reason, told)) => {
                 self.failed(peer, &user, &target_name, reason);
-                Self::fatal(
-                    &mut stream,
-                    "28P01",
-                    &format!("password authentication failed for user \"{user}\""),
-                )
-                .await;
+                let message = match told {
+                    // A token's owner may learn why it was refused (expired, wrong audience,
+                    // issuer unreachable): nothing here says whether a name exists.
+                    Some(why) => format!("password authentication failed for user \"{user}\": {why}"),
+                    None => format!("password authentication failed for user \"{user}\""),
+                };
+                Self::fatal(&mut stream, "28P01", &message).await;
                 return Err(Refusal::Closed);
             }
         };
@@ -335,6 +336,7 @@ impl PgFront {
             source_ip: peer.ip(),
             auth: auth.auth,
             client_app: application,
+            grant: None,
         };
         let (sg, verdict) = match self.cfg.guard.open(ctx).await {
             Ok(v) => v,
@@ -430,43 +432,54 @@ impl PgFront {
         buf: &mut BytesMut,
         user: &str,
         secure_channel: bool,
-    ) -> Result<gatehouse_identity::Authenticated, String> {
+    ) -> Result<gatehouse_identity::Authenticated, (String, Option<String>)> {
         match self.cfg.identities.lookup(user) {
             Some(Credential::Scram { verifier, principal }) => {
-                self.scram(stream, buf, verifier, true).await?;
+                self.scram(stream, buf, verifier, true)
+                    .await
+                    .map_err(|e| (e, None))?;
                 Ok(gatehouse_identity::Authenticated {
-                    principal,
+                    principal: *principal,
                     auth: AuthInfo {
                         method: "scram-sha-256".into(),
                         token_age_secs: 0,
                         mfa: false,
+                        expires_at: None,
+                        issuer: None,
                     },
                 })
             }
             Some(Credential::Bearer) => {
                 if !secure_channel {
-                    return Err("bearer token over plaintext refused".into());
+                    let why = "a token is accepted only over TLS";
+                    return Err((why.into(), Some(why.into())));
                 }
                 let mut out = BytesMut::new();
                 proto::auth_request(&mut out, 3, &[]);
-                stream.write_all(&out).await.map_err(|e| e.to_string())?;
-                let (tag, msg) = read_auth(stream, buf).await?;
+                stream.write_all(&out).await.map_err(|e| (e.to_string(), None))?;
+                let (tag, msg) = read_auth(stream, buf).await.map_err(|e| (e, None))?;
                 if tag != b'p' {
-                    return Err("expected a password message".into());
+                    return Err(("expected a password message".into(), None));
                 }
                 let mut b = proto::body(&msg);
-                let secret = proto::read_cstr(&mut b).ok_or("malformed password message")?;
+                let secret =
+                    proto::read_cstr(&mut b).ok_or(("malformed password message".to_string(), None))?;
                 self.cfg
                     .identities
                     .verify_bearer(user, &secret)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| {
+                        let why = e.to_string();
+                        (why.clone(), Some(why))
+                    })
             }
             None => {
                 // Same exchange as for a known user, so user names cannot be probed.
                 let mock = ScramVerifier::mock(user, &self.mock_secret);
-                self.scram(stream, buf, mock, false).await?;
-                Err("unknown identity".into())
+                self.scram(stream, buf, mock, false)
+                    .await
+                    .map_err(|e| (e, None))?;
+                Err(("unknown identity".into(), None))
             }
         }
     }

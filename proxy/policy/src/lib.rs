@@ -601,6 +601,7 @@ fn self_check(names: &Names, compiled: &Compiled) -> Result<(), PolicyError> {
             groups: vec!["self-check".to_string()],
             attrs: [("email".to_string(), "a@example.com".to_string())].into(),
             on_behalf_of: Some("self-check-human".to_string()),
+            actor_chain: Vec::new(),
         },
         target: TargetRef {
             name: "self-check".to_string(),
@@ -612,8 +613,11 @@ fn self_check(names: &Names, compiled: &Compiled) -> Result<(), PolicyError> {
             method: "self-check".to_string(),
             token_age_secs: 0,
             mfa: false,
+            expires_at: None,
+            issuer: None,
         },
         client_app: None,
+        grant: None,
     };
     let stmt = SqlStatement {
         text: "select 1".to_string(),

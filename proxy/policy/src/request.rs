@@ -182,6 +182,8 @@ pub(crate) struct BaseContext {
     token_age_secs: i64,
     mfa: bool,
     session_id: String,
+    /// The session's access grant: its id and expiry (RFC 3339).
+    grant: Option<(String, String)>,
 }
 
 impl BaseContext {
@@ -192,6 +194,12 @@ impl BaseContext {
             token_age_secs: ctx.auth.token_age_secs,
             mfa: ctx.auth.mfa,
             session_id: ctx.session_id.clone(),
+            grant: ctx.grant.as_ref().map(|g| {
+                (
+                    g.id.clone(),
+                    gatehouse_core::time::rfc3339_micros(g.expires_at.saturating_mul(1_000_000)),
+                )
+            }),
         }
     }
 
@@ -234,6 +242,14 @@ impl BaseContext {
                 "approver".to_string(),
                 RestrictedExpression::new_string(a.to_string()),
             ));
+        }
+        if let Some((id, expires)) = &self.grant {
+            let grant = RestrictedExpression::new_record([
+                ("id".to_string(), RestrictedExpression::new_string(id.clone())),
+                ("expires".to_string(), RestrictedExpression::new_datetime(expires)),
+            ])
+            .map_err(|e| e.to_string())?;
+            pairs.push(("grant".to_string(), grant));
         }
         Ok(pairs)
     }

@@ -60,6 +60,7 @@ fn session(kind: PrincipalKind, id: &str, groups: &[&str], target: &str, env: &s
             ]
             .into(),
             on_behalf_of: (kind == PrincipalKind::Agent).then(|| "alice".to_string()),
+            actor_chain: Vec::new(),
         },
         target: TargetRef {
             name: target.to_string(),
@@ -75,8 +76,11 @@ fn session(kind: PrincipalKind, id: &str, groups: &[&str], target: &str, env: &s
             method: "scram-sha-256".to_string(),
             token_age_secs: 42,
             mfa: false,
+            expires_at: None,
+            issuer: None,
         },
         client_app: Some("psql".to_string()),
+        grant: None,
     }
 }
 

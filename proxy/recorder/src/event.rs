@@ -46,6 +46,13 @@ pub enum EventBody {
         /// resource's tags), so recorded operations can be re-decided later.
         #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
         target_tags: std::collections::BTreeMap<String, String>,
+        /// How the credential was verified: issuer, token age, second factor, and when it
+        /// stops being valid (the session ends at its first operation after that).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        auth: Option<gatehouse_core::AuthInfo>,
+        /// The access grant the session was opened under (Cedar's `context.grant`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grant: Option<gatehouse_core::GrantRef>,
     },
     /// A client failed to authenticate.
     AuthFailure {
@@ -112,6 +119,19 @@ pub enum EventBody {
     },
     /// A gateway-side anomaly for the session (protocol error, upstream failure, ...).
     Notice { level: String, message: String },
+    /// A step of a just-in-time access request (`gatehouse access request`), recorded in the
+    /// request's own session (`access-<request id>`): `requested`, `granted`, `denied`,
+    /// `timed_out`, `withdrawn`, or `expired`. Approvers' votes are `ApprovalVote`s there.
+    Access {
+        request: String,
+        step: String,
+        target: String,
+        duration_secs: u64,
+        reason: String,
+        /// When the grant ends (`granted`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_us: Option<i64>,
+    },
     /// What the masking stage did to an operation's results: what it found (entity, column,
     /// count; never values) and which maskers faulted. Recorded when the operation completes.
     Masking {

@@ -117,7 +117,7 @@ impl Tally {
                 self.mask_faults += faults.len() as u64;
             }
             EventBody::Notice { .. } => self.notices += 1,
-            EventBody::OpResult { .. } | EventBody::SessionEnd { .. } => {}
+            EventBody::OpResult { .. } | EventBody::SessionEnd { .. } | EventBody::Access { .. } => {}
         }
     }
 }

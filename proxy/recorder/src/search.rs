@@ -69,6 +69,7 @@ pub fn kind_name(body: &EventBody) -> &'static str {
         EventBody::SessionEnd { .. } => "session_end",
         EventBody::Notice { .. } => "notice",
         EventBody::Masking { .. } => "masking",
+        EventBody::Access { .. } => "access",
     }
 }
 

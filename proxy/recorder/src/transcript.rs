@@ -39,6 +39,8 @@ pub fn render_transcript(events: &[Event]) -> String {
                 client_app,
                 auth_method,
                 principal,
+                auth,
+                grant,
                 ..
             } => {
                 let _ = write!(
@@ -46,11 +48,32 @@ pub fn render_transcript(events: &[Event]) -> String {
                     "session start  {} from {source} to {target} via {protocol} (auth {auth_method}",
                     principal.display()
                 );
+                if let Some(iss) = auth.as_ref().and_then(|a| a.issuer.as_ref()) {
+                    let _ = write!(out, " from {iss}");
+                }
+                if let Some(exp) = auth.as_ref().and_then(|a| a.expires_at) {
+                    let _ = write!(
+                        out,
+                        ", valid until {}",
+                        gatehouse_core::time::rfc3339_micros(exp.saturating_mul(1_000_000))
+                    );
+                }
                 if let Some(app) = client_app {
                     let _ = write!(out, ", app {:?}", app);
                 }
                 if let Some(h) = &principal.on_behalf_of {
                     let _ = write!(out, ", on behalf of {h}");
+                }
+                if let Some(g) = grant {
+                    let _ = write!(
+                        out,
+                        ", under access grant {} until {}",
+                        clean(&g.id),
+                        gatehouse_core::time::rfc3339_micros(g.expires_at.saturating_mul(1_000_000))
+                    );
+                }
+                if !principal.actor_chain.is_empty() {
+                    let _ = write!(out, ", instructed by {}", principal.actor_chain.join(" <- "));
                 }
                 out.push_str(")\n");
             }
@@ -216,6 +239,28 @@ pub fn render_transcript(events: &[Event]) -> String {
             }
             EventBody::Notice { level, message } => {
                 let _ = writeln!(out, "notice [{}] {}", clean(level), clean(message));
+            }
+            EventBody::Access {
+                request,
+                step,
+                target,
+                duration_secs,
+                reason,
+                expires_us,
+            } => {
+                let who = ev.principal.as_deref().unwrap_or("(unknown)");
+                let _ = write!(
+                    out,
+                    "access {}  request {} by {who} for {} ({duration_secs}s): {}",
+                    clean(step),
+                    clean(request),
+                    clean(target),
+                    clean(reason)
+                );
+                if let Some(e) = expires_us {
+                    let _ = write!(out, ", until {}", gatehouse_core::time::rfc3339_micros(*e));
+                }
+                out.push('\n');
             }
             EventBody::ApprovalVote {
                 request,

@@ -813,5 +813,13 @@ fn update_summary(s: &mut SessionSummary, body: &EventBody, principal: Option<&s
         | EventBody::Notice { .. }
         | EventBody::Masking { .. }
         | EventBody::ApprovalVote { .. } => {}
+        EventBody::Access { target, .. } => {
+            if s.target.is_empty() {
+                s.target = target.clone();
+            }
+            if s.protocol.is_empty() {
+                s.protocol = "access".to_string();
+            }
+        }
     }
 }

@@ -29,6 +29,7 @@ fn agent() -> Principal {
         groups: vec!["bots".into()],
         attrs: BTreeMap::new(),
         on_behalf_of: Some("alice".into()),
+        actor_chain: Vec::new(),
     }
 }
 
@@ -53,6 +54,8 @@ fn start(session: &str, t: i64) -> NewEvent {
             auth_method: "scram-sha-256".into(),
             principal: agent(),
             target_tags: [("env".to_string(), "prod".to_string())].into(),
+            auth: None,
+            grant: None,
         },
     )
 }

@@ -79,7 +79,15 @@ fn fixture() -> Fixture {
         approvals.clone(),
         recorder.clone(),
         keys,
+        None,
         dir.path().to_path_buf(),
+    )
+    .with_access(
+        Some(Arc::new(gatehouse_approval::access::Grants::in_memory())),
+        gatehouse_core::config::AccessConfig {
+            approvers: vec!["dba".into()],
+            ..Default::default()
+        },
     );
     Fixture {
         api,
@@ -102,6 +110,7 @@ fn open_request(f: &Fixture) -> String {
         groups: vec!["agents".into()],
         attrs: Default::default(),
         on_behalf_of: Some("carol".into()),
+        actor_chain: Vec::new(),
     };
     f.approvals.open(
         id.clone(),
@@ -573,6 +582,27 @@ async fn the_openapi_description_matches_the_server() {
             Some("dave"),
             Some(b""),
         ),
+        (
+            "POST",
+            "/v1/access/requests",
+            "/v1/access/requests".into(),
+            Some("dave"),
+            Some(br#"{"target":"app","duration_secs":1800,"reason":"INC-42"}"#),
+        ),
+        (
+            "POST",
+            "/v1/access/requests",
+            "/v1/access/requests".into(),
+            Some("dave"),
+            Some(br#"{"target":"app","duration_secs":999999999,"reason":"INC-42"}"#),
+        ),
+        (
+            "GET",
+            "/v1/access/grants",
+            "/v1/access/grants".into(),
+            Some("dave"),
+            Some(b""),
+        ),
     ];
     let mut statuses = std::collections::BTreeSet::new();
     for (method, pattern, path, user, body) in calls {
@@ -605,6 +635,9 @@ async fn the_openapi_description_matches_the_server() {
         ("/v1/audit/search", 200),
         ("/v1/audit/search", 400),
         ("/v1/audit/search", 403),
+        ("/v1/access/requests", 200),
+        ("/v1/access/requests", 400),
+        ("/v1/access/grants", 200),
     ] {
         assert!(
             statuses.contains(&expected),
@@ -620,6 +653,7 @@ async fn record_session(f: &Fixture) {
         id: "ai-agent".into(),
         groups: vec!["agents".into()],
         attrs: Default::default(),
+        actor_chain: Vec::new(),
         on_behalf_of: Some("carol".into()),
     };
     f.recorder
@@ -634,8 +668,167 @@ async fn record_session(f: &Fixture) {
                 auth_method: "scram-sha-256".into(),
                 principal: p,
                 target_tags: Default::default(),
+                auth: None,
+                grant: None,
             },
         ))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn an_approved_access_request_becomes_a_grant_and_a_denied_one_does_not() {
+    let f = fixture();
+    let ask = |reason: &str| format!(r#"{{"target":"app","duration_secs":600,"reason":"{reason}"}}"#);
+    let r = f
+        .call(
+            "POST",
+            "/v1/access/requests",
+            Some("dave"),
+            Some(ask("INC-1").as_bytes()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let id = r.body["request"]["id"].as_str().unwrap().to_string();
+    assert_eq!(r.body["request"]["action"], "access");
+    // dave may not approve his own request; erin (an auditor) is no approver; alice is.
+    let own = f
+        .call(
+            "POST",
+            &format!("/v1/approvals/{id}/approve"),
+            Some("dave"),
+            Some(b""),
+        )
+        .await;
+    assert_eq!(own.status, 403, "{}", own.body);
+    let ok = f
+        .call(
+            "POST",
+            &format!("/v1/approvals/{id}/approve"),
+            Some("alice"),
+            Some(br#"{"comment":"go"}"#),
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let mut grants = serde_json::Value::Null;
+    for _ in 0..100 {
+        grants = f
+            .call("GET", "/v1/access/grants", Some("dave"), Some(b""))
+            .await
+            .body;
+        if grants["grants"].as_array().is_some_and(|g| !g.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let g = &grants["grants"][0];
+    assert_eq!(
+        (g["id"].as_str(), g["principal"].as_str(), g["target"].as_str()),
+        (Some(id.as_str()), Some("user:dave"), Some("app"))
+    );
+    assert_eq!(g["approvers"][0], "user:alice");
+    // Others see none of dave's grants; auditors see all.
+    let alice = f.call("GET", "/v1/access/grants", Some("alice"), Some(b"")).await;
+    assert_eq!(alice.body["grants"].as_array().map(Vec::len), Some(0));
+    let erin = f.call("GET", "/v1/access/grants", Some("erin"), Some(b"")).await;
+    assert_eq!(erin.body["grants"].as_array().map(Vec::len), Some(1));
+
+    let r = f
+        .call(
+            "POST",
+            "/v1/access/requests",
+            Some("dave"),
+            Some(ask("INC-2").as_bytes()),
+        )
+        .await;
+    let denied = r.body["request"]["id"].as_str().unwrap().to_string();
+    let no = f
+        .call(
+            "POST",
+            &format!("/v1/approvals/{denied}/deny"),
+            Some("alice"),
+            Some(b""),
+        )
+        .await;
+    assert_eq!(no.status, 200, "{}", no.body);
+
+    // An approver may not approve their own request, and agents decide nothing.
+    let r = f
+        .call(
+            "POST",
+            "/v1/access/requests",
+            Some("alice"),
+            Some(ask("INC-3").as_bytes()),
+        )
+        .await;
+    let own = r.body["request"]["id"].as_str().unwrap().to_string();
+    let r = f
+        .call(
+            "POST",
+            &format!("/v1/approvals/{own}/approve"),
+            Some("alice"),
+            Some(b""),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(
+        r.body["error"].as_str().unwrap().contains("your own request"),
+        "{}",
+        r.body
+    );
+    let r = f
+        .call(
+            "POST",
+            &format!("/v1/approvals/{own}/approve"),
+            Some("ai-agent"),
+            Some(b""),
+        )
+        .await;
+    // The agent may not even see it (404); either way the request stays pending.
+    assert!(matches!(r.status, 403 | 404), "{}", r.body);
+    let r = f
+        .call("GET", &format!("/v1/approvals/{own}"), Some("alice"), Some(b""))
+        .await;
+    assert_eq!(r.body["request"]["state"], "pending", "{}", r.body);
+
+    // Every step is in the request's own session (the denial once its task recorded it).
+    for _ in 0..200 {
+        let done = LogReader::open(f.dir.path())
+            .unwrap()
+            .session_events(&format!("access-{denied}"))
+            .unwrap()
+            .iter()
+            .any(|e| matches!(&e.body, EventBody::Access { step, .. } if step == "denied"));
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let grants = f
+        .call("GET", "/v1/access/grants", Some("dave"), Some(b""))
+        .await
+        .body;
+    assert_eq!(grants["grants"].as_array().map(Vec::len), Some(1), "{grants}");
+    let reader = LogReader::open(f.dir.path()).unwrap();
+    let steps: Vec<String> = reader
+        .session_events(&format!("access-{id}"))
+        .unwrap()
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::Access { step, .. } => Some(step.clone()),
+            EventBody::ApprovalVote { approve, .. } => Some(format!("vote {approve}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps, ["requested", "vote true", "granted"], "{steps:?}");
+    let steps: Vec<String> = reader
+        .session_events(&format!("access-{denied}"))
+        .unwrap()
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::Access { step, .. } => Some(step.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps, ["requested", "denied"], "{steps:?}");
 }

@@ -1,0 +1,254 @@
+//! `gatehouse login`: a human gets a token from their OpenID Provider with the OAuth 2.0 device
+//! authorization grant (RFC 8628), for clients that cannot run a browser flow themselves
+//! (`psql` in a terminal, an SSH session).
+//!
+//! The provider's endpoints come from discovery. The token handed to clients is the access
+//! token when it is a JWT for the requested resource (RFC 8707 / RFC 9068; the gateway's
+//! `audience` is that resource), else the ID token (the gateway's `audience` is then the
+//! client id).
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use serde_json::Value;
+
+const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+const MAX_RESPONSE: usize = 1 << 20;
+
+/// What the user must do to authorize this device.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeviceCode {
+    pub device_code: String,
+    pub user_code: String,
+    pub verification_uri: String,
+    #[serde(default)]
+    pub verification_uri_complete: Option<String>,
+    pub expires_in: u64,
+    /// Seconds between polls (default 5, as RFC 8628 says).
+    #[serde(default)]
+    pub interval: Option<u64>,
+}
+
+/// The token to present, and what it says about its holder.
+#[derive(Debug, Clone)]
+pub struct LoginToken {
+    pub token: String,
+    /// `access_token` or `id_token`.
+    pub kind: &'static str,
+    /// Claims of the token (not verified here: the gateway verifies them).
+    pub claims: serde_json::Map<String, Value>,
+}
+
+impl LoginToken {
+    /// The token's expiry (Unix seconds), if it says.
+    pub fn expires_at(&self) -> Option<i64> {
+        self.claims.get("exp").and_then(Value::as_i64)
+    }
+
+    /// A claim as a string.
+    pub fn claim(&self, name: &str) -> Option<&str> {
+        self.claims.get(name).and_then(Value::as_str)
+    }
+}
+
+pub struct DeviceLogin {
+    pub issuer: String,
+    pub client_id: String,
+    pub scope: String,
+    pub resource: Option<String>,
+    http: reqwest::Client,
+    device_endpoint: String,
+    token_endpoint: String,
+}
+
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    token_endpoint: String,
+    device_authorization_endpoint: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: Option<String>,
+    id_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorResponse {
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+impl DeviceLogin {
+    /// Discover the provider's device and token endpoints.
+    pub async fn discover(
+        issuer: &str,
+        client_id: &str,
+        scope: &str,
+        resource: Option<&str>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<DeviceLogin, String> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(ca) = ca_file {
+            let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", ca.display()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().map_err(|e| e.to_string())?;
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        );
+        let (status, body) = fetch(http.get(&url)).await?;
+        if status != 200 {
+            return Err(format!("GET {url}: HTTP {status}"));
+        }
+        let d: Discovery = serde_json::from_slice(&body).map_err(|e| format!("discovery document: {e}"))?;
+        if d.issuer != issuer {
+            return Err(format!("discovery names issuer `{}`, not `{issuer}`", d.issuer));
+        }
+        let device_endpoint = d
+            .device_authorization_endpoint
+            .ok_or_else(|| format!("`{issuer}` offers no device authorization endpoint"))?;
+        Ok(DeviceLogin {
+            issuer: issuer.to_string(),
+            client_id: client_id.to_string(),
+            scope: scope.to_string(),
+            resource: resource.map(str::to_string),
+            http,
+            device_endpoint,
+            token_endpoint: d.token_endpoint,
+        })
+    }
+
+    /// Ask for a device code (what the user enters at the verification page).
+    pub async fn start(&self) -> Result<DeviceCode, String> {
+        let mut form = vec![
+            ("client_id", self.client_id.as_str()),
+            ("scope", self.scope.as_str()),
+        ];
+        if let Some(r) = &self.resource {
+            form.push(("resource", r));
+        }
+        let (status, body) = fetch(self.http.post(&self.device_endpoint).form(&form)).await?;
+        if status != 200 {
+            return Err(oauth_error("device authorization", status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("device authorization response: {e}"))
+    }
+
+    /// Poll the token endpoint until the user authorized (or refused, or the code expired).
+    pub async fn wait(&self, code: &DeviceCode) -> Result<LoginToken, String> {
+        let mut interval = Duration::from_secs(code.interval.unwrap_or(5).max(1));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(code.expires_in);
+        loop {
+            tokio::time::sleep(interval).await;
+            if tokio::time::Instant::now() > deadline {
+                return Err(
+                    "the device code expired before it was authorized; run `gatehouse login` again".into(),
+                );
+            }
+            let form = [
+                ("grant_type", DEVICE_GRANT),
+                ("device_code", code.device_code.as_str()),
+                ("client_id", self.client_id.as_str()),
+            ];
+            let (status, body) = match fetch(self.http.post(&self.token_endpoint).form(&form)).await {
+                Ok(r) => r,
+                // A network blip while the user is at the browser: keep polling.
+                Err(_) => continue,
+            };
+            if status == 200 {
+                let t: TokenResponse =
+                    serde_json::from_slice(&body).map_err(|e| format!("token response: {e}"))?;
+                return self.choose(t);
+            }
+            let err: ErrorResponse = serde_json::from_slice(&body)
+                .map_err(|_| format!("token endpoint answered HTTP {status}"))?;
+            match err.error.as_str() {
+                "authorization_pending" => {}
+                // RFC 8628 §3.5: back off by five seconds.
+                "slow_down" => interval += Duration::from_secs(5),
+                "access_denied" => return Err("the sign-in was refused at the provider".into()),
+                "expired_token" => {
+                    return Err(
+                        "the device code expired before it was authorized; run `gatehouse login` again"
+                            .into(),
+                    );
+                }
+                _ => return Err(oauth_error("token", status, &body)),
+            }
+        }
+    }
+
+    fn choose(&self, t: TokenResponse) -> Result<LoginToken, String> {
+        if let (Some(at), Some(resource)) = (&t.access_token, &self.resource)
+            && let Some(claims) = jwt_claims(at)
+        {
+            let aud = claims.get("aud");
+            let for_resource = match aud {
+                Some(Value::String(a)) => a == resource,
+                Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(resource)),
+                _ => false,
+            };
+            if for_resource {
+                return Ok(LoginToken {
+                    token: at.clone(),
+                    kind: "access_token",
+                    claims,
+                });
+            }
+        }
+        let id = t
+            .id_token
+            .ok_or("the provider returned no JWT access token for the resource and no ID token")?;
+        let claims = jwt_claims(&id).ok_or("the ID token is not a JWT")?;
+        Ok(LoginToken {
+            token: id,
+            kind: "id_token",
+            claims,
+        })
+    }
+}
+
+/// A JWT's payload, unverified.
+pub fn jwt_claims(token: &str) -> Option<serde_json::Map<String, Value>> {
+    let mut parts = token.split('.');
+    let (_, payload, _, None) = (parts.next()?, parts.next()?, parts.next()?, parts.next()) else {
+        return None;
+    };
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+}
+
+async fn fetch(req: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>), String> {
+    let mut resp = req
+        .header("accept", "application/json")
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > MAX_RESPONSE {
+            return Err("response too large".into());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((status, body))
+}
+
+fn oauth_error(what: &str, status: u16, body: &[u8]) -> String {
+    match serde_json::from_slice::<ErrorResponse>(body) {
+        Ok(e) => match e.error_description {
+            Some(d) => format!("{what}: {} ({d})", e.error),
+            None => format!("{what}: {}", e.error),
+        },
+        Err(_) => format!("{what}: HTTP {status}"),
+    }
+}
