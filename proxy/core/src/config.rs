@@ -179,8 +179,13 @@ impl Default for ApprovalsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// `host:port` on loopback (the API has no TLS of its own yet); port 0 picks a free port.
+    /// `host:port`; port 0 picks a free port. Without `tls_cert`/`tls_key` only a loopback
+    /// address is accepted (the API carries credentials).
     pub listen: Spanned<String>,
+    /// Serve HTTPS with this certificate chain (PEM); needs `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    pub tls_key: Option<PathBuf>,
     /// Groups whose members see every approval request (besides the approvers named by each).
     #[serde(default)]
     pub admins: Vec<String>,
@@ -196,10 +201,15 @@ impl AdminConfig {
             .get_ref()
             .parse()
             .map_err(|e| format!("`{}` is not an address: {e}", self.listen.get_ref()))?;
-        if !addr.ip().is_loopback() {
-            return Err(format!(
-                "`{addr}` is not a loopback address: the admin API carries access keys and has no TLS of its own; bind it to loopback and put a TLS terminator in front"
-            ));
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), Some(_)) => {}
+            (None, None) if addr.ip().is_loopback() => {}
+            (None, None) => {
+                return Err(format!(
+                    "`{addr}` is not a loopback address: the admin API carries credentials; set `tls_cert` and `tls_key` to serve it over TLS, or bind it to loopback"
+                ));
+            }
+            _ => return Err("`tls_cert` and `tls_key` go together".to_string()),
         }
         Ok(addr)
     }
@@ -1149,6 +1159,14 @@ tls = "disable"
         assert_eq!(err.line, 25, "{err}");
         assert!(err.message.contains("not a loopback address"), "{err}");
 
+        // Off loopback only over TLS; cert and key together.
+        let tls = "tls_cert = \"a.pem\"\ntls_key = \"k.pem\"\n";
+        let text = format!("{BASE}\n[admin]\nlisten = \"0.0.0.0:9465\"\n{tls}");
+        assert!(Config::parse(&text, "t.toml").is_ok());
+        let text = format!("{BASE}\n[admin]\nlisten = \"0.0.0.0:9465\"\ntls_cert = \"a.pem\"\n");
+        let err = Config::parse(&text, "t.toml").unwrap_err();
+        assert!(err.message.contains("go together"), "{err}");
+
         let text = format!("{BASE}\n[approvals]\nmin_approvals = 0\n");
         let err = Config::parse(&text, "t.toml").unwrap_err();
         assert!(err.message.contains("must be positive"), "{err}");
@@ -1165,6 +1183,35 @@ tls = "disable"
         let text = format!("{BASE}\n[[approvals.webhook]]\nurl = \"ftp://x\"\n");
         let err = Config::parse(&text, "t.toml").unwrap_err();
         assert!(err.message.contains("http:// or https://"), "{err}");
+    }
+
+    #[test]
+    fn oidc_issuers_are_validated() {
+        let one = "\n[[oidc]]\nissuer = \"https://idp.example.com\"\naudience = \"urn:gatehouse\"\n";
+        let cfg = Config::parse(&format!("{BASE}{one}"), "t.toml").unwrap();
+        let o = &cfg.oidc[0];
+        assert_eq!(
+            (
+                o.groups_claim.as_str(),
+                o.username_claim.as_str(),
+                o.clock_skew_secs
+            ),
+            ("groups", "sub", 30)
+        );
+        // Two issuers need their own name prefixes.
+        let two = one.replace("idp.example.com", "other.example.com");
+        let err = Config::parse(&format!("{BASE}{one}{two}"), "t.toml").unwrap_err();
+        assert!(err.message.contains("name_prefix"), "{err}");
+        let prefixed = format!("{two}name_prefix = \"other:\"\n");
+        assert!(Config::parse(&format!("{BASE}{one}{prefixed}"), "t.toml").is_ok());
+        // http only for a loopback issuer, and only when allowed.
+        let http = "\n[[oidc]]\nissuer = \"http://127.0.0.1:8080\"\naudience = \"a\"\n";
+        assert!(Config::parse(&format!("{BASE}{http}"), "t.toml").is_err());
+        assert!(Config::parse(&format!("{BASE}{http}allow_http = true\n"), "t.toml").is_ok());
+        let remote = http.replace("127.0.0.1", "idp.example.com");
+        assert!(Config::parse(&format!("{BASE}{remote}allow_http = true\n"), "t.toml").is_err());
+        let huge = format!("{BASE}{one}jwks_max_age_secs = 99999999999\n");
+        assert!(Config::parse(&huge, "t.toml").is_err());
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! as its PostgreSQL password) in `Authorization: Basic` (name and key), checked against the
 //! identity's SCRAM verifier, or, with `[[oidc]]` issuers configured, a token from one of them
 //! in `Authorization: Bearer` (checked as for a PostgreSQL connection; its groups decide the
-//! role). The listener is loopback-only (the config refuses anything else) because the API
-//! has no TLS of its own yet.
+//! role). With `[admin] tls_cert`/`tls_key` it is served over TLS (rustls) and may listen on
+//! any address; without, the config accepts only a loopback address.
 //!
 //! | route | who | what |
 //! |---|---|---|
@@ -45,6 +45,7 @@ use gatehouse_core::config::{AccessConfig, AdminConfig};
 use gatehouse_identity::{AuthError, IdentityProvider, OidcProvider, StaticKeys};
 use gatehouse_recorder::{EventBody, LogReader, NewEvent, Recorder, render_transcript};
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
 use pingora_http::ResponseHeader;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -779,18 +780,80 @@ fn route(path: &str) -> Option<Route<'_>> {
 }
 
 /// The admin API endpoint, bound but not yet serving.
-pub fn endpoint(addr: SocketAddr, api: Arc<AdminApi>) -> std::io::Result<Endpoint> {
+/// Bind the API; with `tls`, every connection must complete a TLS handshake first.
+pub fn endpoint(
+    addr: SocketAddr,
+    api: Arc<AdminApi>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<Endpoint> {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let handler: Handler = Arc::new(move |tcp| {
         let api = api.clone();
-        Box::pin(async move { connection(tcp, &api).await })
+        let acceptor = acceptor.clone();
+        Box::pin(async move {
+            let stream = match acceptor {
+                None => pingora_core::protocols::l4::stream::Stream::from(tcp),
+                Some(a) => match tokio::time::timeout(IO_TIMEOUT, a.accept(tcp)).await {
+                    Ok(Ok(tls)) => pingora_core::protocols::l4::stream::Stream::from(
+                        VirtualSocketStream::new(Box::new(TlsSocket(tls))),
+                    ),
+                    // A failed or stalled handshake: nothing to answer.
+                    _ => return,
+                },
+            };
+            connection(stream, &api).await
+        })
     });
     Endpoint::bind("admin", addr, handler)
 }
 
+/// A TLS connection as a pingora stream.
+#[derive(Debug)]
+struct TlsSocket(tokio_rustls::server::TlsStream<TcpStream>);
+
+impl tokio::io::AsyncRead for TlsSocket {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsSocket {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+impl VirtualSocket for TlsSocket {
+    fn set_socket_option(&self, _opt: VirtualSockOpt) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Serve one request on a connection (no keep-alive: the API is not on any hot path).
-async fn connection(tcp: TcpStream, api: &AdminApi) {
-    let stream: pingora_core::protocols::Stream =
-        Box::new(pingora_core::protocols::l4::stream::Stream::from(tcp));
+async fn connection(stream: pingora_core::protocols::l4::stream::Stream, api: &AdminApi) {
+    let stream: pingora_core::protocols::Stream = Box::new(stream);
     let mut session = ServerSession::new_http1(stream);
     session.set_keepalive(None);
     session.set_read_timeout(Some(IO_TIMEOUT));

@@ -216,8 +216,15 @@ impl Gateway {
                     config.recorder.dir.clone(),
                 )
                 .with_access(grants.clone(), config.access.clone());
+                let tls = match (&a.tls_cert, &a.tls_key) {
+                    (Some(c), Some(k)) => Some(
+                        gatehouse_pg::tls::server_config(c, k)
+                            .map_err(|e| anyhow::anyhow!("admin API TLS: {e}"))?,
+                    ),
+                    _ => None,
+                };
                 Some(
-                    crate::admin::endpoint(addr, Arc::new(api))
+                    crate::admin::endpoint(addr, Arc::new(api), tls)
                         .with_context(|| format!("admin API: cannot bind {addr}"))?,
                 )
             }

@@ -3,7 +3,8 @@
 //! The API address comes from `--url` or `GATEHOUSE_ADMIN_URL`; the caller is `--user` or
 //! `GATEHOUSE_USER`, with the access key in `GATEHOUSE_KEY`, or an OIDC token in
 //! `GATEHOUSE_TOKEN` (`gatehouse login`); never an argument: arguments are visible to every
-//! user of the machine in the process list.
+//! user of the machine in the process list. An `https://` API is verified against the Web PKI
+//! roots, or against the CA bundle in `GATEHOUSE_ADMIN_CA`.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -33,16 +34,47 @@ impl Client {
     }
 
     fn with_auth(url: &str, auth: String) -> Client {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        Self::with_auth_and_ca(url, auth, Vec::new())
+    }
+
+    /// `roots`: CA certificates to trust for an `https://` API instead of the Web PKI.
+    fn with_auth_and_ca(url: &str, auth: String, roots: Vec<ureq::tls::Certificate<'static>>) -> Client {
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
+            .timeout_global(Some(Duration::from_secs(30)));
+        if !roots.is_empty() {
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
+                    .build(),
+            );
+        }
+        let agent: ureq::Agent = config.build().into();
         Client {
             base: url.trim_end_matches('/').to_string(),
             auth,
             agent,
         }
+    }
+
+    /// The CA bundle named by `GATEHOUSE_ADMIN_CA` (PEM), for an API served with its own
+    /// certificate authority.
+    fn roots_from_env() -> Result<Vec<ureq::tls::Certificate<'static>>> {
+        let Some(path) = std::env::var_os("GATEHOUSE_ADMIN_CA") else {
+            return Ok(Vec::new());
+        };
+        let pem = std::fs::read(&path)
+            .with_context(|| format!("GATEHOUSE_ADMIN_CA: cannot read {}", path.to_string_lossy()))?;
+        let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            bail!("GATEHOUSE_ADMIN_CA: no certificate in {}", path.to_string_lossy());
+        }
+        Ok(certs)
     }
 
     /// From the environment, with explicit values first: an OIDC token in `GATEHOUSE_TOKEN`,
@@ -51,10 +83,15 @@ impl Client {
         let url = url
             .or_else(|| std::env::var("GATEHOUSE_ADMIN_URL").ok())
             .ok_or_else(|| anyhow!("no admin API address: pass --url or set GATEHOUSE_ADMIN_URL"))?;
+        let roots = Self::roots_from_env()?;
         if let Ok(token) = std::env::var("GATEHOUSE_TOKEN")
             && !token.trim().is_empty()
         {
-            return Ok(Client::with_token(&url, &token));
+            return Ok(Self::with_auth_and_ca(
+                &url,
+                format!("Bearer {}", token.trim()),
+                roots,
+            ));
         }
         let user = user
             .or_else(|| std::env::var("GATEHOUSE_USER").ok())
@@ -64,7 +101,8 @@ impl Client {
                 "set GATEHOUSE_KEY to your access key, or GATEHOUSE_TOKEN to a token from `gatehouse login`"
             )
         })?;
-        Ok(Client::new(&url, &user, &key))
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{key}"));
+        Ok(Self::with_auth_and_ca(&url, format!("Basic {basic}"), roots))
     }
 
     fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<serde_json::Value> {
