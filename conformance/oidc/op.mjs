@@ -6,7 +6,8 @@
 //   report-bot     client credentials, groups ["agents"]
 //   plain-bot      client credentials, no groups claim
 //   short-bot      client credentials, tokens live SHORT_TTL seconds (GATEHOUSE_OP_SHORT_TTL, 4)
-//   gatehouse-cli  public client (no secret), device authorization grant (`gatehouse login`)
+//   gatehouse-cli  public client (no secret): device authorization grant, and authorization
+//                  code + PKCE to http://127.0.0.1:<any port>/callback (`gatehouse login`)
 // Accounts (humans): any name; `erin` is in ["engineering"], others have no groups.
 // Resources (RFC 8707 `resource` parameter): "urn:gatehouse" (the default) and "urn:other-api"; both
 // get JWT access tokens (RFC 9068) whose `aud` is the resource.
@@ -16,6 +17,9 @@
 // `POST /_device_login?user_code=CODE&login=NAME` is the human at the browser: it opens the
 // verification page for CODE, confirms it, signs in as NAME and consents, through the
 // provider's own pages and cookies; 200 once the device is authorized.
+// `POST /_browser_login?url=AUTHORIZATION_URL&login=NAME` is a browser opening the
+// authorization link: sign-in as NAME, consent, then the redirect to the client's loopback
+// listener is followed; 200 with the listener's status once it was reached.
 import http from 'node:http';
 import { generateKeyPair, exportJWK } from 'jose';
 import Provider from 'oidc-provider';
@@ -43,9 +47,10 @@ function makeProvider(issuer, key) {
   }));
   clients.push({
     client_id: 'gatehouse-cli',
-    grant_types: ['urn:ietf:params:oauth:grant-type:device_code'],
-    response_types: [],
-    redirect_uris: [],
+    grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'authorization_code'],
+    response_types: ['code'],
+    // RFC 8252 §7.3: any port on the loopback address.
+    redirect_uris: ['http://127.0.0.1/callback'],
     token_endpoint_auth_method: 'none',
     application_type: 'native',
   });
@@ -112,11 +117,10 @@ async function interaction(req, res) {
   await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
 }
 
-// A browser with a cookie jar, driving the provider's device pages.
-async function deviceLogin(userCode, login) {
-  pendingLogin = login;
+// A browser with a cookie jar.
+function browser() {
   const jar = new Map();
-  const send = async (url, init = {}) => {
+  return async (url, init = {}) => {
     const headers = { ...(init.headers || {}), cookie: [...jar].map(([k, v]) => `${k}=${v}`).join('; ') };
     const r = await fetch(new URL(url, issuer), { ...init, headers, redirect: 'manual' });
     for (const c of r.headers.getSetCookie()) {
@@ -126,6 +130,29 @@ async function deviceLogin(userCode, login) {
     }
     return r;
   };
+}
+
+// Open an authorization link: follow the provider's redirects through sign-in and consent,
+// then the final redirect to the client's loopback listener.
+async function browserLogin(url, login) {
+  pendingLogin = login;
+  const send = browser();
+  let r = await send(url);
+  for (let hops = 0; hops < 20 && r.status >= 300 && r.status < 400; hops += 1) {
+    const next = new URL(r.headers.get('location'), issuer);
+    if (next.origin !== new URL(issuer).origin) {
+      const back = await fetch(next, { redirect: 'manual' });
+      return back.status;
+    }
+    r = await send(next.href);
+  }
+  throw new Error(`the sign-in ended at ${r.status}: ${(await r.text()).slice(0, 300)}`);
+}
+
+// The device pages, as a person at a browser.
+async function deviceLogin(userCode, login) {
+  pendingLogin = login;
+  const send = browser();
   // The code entry page (pre-filled from the link), then the confirmation page: submit each
   // page's form as a person clicking "Continue" would, then follow the redirects through
   // sign-in and consent.
@@ -152,6 +179,18 @@ const server = http.createServer(async (req, res) => {
       await deviceLogin(q.get('user_code'), q.get('login'));
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end('{"authorized":true}');
+    } catch (e) {
+      res.writeHead(500, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ error: String(e) }));
+    }
+    return;
+  }
+  if (req.method === 'POST' && req.url.startsWith('/_browser_login')) {
+    const q = new URL(req.url, issuer).searchParams;
+    try {
+      const status = await browserLogin(q.get('url'), q.get('login'));
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ callback_status: status }));
     } catch (e) {
       res.writeHead(500, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ error: String(e) }));

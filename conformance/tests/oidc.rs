@@ -374,3 +374,104 @@ fn gatehouse_login_signs_a_human_in_with_the_device_flow() {
         .unwrap();
     assert!(out.status.success(), "{}", output_text(&out));
 }
+
+/// Start `gatehouse login --flow code`; returns the child and the authorization link it printed.
+fn code_login(
+    op: &OpenIdProvider,
+) -> (
+    std::process::Child,
+    String,
+    std::io::BufReader<std::process::ChildStderr>,
+) {
+    use std::io::BufRead as _;
+    let mut login = Command::new(gatehouse_bin())
+        .args([
+            "login",
+            "--flow",
+            "code",
+            "--issuer",
+            &op.issuer,
+            "--resource",
+            "urn:gatehouse",
+            "--user-claim",
+            "preferred_username",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(login.stderr.take().unwrap());
+    let link = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "login ended early");
+        if line.starts_with("http") {
+            break line.trim().to_string();
+        }
+    };
+    (login, link, stderr)
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn gatehouse_login_with_a_browser_uses_the_code_flow_with_pkce_and_checks_the_state() {
+    use std::io::Read as _;
+    let op = OpenIdProvider::start().unwrap();
+    let extra = oidc_config(&op);
+    let h = Harness::start_with(Options {
+        extra_config: &extra,
+        ..Options::default()
+    })
+    .unwrap();
+
+    let (mut login, link, mut stderr) = code_login(&op);
+    assert!(
+        link.contains("code_challenge_method=S256")
+            && link.contains("redirect_uri=http%3A%2F%2F127.0.0.1%3A"),
+        "{link}"
+    );
+    // Someone else's redirect to the CLI's listener (another state) is refused and ignored.
+    let port = link
+        .split("redirect_uri=http%3A%2F%2F127.0.0.1%3A")
+        .nth(1)
+        .and_then(|r| r.split("%2F").next())
+        .unwrap()
+        .to_string();
+    let listener: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (status, _) =
+        http_request(listener, "GET", "/callback?code=stolen&state=not-yours", &[], "").unwrap();
+    assert_eq!(status, 400);
+    // The browser: sign in as erin, consent, and come back to the CLI's listener.
+    let (status, body) = http_request(
+        op.addr,
+        "POST",
+        &format!("/_browser_login?login=erin&url={}", percent_encode(&link)),
+        &[],
+        "",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"callback_status\":200"), "{body}");
+    let mut out = String::new();
+    login.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let mut said = String::new();
+    stderr.read_to_string(&mut said).unwrap();
+    assert!(login.wait().unwrap().success(), "{said}");
+    assert!(out.contains("export PGUSER='erin'"), "{out}");
+    let token = out
+        .lines()
+        .find_map(|l| l.strip_prefix("export PGPASSWORD='"))
+        .unwrap()
+        .trim_end_matches('\'')
+        .to_string();
+    let run = psql(&h, "erin", &token, "SELECT 5");
+    assert!(run.status.success(), "{}", output_text(&run));
+}

@@ -86,6 +86,11 @@ enum Cmd {
         /// `env` (shell commands), `json`, or `token` (the token alone).
         #[arg(long, default_value = "env")]
         format: String,
+        /// `device` (a code to confirm on any device), `code` (a browser on this machine, which
+        /// comes back to a one-shot listener on 127.0.0.1; PKCE), or `auto`: device when the
+        /// provider offers it.
+        #[arg(long, default_value = "auto")]
+        flow: String,
     },
     /// Just-in-time access: ask for a time-limited grant to a target (approved by `[access]
     /// approvers with `gatehouse approvals approve ID`), and list your active grants. Same
@@ -514,12 +519,16 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             user_claim,
             ca_file,
             format,
+            flow,
         } => {
             let issuer = issuer
                 .or_else(|| std::env::var("GATEHOUSE_ISSUER").ok())
                 .context("no issuer: pass --issuer or set GATEHOUSE_ISSUER")?;
             if !matches!(format.as_str(), "env" | "json" | "token") {
                 anyhow::bail!("--format: expected env, json or token");
+            }
+            if !matches!(flow.as_str(), "auto" | "device" | "code") {
+                anyhow::bail!("--flow: expected auto, device or code");
             }
             login(LoginArgs {
                 issuer,
@@ -529,6 +538,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 user_claim,
                 ca_file,
                 format,
+                flow,
             })
         }
         Cmd::Policy {
@@ -1093,9 +1103,10 @@ struct LoginArgs {
     user_claim: String,
     ca_file: Option<PathBuf>,
     format: String,
+    flow: String,
 }
 
-/// `gatehouse login`: the device flow, instructions on stderr, the result on stdout.
+/// `gatehouse login`: the device or code flow, instructions on stderr, the result on stdout.
 fn login(a: LoginArgs) -> Result<ExitCode> {
     use gatehouse_identity::login::DeviceLogin;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -1111,6 +1122,17 @@ fn login(a: LoginArgs) -> Result<ExitCode> {
         )
         .await
         .map_err(anyhow::Error::msg)?;
+        if a.flow == "code" || (a.flow == "auto" && !flow.has_device_flow()) {
+            let pending = flow.start_code().await.map_err(anyhow::Error::msg)?;
+            eprintln!(
+                "To sign in, open this link in a browser on this machine (it comes back to this command):\n{}",
+                pending.url
+            );
+            return flow
+                .finish_code(pending, std::time::Duration::from_secs(600))
+                .await
+                .map_err(anyhow::Error::msg);
+        }
         let code = flow.start().await.map_err(anyhow::Error::msg)?;
         match &code.verification_uri_complete {
             Some(link) => eprintln!(

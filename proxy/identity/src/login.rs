@@ -1,6 +1,8 @@
 //! `gatehouse login`: a human gets a token from their OpenID Provider with the OAuth 2.0 device
 //! authorization grant (RFC 8628), for clients that cannot run a browser flow themselves
-//! (`psql` in a terminal, an SSH session).
+//! (`psql` in a terminal, an SSH session); or, where the provider has no device flow, with the
+//! authorization code grant and PKCE (RFC 7636) redirecting to a one-shot listener on
+//! 127.0.0.1 (RFC 8252 §7.3).
 //!
 //! The provider's endpoints come from discovery. The token handed to clients is the access
 //! token when it is a JWT for the requested resource (RFC 8707 / RFC 9068; the gateway's
@@ -59,8 +61,19 @@ pub struct DeviceLogin {
     pub scope: String,
     pub resource: Option<String>,
     http: reqwest::Client,
-    device_endpoint: String,
+    device_endpoint: Option<String>,
+    authorization_endpoint: Option<String>,
     token_endpoint: String,
+}
+
+/// An authorization code flow waiting for the browser to come back.
+pub struct CodeLogin {
+    /// Open this in a browser.
+    pub url: String,
+    listener: tokio::net::TcpListener,
+    redirect_uri: String,
+    state: String,
+    verifier: String,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +81,7 @@ struct Discovery {
     issuer: String,
     token_endpoint: String,
     device_authorization_endpoint: Option<String>,
+    authorization_endpoint: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -113,22 +127,34 @@ impl DeviceLogin {
         if d.issuer != issuer {
             return Err(format!("discovery names issuer `{}`, not `{issuer}`", d.issuer));
         }
-        let device_endpoint = d
-            .device_authorization_endpoint
-            .ok_or_else(|| format!("`{issuer}` offers no device authorization endpoint"))?;
+        if d.device_authorization_endpoint.is_none() && d.authorization_endpoint.is_none() {
+            return Err(format!(
+                "`{issuer}` offers neither a device nor an authorization endpoint"
+            ));
+        }
         Ok(DeviceLogin {
             issuer: issuer.to_string(),
             client_id: client_id.to_string(),
             scope: scope.to_string(),
             resource: resource.map(str::to_string),
             http,
-            device_endpoint,
+            device_endpoint: d.device_authorization_endpoint,
+            authorization_endpoint: d.authorization_endpoint,
             token_endpoint: d.token_endpoint,
         })
     }
 
+    /// Whether the provider offers the device flow.
+    pub fn has_device_flow(&self) -> bool {
+        self.device_endpoint.is_some()
+    }
+
     /// Ask for a device code (what the user enters at the verification page).
     pub async fn start(&self) -> Result<DeviceCode, String> {
+        let endpoint = self
+            .device_endpoint
+            .as_deref()
+            .ok_or_else(|| format!("`{}` offers no device authorization endpoint", self.issuer))?;
         let mut form = vec![
             ("client_id", self.client_id.as_str()),
             ("scope", self.scope.as_str()),
@@ -136,7 +162,7 @@ impl DeviceLogin {
         if let Some(r) = &self.resource {
             form.push(("resource", r));
         }
-        let (status, body) = fetch(self.http.post(&self.device_endpoint).form(&form)).await?;
+        let (status, body) = fetch(self.http.post(endpoint).form(&form)).await?;
         if status != 200 {
             return Err(oauth_error("device authorization", status, &body));
         }
@@ -187,6 +213,83 @@ impl DeviceLogin {
         }
     }
 
+    /// Start the authorization code flow: a listener on 127.0.0.1 for the redirect, a PKCE
+    /// verifier and a state, and the URL the user opens.
+    pub async fn start_code(&self) -> Result<CodeLogin, String> {
+        use rand::RngCore as _;
+        use sha2::Digest as _;
+        let endpoint = self
+            .authorization_endpoint
+            .as_deref()
+            .ok_or_else(|| format!("`{}` offers no authorization endpoint", self.issuer))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("cannot listen for the redirect: {e}"))?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let redirect_uri = format!("http://127.0.0.1:{port}/callback");
+        let random = |n: usize| {
+            let mut b = vec![0u8; n];
+            rand::rng().fill_bytes(&mut b);
+            URL_SAFE_NO_PAD.encode(b)
+        };
+        let (state, verifier) = (random(16), random(32));
+        let challenge = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
+        let mut url = reqwest::Url::parse(endpoint).map_err(|e| format!("authorization endpoint: {e}"))?;
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("response_type", "code")
+                .append_pair("client_id", &self.client_id)
+                .append_pair("redirect_uri", &redirect_uri)
+                .append_pair("scope", &self.scope)
+                .append_pair("state", &state)
+                .append_pair("code_challenge", &challenge)
+                .append_pair("code_challenge_method", "S256");
+            if let Some(r) = &self.resource {
+                q.append_pair("resource", r);
+            }
+        }
+        Ok(CodeLogin {
+            url: url.to_string(),
+            listener,
+            redirect_uri,
+            state,
+            verifier,
+        })
+    }
+
+    /// Wait for the browser to come back to the listener (at most `timeout`) with this
+    /// sign-in's state (redirects carrying another state are answered 400 and ignored: they are
+    /// not ours), and exchange the code (with the PKCE verifier) for tokens.
+    pub async fn finish_code(&self, flow: CodeLogin, timeout: Duration) -> Result<LoginToken, String> {
+        let params = tokio::time::timeout(timeout, redirect_params(&flow.listener, &flow.state))
+            .await
+            .map_err(|_| "nobody came back from the sign-in page in time".to_string())??;
+        if let Some(e) = params.get("error") {
+            let detail = params
+                .get("error_description")
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
+            return Err(format!("the provider refused the sign-in: {e}{detail}"));
+        }
+        let code = params.get("code").ok_or("the redirect carries no code")?;
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", flow.redirect_uri.as_str()),
+            ("client_id", self.client_id.as_str()),
+            ("code_verifier", flow.verifier.as_str()),
+        ];
+        if let Some(r) = &self.resource {
+            form.push(("resource", r));
+        }
+        let (status, body) = fetch(self.http.post(&self.token_endpoint).form(&form)).await?;
+        if status != 200 {
+            return Err(oauth_error("token", status, &body));
+        }
+        let t: TokenResponse = serde_json::from_slice(&body).map_err(|e| format!("token response: {e}"))?;
+        self.choose(t)
+    }
+
     fn choose(&self, t: TokenResponse) -> Result<LoginToken, String> {
         if let (Some(at), Some(resource)) = (&t.access_token, &self.resource)
             && let Some(claims) = jwt_claims(at)
@@ -214,6 +317,57 @@ impl DeviceLogin {
             kind: "id_token",
             claims,
         })
+    }
+}
+
+/// Serve the redirect: wait for `GET /callback?…` carrying `state` (other paths get 404,
+/// other states 400, and the wait goes on), tell the browser to go back to the terminal, and
+/// return the query's parameters.
+async fn redirect_params(
+    listener: &tokio::net::TcpListener,
+    state: &str,
+) -> Result<std::collections::HashMap<String, String>, String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let reply = |status: &str, page: &str| {
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+            page.len()
+        )
+    };
+    loop {
+        let (mut s, _) = listener.accept().await.map_err(|e| e.to_string())?;
+        let mut buf = Vec::with_capacity(2048);
+        let mut chunk = [0u8; 2048];
+        // The request line and headers; nothing the browser sends here is large.
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+            match tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => break,
+            }
+        }
+        let head = String::from_utf8_lossy(&buf);
+        let target = head
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("");
+        let params: Option<std::collections::HashMap<String, String>> = target
+            .strip_prefix("/callback?")
+            .and_then(|q| reqwest::Url::parse(&format!("http://127.0.0.1/callback?{q}")).ok())
+            .map(|u| u.query_pairs().into_owned().collect());
+        let Some(params) = params else {
+            let _ = s.write_all(reply("404 Not Found", "").as_bytes()).await;
+            continue;
+        };
+        // The state ties the answer to this sign-in: anything else is someone else's redirect.
+        if params.get("state").map(String::as_str) != Some(state) {
+            let page = "<!doctype html><title>Gatehouse</title><p>This link does not belong to the sign-in waiting here.</p>";
+            let _ = s.write_all(reply("400 Bad Request", page).as_bytes()).await;
+            continue;
+        }
+        let page = "<!doctype html><title>Gatehouse</title><p>Signed in. You can close this window and go back to the terminal.</p>";
+        let _ = s.write_all(reply("200 OK", page).as_bytes()).await;
+        return Ok(params);
     }
 }
 
