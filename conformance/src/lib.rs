@@ -15,6 +15,20 @@ pub fn repo_policies() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
 }
 
+/// A copy of the repository's policies plus `extra` as file `name`, in directory `policies`
+/// (created).
+pub fn repo_policies_with(policies: &Path, name: &str, extra: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(policies)?;
+    for entry in std::fs::read_dir(repo_policies())? {
+        let p = entry?.path();
+        if let (true, Some(file)) = (p.is_file(), p.file_name()) {
+            std::fs::copy(&p, policies.join(file))?;
+        }
+    }
+    std::fs::write(policies.join(name), extra)?;
+    Ok(policies.to_path_buf())
+}
+
 /// The built plugins: `$GATEHOUSE_PLUGIN_DIR`, else `~/.cache/gatehouse/plugins` (where
 /// `deploy/build-plugins.sh` puts them; `deploy/test.sh` runs it first).
 pub fn plugin_dir() -> Result<PathBuf> {

@@ -7,7 +7,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use gatehouse_conformance::{Harness, Options, db_message, gatehouse_bin, output_text, repo_policies};
+use gatehouse_conformance::{Harness, Options, db_message, gatehouse_bin, output_text, repo_policies_with};
 
 fn access(h: &Harness, user: &str, args: &[&str]) -> Output {
     Command::new(gatehouse_bin())
@@ -20,19 +20,29 @@ fn access(h: &Harness, user: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `gatehouse access request` by bob for target `app`.
+fn request(h: &Harness, duration: &str, reason: &str) -> Output {
+    access(
+        h,
+        "bob",
+        &[
+            "request",
+            "--target",
+            "app",
+            "--duration",
+            duration,
+            "--reason",
+            reason,
+        ],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_opens_production_for_its_duration_and_no_longer() {
     let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    for entry in std::fs::read_dir(repo_policies()).unwrap() {
-        let p = entry.unwrap().path();
-        if p.is_file() {
-            std::fs::copy(&p, policies.join(p.file_name().unwrap())).unwrap();
-        }
-    }
-    std::fs::write(
-        policies.join("jit.cedar"),
+    let policies = repo_policies_with(
+        &dir.path().join("policies"),
+        "jit.cedar",
         r#"
 // Engineers reach production only with a just-in-time grant.
 @id("engineering-prod-needs-grant")
@@ -60,38 +70,14 @@ when { resource.env == "prod" && !(context has grant) };
     );
 
     // Too long a grant is refused outright.
-    let out = access(
-        &h,
-        "bob",
-        &[
-            "request",
-            "--target",
-            "app",
-            "--duration",
-            "2h",
-            "--reason",
-            "INC-7",
-        ],
-    );
+    let out = request(&h, "2h", "INC-7");
     assert!(
         !out.status.success() && output_text(&out).contains("duration_secs"),
         "{}",
         output_text(&out)
     );
 
-    let out = access(
-        &h,
-        "bob",
-        &[
-            "request",
-            "--target",
-            "app",
-            "--duration",
-            "20s",
-            "--reason",
-            "INC-7 disk full",
-        ],
-    );
+    let out = request(&h, "20s", "INC-7 disk full");
     let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     let id = text.split(':').next().unwrap().trim().to_string();

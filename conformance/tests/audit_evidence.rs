@@ -366,16 +366,9 @@ fn policy_whatif_lists_exactly_the_decisions_a_candidate_set_would_change() {
     h.stop_gateway().unwrap();
 
     // The candidate: today's policies plus two changes.
-    let candidate = h.dir.path().join("candidate");
-    std::fs::create_dir_all(&candidate).unwrap();
-    for e in std::fs::read_dir(gatehouse_conformance::repo_policies()).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_file() {
-            std::fs::copy(&p, candidate.join(p.file_name().unwrap())).unwrap();
-        }
-    }
-    std::fs::write(
-        candidate.join("candidate.cedar"),
+    let candidate = gatehouse_conformance::repo_policies_with(
+        &h.dir.path().join("candidate"),
+        "candidate.cedar",
         r#"
 @id("alice-no-reads")
 forbid (

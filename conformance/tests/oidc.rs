@@ -28,6 +28,18 @@ jwks_min_refresh_secs = 1
     )
 }
 
+/// A real OpenID Provider and a gateway trusting it.
+fn start() -> (OpenIdProvider, Harness) {
+    let op = OpenIdProvider::start().unwrap();
+    let extra = oidc_config(&op);
+    let h = Harness::start_with(Options {
+        extra_config: &extra,
+        ..Options::default()
+    })
+    .unwrap();
+    (op, h)
+}
+
 /// `psql` through Gatehouse over TLS with `token` as the password.
 fn psql(h: &Harness, user: &str, token: &str, sql: &str) -> Output {
     Command::new(h.setup.cluster.bindir.join("psql"))
@@ -81,13 +93,7 @@ fn admin_get(h: &Harness, token: &str) -> (u16, String) {
 
 #[test]
 fn tokens_from_a_real_provider_identify_agents_and_forgeries_do_not() {
-    let op = OpenIdProvider::start().unwrap();
-    let extra = oidc_config(&op);
-    let h = Harness::start_with(Options {
-        extra_config: &extra,
-        ..Options::default()
-    })
-    .unwrap();
+    let (op, h) = start();
 
     // A client-credentials token: the agent `report-bot` in group `agents`.
     let token = op.token("report-bot", None).unwrap();
@@ -184,13 +190,7 @@ fn tokens_from_a_real_provider_identify_agents_and_forgeries_do_not() {
 
 #[test]
 fn rotated_keys_are_picked_up_and_an_unreachable_provider_lets_nothing_unverifiable_in() {
-    let mut op = OpenIdProvider::start().unwrap();
-    let extra = oidc_config(&op);
-    let h = Harness::start_with(Options {
-        extra_config: &extra,
-        ..Options::default()
-    })
-    .unwrap();
+    let (mut op, h) = start();
     let before = op.token("report-bot", None).unwrap();
     assert!(psql(&h, "report-bot", &before, "SELECT 1").status.success());
 
@@ -217,13 +217,7 @@ fn rotated_keys_are_picked_up_and_an_unreachable_provider_lets_nothing_unverifia
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_that_expires_mid_session_ends_the_session() {
-    let op = OpenIdProvider::start().unwrap();
-    let extra = oidc_config(&op);
-    let h = Harness::start_with(Options {
-        extra_config: &extra,
-        ..Options::default()
-    })
-    .unwrap();
+    let (op, h) = start();
     // short-bot's tokens live 4 seconds.
     let token = op.token("short-bot", None).unwrap();
     let dsn = format!(
@@ -264,13 +258,7 @@ async fn a_token_that_expires_mid_session_ends_the_session() {
 #[test]
 fn gatehouse_login_signs_a_human_in_with_the_device_flow() {
     use std::io::{BufRead as _, BufReader, Read as _};
-    let op = OpenIdProvider::start().unwrap();
-    let extra = oidc_config(&op);
-    let h = Harness::start_with(Options {
-        extra_config: &extra,
-        ..Options::default()
-    })
-    .unwrap();
+    let (op, h) = start();
     let mut login = Command::new(gatehouse_bin())
         .args([
             "login",
@@ -424,13 +412,7 @@ fn percent_encode(s: &str) -> String {
 #[test]
 fn gatehouse_login_with_a_browser_uses_the_code_flow_with_pkce_and_checks_the_state() {
     use std::io::Read as _;
-    let op = OpenIdProvider::start().unwrap();
-    let extra = oidc_config(&op);
-    let h = Harness::start_with(Options {
-        extra_config: &extra,
-        ..Options::default()
-    })
-    .unwrap();
+    let (op, h) = start();
 
     let (mut login, link, mut stderr) = code_login(&op);
     assert!(

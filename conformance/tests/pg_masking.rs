@@ -226,16 +226,9 @@ async fn column_rules_mask_per_principal_in_every_protocol_flavour() {
 async fn copy_of_masked_columns_is_refused_and_the_session_goes_on() {
     // The agent may COPY here (an extra permit), but COPY output cannot pass the masking stage.
     let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    for entry in std::fs::read_dir(gatehouse_conformance::repo_policies()).unwrap() {
-        let p = entry.unwrap().path();
-        if p.is_file() {
-            std::fs::copy(&p, policies.join(p.file_name().unwrap())).unwrap();
-        }
-    }
-    std::fs::write(
-        policies.join("agent-copy.cedar"),
+    let policies = gatehouse_conformance::repo_policies_with(
+        &dir.path().join("policies"),
+        "agent-copy.cedar",
         r#"
 @id("agents-copy-out")
 permit (

@@ -64,34 +64,7 @@ enum Cmd {
     /// Sign in at your OpenID Provider (OAuth device authorization: open the printed link on
     /// any device, confirm the code) and print shell commands that set PGUSER, PGPASSWORD
     /// (the token), PGSSLMODE and GATEHOUSE_TOKEN: `eval "$(gatehouse login --issuer …)"`.
-    Login {
-        /// The provider's issuer URL (default: GATEHOUSE_ISSUER).
-        #[arg(long)]
-        issuer: Option<String>,
-        /// The OAuth client registered for this CLI (a public client with the device grant).
-        #[arg(long, default_value = "gatehouse-cli")]
-        client_id: String,
-        /// The resource (RFC 8707) the gateway is configured with as `audience`: the access
-        /// token for it is used. Without it, the ID token is used (audience: the client id).
-        #[arg(long)]
-        resource: Option<String>,
-        #[arg(long, default_value = "openid")]
-        scope: String,
-        /// The claim the gateway names users by (its `username_claim`); becomes PGUSER.
-        #[arg(long, default_value = "sub")]
-        user_claim: String,
-        /// CA bundle for the provider's TLS certificate.
-        #[arg(long)]
-        ca_file: Option<PathBuf>,
-        /// `env` (shell commands), `json`, or `token` (the token alone).
-        #[arg(long, default_value = "env")]
-        format: String,
-        /// `device` (a code to confirm on any device), `code` (a browser on this machine, which
-        /// comes back to a one-shot listener on 127.0.0.1; PKCE), or `auto`: device when the
-        /// provider offers it.
-        #[arg(long, default_value = "auto")]
-        flow: String,
-    },
+    Login(LoginArgs),
     /// Just-in-time access: ask for a time-limited grant to a target (approved by `[access]
     /// approvers with `gatehouse approvals approve ID`), and list your active grants. Same
     /// credentials as `gatehouse approvals`.
@@ -511,36 +484,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Plugin { cmd } => plugin(cmd),
         Cmd::Approvals { url, user, cmd } => approvals(url, user, cmd),
         Cmd::Access { url, user, cmd } => access(url, user, cmd),
-        Cmd::Login {
-            issuer,
-            client_id,
-            resource,
-            scope,
-            user_claim,
-            ca_file,
-            format,
-            flow,
-        } => {
-            let issuer = issuer
-                .or_else(|| std::env::var("GATEHOUSE_ISSUER").ok())
-                .context("no issuer: pass --issuer or set GATEHOUSE_ISSUER")?;
-            if !matches!(format.as_str(), "env" | "json" | "token") {
-                anyhow::bail!("--format: expected env, json or token");
-            }
-            if !matches!(flow.as_str(), "auto" | "device" | "code") {
-                anyhow::bail!("--flow: expected auto, device or code");
-            }
-            login(LoginArgs {
-                issuer,
-                client_id,
-                resource,
-                scope,
-                user_claim,
-                ca_file,
-                format,
-                flow,
-            })
-        }
+        Cmd::Login(args) => login(args),
         Cmd::Policy {
             cmd: PolicyCmd::Check { dir },
         } => {
@@ -1095,26 +1039,56 @@ fn audit_verify(
     Ok(ExitCode::from(outcome.exit_code()))
 }
 
+#[derive(clap::Args)]
 struct LoginArgs {
-    issuer: String,
+    /// The provider's issuer URL (default: GATEHOUSE_ISSUER).
+    #[arg(long)]
+    issuer: Option<String>,
+    /// The OAuth client registered for this CLI (a public client with the device grant).
+    #[arg(long, default_value = "gatehouse-cli")]
     client_id: String,
+    /// The resource (RFC 8707) the gateway is configured with as `audience`: the access
+    /// token for it is used. Without it, the ID token is used (audience: the client id).
+    #[arg(long)]
     resource: Option<String>,
+    #[arg(long, default_value = "openid")]
     scope: String,
+    /// The claim the gateway names users by (its `username_claim`); becomes PGUSER.
+    #[arg(long, default_value = "sub")]
     user_claim: String,
+    /// CA bundle for the provider's TLS certificate.
+    #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// `env` (shell commands), `json`, or `token` (the token alone).
+    #[arg(long, default_value = "env")]
     format: String,
+    /// `device` (a code to confirm on any device), `code` (a browser on this machine, which
+    /// comes back to a one-shot listener on 127.0.0.1; PKCE), or `auto`: device when the
+    /// provider offers it.
+    #[arg(long, default_value = "auto")]
     flow: String,
 }
 
 /// `gatehouse login`: the device or code flow, instructions on stderr, the result on stdout.
 fn login(a: LoginArgs) -> Result<ExitCode> {
     use gatehouse_identity::login::DeviceLogin;
+    let issuer = a
+        .issuer
+        .clone()
+        .or_else(|| std::env::var("GATEHOUSE_ISSUER").ok())
+        .context("no issuer: pass --issuer or set GATEHOUSE_ISSUER")?;
+    if !matches!(a.format.as_str(), "env" | "json" | "token") {
+        anyhow::bail!("--format: expected env, json or token");
+    }
+    if !matches!(a.flow.as_str(), "auto" | "device" | "code") {
+        anyhow::bail!("--flow: expected auto, device or code");
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let token = rt.block_on(async {
         let flow = DeviceLogin::discover(
-            &a.issuer,
+            &issuer,
             &a.client_id,
             &a.scope,
             a.resource.as_deref(),

@@ -820,21 +820,22 @@ async fn flush(uwr: &mut WriteHalf<Stream>, out: &mut BytesMut) -> bool {
 /// End the session because its credential expired: FATAL with SQLSTATE 28000
 /// (invalid_authorization_specification), as for a failed login.
 async fn expired(cw: &ClientWriter, message: &str) -> ClientEnd {
-    let mut out = BytesMut::new();
-    proto::error_msg(&mut out, Severity::Fatal, "28000", message, None);
-    let mut w = cw.lock().await;
-    let _ = w.write_all(&out).await;
-    let _ = w.shutdown().await;
+    fatal(cw, "28000", message).await;
     ClientEnd::CredentialExpired(message.trim_start_matches("gatehouse: ").to_string())
 }
 
 async fn protocol_error(cw: &ClientWriter, message: &str) -> ClientEnd {
+    fatal(cw, "08P01", message).await;
+    ClientEnd::ProtocolError(message.to_string())
+}
+
+/// Tell the client why its session ends (an ErrorResponse of severity FATAL) and close.
+async fn fatal(cw: &ClientWriter, code: &str, message: &str) {
     let mut out = BytesMut::new();
-    proto::error_msg(&mut out, Severity::Fatal, "08P01", message, None);
+    proto::error_msg(&mut out, Severity::Fatal, code, message, None);
     let mut w = cw.lock().await;
     let _ = w.write_all(&out).await;
     let _ = w.shutdown().await;
-    ClientEnd::ProtocolError(message.to_string())
 }
 
 struct UpstreamSide<'a> {

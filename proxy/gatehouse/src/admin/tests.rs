@@ -793,13 +793,7 @@ async fn an_approved_access_request_becomes_a_grant_and_a_denied_one_does_not() 
 
     // Every step is in the request's own session (the denial once its task recorded it).
     for _ in 0..200 {
-        let done = LogReader::open(f.dir.path())
-            .unwrap()
-            .session_events(&format!("access-{denied}"))
-            .unwrap()
-            .iter()
-            .any(|e| matches!(&e.body, EventBody::Access { step, .. } if step == "denied"));
-        if done {
+        if access_steps(&f, &denied).iter().any(|s| s == "denied") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -809,8 +803,14 @@ async fn an_approved_access_request_becomes_a_grant_and_a_denied_one_does_not() 
         .await
         .body;
     assert_eq!(grants["grants"].as_array().map(Vec::len), Some(1), "{grants}");
-    let reader = LogReader::open(f.dir.path()).unwrap();
-    let steps: Vec<String> = reader
+    assert_eq!(access_steps(&f, &id), ["requested", "vote true", "granted"]);
+    assert_eq!(access_steps(&f, &denied), ["requested", "vote false", "denied"]);
+}
+
+/// The recorded steps and votes of access request `id`, in order.
+fn access_steps(f: &Fixture, id: &str) -> Vec<String> {
+    LogReader::open(f.dir.path())
+        .unwrap()
         .session_events(&format!("access-{id}"))
         .unwrap()
         .iter()
@@ -819,16 +819,5 @@ async fn an_approved_access_request_becomes_a_grant_and_a_denied_one_does_not() 
             EventBody::ApprovalVote { approve, .. } => Some(format!("vote {approve}")),
             _ => None,
         })
-        .collect();
-    assert_eq!(steps, ["requested", "vote true", "granted"], "{steps:?}");
-    let steps: Vec<String> = reader
-        .session_events(&format!("access-{denied}"))
-        .unwrap()
-        .iter()
-        .filter_map(|e| match &e.body {
-            EventBody::Access { step, .. } => Some(step.clone()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(steps, ["requested", "denied"], "{steps:?}");
+        .collect()
 }
