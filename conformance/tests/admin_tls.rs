@@ -66,7 +66,23 @@ fn the_admin_api_speaks_tls_and_the_cli_checks_its_certificate() {
     assert!(!out.status.success(), "{}", output_text(&out));
     assert!(output_text(&out).contains("certificate"), "{}", output_text(&out));
     // Plain HTTP to a TLS port: no answer, no credentials accepted.
-    assert!(http_get(admin, "/healthz").map(|(s, _)| s != 200).unwrap_or(true));
+    assert!(
+        http_get(admin, "/healthz").is_err(),
+        "a plaintext request got an HTTP answer"
+    );
     let out = list(format!("http://{admin}"), None);
     assert!(!out.status.success(), "{}", output_text(&out));
+    // The CLI never sends credentials in the clear off this host, nor ignores a CA it was given.
+    let out = list("http://gatehouse.invalid:9465".to_string(), None);
+    assert!(
+        output_text(&out).contains("in the clear"),
+        "{}",
+        output_text(&out)
+    );
+    let out = list(format!("http://{admin}"), Some(&ca));
+    assert!(
+        output_text(&out).contains("is not https"),
+        "{}",
+        output_text(&out)
+    );
 }

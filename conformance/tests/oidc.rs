@@ -257,25 +257,10 @@ async fn a_token_that_expires_mid_session_ends_the_session() {
 
 #[test]
 fn gatehouse_login_signs_a_human_in_with_the_device_flow() {
-    use std::io::{BufRead as _, BufReader, Read as _};
+    use std::io::{BufRead as _, Read as _};
     let (op, h) = start();
-    let mut login = Command::new(gatehouse_bin())
-        .args([
-            "login",
-            "--issuer",
-            &op.issuer,
-            "--resource",
-            "urn:gatehouse",
-            "--user-claim",
-            "preferred_username",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // The CLI tells the human where to go and which code to expect.
-    let mut stderr = BufReader::new(login.stderr.take().unwrap());
+    let (mut login, mut stderr) = spawn_login(&op, "device");
     let mut said = String::new();
     let code = loop {
         let mut line = String::new();
@@ -363,6 +348,32 @@ fn gatehouse_login_signs_a_human_in_with_the_device_flow() {
     assert!(out.status.success(), "{}", output_text(&out));
 }
 
+/// Start `gatehouse login --flow FLOW` against `op` for the `urn:gatehouse` resource, with its
+/// stderr (where it tells the human what to do) to read.
+fn spawn_login(
+    op: &OpenIdProvider,
+    flow: &str,
+) -> (std::process::Child, std::io::BufReader<std::process::ChildStderr>) {
+    let mut login = Command::new(gatehouse_bin())
+        .args([
+            "login",
+            "--flow",
+            flow,
+            "--issuer",
+            &op.issuer,
+            "--resource",
+            "urn:gatehouse",
+        ])
+        .args(["--user-claim", "preferred_username"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(login.stderr.take().unwrap());
+    (login, stderr)
+}
+
 /// Start `gatehouse login --flow code`; returns the child and the authorization link it printed.
 fn code_login(
     op: &OpenIdProvider,
@@ -372,24 +383,7 @@ fn code_login(
     std::io::BufReader<std::process::ChildStderr>,
 ) {
     use std::io::BufRead as _;
-    let mut login = Command::new(gatehouse_bin())
-        .args([
-            "login",
-            "--flow",
-            "code",
-            "--issuer",
-            &op.issuer,
-            "--resource",
-            "urn:gatehouse",
-            "--user-claim",
-            "preferred_username",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(login.stderr.take().unwrap());
+    let (login, mut stderr) = spawn_login(op, "code");
     let link = loop {
         let mut line = String::new();
         assert!(stderr.read_line(&mut line).unwrap() > 0, "login ended early");

@@ -1030,6 +1030,16 @@ impl Config {
         for p in &mut self.plugins {
             fix(&mut p.path);
         }
+        if let Some(a) = &mut self.admin {
+            for p in [&mut a.tls_cert, &mut a.tls_key].into_iter().flatten() {
+                fix(p);
+            }
+        }
+        for o in &mut self.oidc {
+            if let Some(p) = &mut o.ca_file {
+                fix(p);
+            }
+        }
         for l in &mut self.listeners {
             if let Some(p) = &mut l.tls_cert {
                 fix(p);

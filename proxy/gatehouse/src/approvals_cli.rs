@@ -84,6 +84,17 @@ impl Client {
             .or_else(|| std::env::var("GATEHOUSE_ADMIN_URL").ok())
             .ok_or_else(|| anyhow!("no admin API address: pass --url or set GATEHOUSE_ADMIN_URL"))?;
         let roots = Self::roots_from_env()?;
+        // Credentials go in every request: never in the clear across a network.
+        if let Some(rest) = url.strip_prefix("http://") {
+            let host = rest.split(['/', '?']).next().unwrap_or("");
+            let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+            if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+                bail!("refusing to send credentials to {url} in the clear: use https://");
+            }
+            if !roots.is_empty() {
+                bail!("GATEHOUSE_ADMIN_CA is set but {url} is not https://");
+            }
+        }
         if let Ok(token) = std::env::var("GATEHOUSE_TOKEN")
             && !token.trim().is_empty()
         {

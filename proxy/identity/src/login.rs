@@ -336,14 +336,23 @@ async fn redirect_params(
     };
     loop {
         let (mut s, _) = listener.accept().await.map_err(|e| e.to_string())?;
+        // The request line and headers, within one deadline per connection: an idle or
+        // trickling connection (a browser's preconnect, a local prober) cannot hold the wait.
         let mut buf = Vec::with_capacity(2048);
-        let mut chunk = [0u8; 2048];
-        // The request line and headers; nothing the browser sends here is large.
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
-            match tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                _ => break,
+        let read_head = async {
+            let mut chunk = [0u8; 2048];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+                match s.read(&mut chunk).await {
+                    Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                    _ => break,
+                }
             }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), read_head)
+            .await
+            .is_err()
+        {
+            continue;
         }
         let head = String::from_utf8_lossy(&buf);
         let target = head
@@ -365,10 +374,31 @@ async fn redirect_params(
             let _ = s.write_all(reply("400 Bad Request", page).as_bytes()).await;
             continue;
         }
-        let page = "<!doctype html><title>Gatehouse</title><p>Signed in. You can close this window and go back to the terminal.</p>";
-        let _ = s.write_all(reply("200 OK", page).as_bytes()).await;
+        let page = if let Some(e) = params.get("error") {
+            format!(
+                "<!doctype html><title>Gatehouse</title><p>The sign-in failed ({}). Go back to the terminal.</p>",
+                html_escape(e)
+            )
+        } else if !params.contains_key("code") {
+            "<!doctype html><title>Gatehouse</title><p>The sign-in came back without a code. Go back to the terminal.</p>".to_string()
+        } else {
+            "<!doctype html><title>Gatehouse</title><p>Signed in at the provider. You can close this window; the terminal says whether the gateway's token was issued.</p>".to_string()
+        };
+        let _ = s.write_all(reply("200 OK", &page).as_bytes()).await;
         return Ok(params);
     }
+}
+
+fn html_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            '&' => "&amp;".to_string(),
+            '"' => "&quot;".to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// A JWT's payload, unverified.

@@ -121,8 +121,9 @@ impl OidcProvider {
         self.issuers.is_empty()
     }
 
-    /// Put a key set (JWKS JSON) in an issuer's cache as if just fetched, e.g. for a benchmark
-    /// of verification without an IdP. The set is refetched as usual once it is old.
+    /// Put a key set (JWKS JSON) in an issuer's cache as if just fetched: for the benchmark of
+    /// verification without an IdP. The set is refetched as usual once it is old.
+    #[doc(hidden)]
     pub fn preload_keys(&self, issuer: &str, jwks: &str) -> Result<(), String> {
         let set: CoreJsonWebKeySet = serde_json::from_str(jwks).map_err(|e| format!("key set: {e}"))?;
         let i = self
