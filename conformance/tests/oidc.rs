@@ -210,7 +210,29 @@ fn rotated_keys_are_picked_up_and_an_unreachable_provider_lets_nothing_unverifia
     let unverifiable = op.token("report-bot", None).unwrap();
     op.stop();
     std::thread::sleep(Duration::from_millis(1100));
-    refused(&h, "report-bot", &unverifiable, "cannot fetch the signing keys");
+    refused(&h, "report-bot", &unverifiable, "identity provider unavailable");
+    // The client is not told the IdP's network error; the record says which keys could not be
+    // fetched.
+    let text = output_text(&psql(&h, "report-bot", &unverifiable, "SELECT 1"));
+    assert!(!text.contains(&op.issuer), "{text}");
+    let failures: Vec<String> = h
+        .audit_sessions()
+        .unwrap()
+        .iter()
+        .filter_map(|s| {
+            s["session_id"]
+                .as_str()
+                .filter(|id| id.starts_with("failed-"))
+                .map(str::to_string)
+        })
+        .map(|id| h.audit_show(&id).unwrap())
+        .collect();
+    assert!(
+        failures
+            .iter()
+            .any(|t| t.contains("cannot fetch the signing keys")),
+        "{failures:?}"
+    );
     // The key it already holds keeps working meanwhile.
     assert!(psql(&h, "report-bot", &after, "SELECT 1").status.success());
 }

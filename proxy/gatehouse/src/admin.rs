@@ -192,7 +192,8 @@ impl AdminApi {
                     ),
                 )),
                 Ok(a) => Ok(a.principal),
-                Err(e @ AuthError::Unavailable(_)) => Err(Reply::error(503, e)),
+                // Why the IdP is unreachable is for the gateway's log, not for callers.
+                Err(AuthError::Unavailable(_)) => Err(Reply::error(503, "identity provider unavailable")),
                 Err(e) => Err(Reply::error(401, e)),
             };
         }

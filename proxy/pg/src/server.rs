@@ -12,7 +12,7 @@ use gatehouse_core::config::PlaintextPolicy;
 use gatehouse_core::guard::AuthFailure;
 use gatehouse_core::{AuthInfo, Guard, SessionCtx, TargetRef, Verdict};
 use gatehouse_identity::scram::{MECHANISM, ScramServer, ScramVerifier};
-use gatehouse_identity::{Credential, IdentityProvider};
+use gatehouse_identity::{AuthError, Credential, IdentityProvider};
 use rand::RngCore;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -469,8 +469,15 @@ impl PgFront {
                     .verify_bearer(user, &secret)
                     .await
                     .map_err(|e| {
-                        let why = e.to_string();
-                        (why.clone(), Some(why))
+                        // The record keeps the details; the client learns what is about its
+                        // own token, and only that the IdP could not be reached otherwise.
+                        let told = match &e {
+                            AuthError::Unavailable(_) => {
+                                "identity provider unavailable; try again later".to_string()
+                            }
+                            other => other.to_string(),
+                        };
+                        (e.to_string(), Some(told))
                     })
             }
             None => {
