@@ -6,15 +6,20 @@
 //! it is active carry it (Cedar's `context.grant`, so policies can require one), and end at
 //! their first operation after it expired.
 //!
-//! Active grants are kept in a JSON file (written whole, fsynced, renamed into place) so that a
-//! restart does not take away access someone was given; expired grants are dropped when read.
-//! Every step is also in the audit log, which is the history.
+//! Active grants are kept in a [`GrantStore`]: a JSON file (written whole, fsynced, renamed into
+//! place) so that a restart does not take away access someone was given, or a PostgreSQL
+//! database several gateways share. Expired grants are handed out once for recording their
+//! expiry ([`Grants::claim_expired`]). Every step is also in the audit log, which is the
+//! history.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+
+use crate::StoreError;
 
 /// An approved access grant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,8 +49,106 @@ impl Grant {
     }
 }
 
-/// The gateway's active grants.
+/// Where grants are kept: a file of this gateway's ([`Grants::open`]) or a database several
+/// gateways share ([`PgStore`](crate::pgstore::PgStore)).
+#[async_trait]
+pub trait GrantStore: Send + Sync + 'static {
+    /// Keep `grant` durably; it is in effect only once this succeeded.
+    async fn add(&self, grant: &Grant, now_us: i64) -> Result<(), StoreError>;
+
+    /// The principal's active grant for `target` that lasts longest; for an agent acting for
+    /// someone, only a grant given to it acting for the same someone.
+    async fn active(
+        &self,
+        principal: &str,
+        on_behalf_of: Option<&str>,
+        target: &str,
+        now_us: i64,
+    ) -> Result<Option<Grant>, StoreError>;
+
+    /// Active grants, soonest expiry first (then by id); only `principal`'s when given.
+    async fn list(&self, principal: Option<&str>, now_us: i64) -> Result<Vec<Grant>, StoreError>;
+
+    /// Grants expired by `now_us` whose expiry is not recorded yet. Each is returned once, to
+    /// one caller (also among gateways sharing the store), which records it.
+    async fn claim_expired(&self, now_us: i64) -> Result<Vec<Grant>, StoreError>;
+}
+
+/// The gateway's grants.
+#[derive(Clone)]
 pub struct Grants {
+    store: Arc<dyn GrantStore>,
+}
+
+impl Grants {
+    /// Grants kept in memory only (tests).
+    pub fn in_memory() -> Grants {
+        Self::shared(Arc::new(FileStore {
+            inner: Mutex::new(HashMap::new()),
+            path: None,
+        }))
+    }
+
+    /// Grants kept in `path`; a missing file is no grants, an unreadable one is an error (a
+    /// gateway must not start believing nobody has access when the file says otherwise).
+    /// Grants that expired while the gateway was not running stay until
+    /// [`claim_expired`](Self::claim_expired) hands them out for recording.
+    pub fn open(path: &Path) -> Result<Grants, String> {
+        let mut map = HashMap::new();
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let f: File =
+                    serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+                if f.format != FORMAT {
+                    return Err(format!("{}: unknown format `{}`", path.display(), f.format));
+                }
+                for g in f.grants {
+                    map.insert(g.id.clone(), g);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+        Ok(Self::shared(Arc::new(FileStore {
+            inner: Mutex::new(map),
+            path: Some(path.to_path_buf()),
+        })))
+    }
+
+    /// Grants kept in `store`.
+    pub fn shared(store: Arc<dyn GrantStore>) -> Grants {
+        Grants { store }
+    }
+
+    /// Add a grant and make it durable; it is in effect only once that succeeded.
+    pub async fn add(&self, grant: Grant, now_us: i64) -> Result<(), StoreError> {
+        self.store.add(&grant, now_us).await
+    }
+
+    /// See [`GrantStore::active`].
+    pub async fn active(
+        &self,
+        principal: &str,
+        on_behalf_of: Option<&str>,
+        target: &str,
+        now_us: i64,
+    ) -> Result<Option<Grant>, StoreError> {
+        self.store.active(principal, on_behalf_of, target, now_us).await
+    }
+
+    /// See [`GrantStore::list`].
+    pub async fn list(&self, principal: Option<&str>, now_us: i64) -> Result<Vec<Grant>, StoreError> {
+        self.store.list(principal, now_us).await
+    }
+
+    /// See [`GrantStore::claim_expired`].
+    pub async fn claim_expired(&self, now_us: i64) -> Result<Vec<Grant>, StoreError> {
+        self.store.claim_expired(now_us).await
+    }
+}
+
+/// Grants in this process, kept in a JSON file (written whole, fsynced, renamed into place).
+struct FileStore {
     inner: Mutex<HashMap<String, Grant>>,
     path: Option<PathBuf>,
 }
@@ -58,52 +161,7 @@ struct File {
 
 const FORMAT: &str = "gatehouse-grants-v1";
 
-impl Grants {
-    /// Grants kept in memory only (tests).
-    pub fn in_memory() -> Grants {
-        Grants {
-            inner: Mutex::new(HashMap::new()),
-            path: None,
-        }
-    }
-
-    /// Grants kept in `path`; a missing file is no grants, an unreadable one is an error (a
-    /// gateway must not start believing nobody has access when the file says otherwise).
-    /// Also returns the grants that expired while the gateway was not running (their expiry is
-    /// still to be recorded).
-    pub fn open(path: &Path, now_us: i64) -> Result<(Grants, Vec<Grant>), String> {
-        let mut map = HashMap::new();
-        let mut expired = Vec::new();
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                let f: File =
-                    serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-                if f.format != FORMAT {
-                    return Err(format!("{}: unknown format `{}`", path.display(), f.format));
-                }
-                for g in f.grants {
-                    if g.expires_us > now_us {
-                        map.insert(g.id.clone(), g);
-                    } else {
-                        expired.push(g);
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("{}: {e}", path.display())),
-        }
-        let grants = Grants {
-            inner: Mutex::new(map),
-            path: Some(path.to_path_buf()),
-        };
-        if !expired.is_empty() {
-            // Drop them from the file too, so their expiry is reported once.
-            let map = grants.lock().clone();
-            grants.persist(&map)?;
-        }
-        Ok((grants, expired))
-    }
-
+impl FileStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Grant>> {
         match self.inner.lock() {
             Ok(g) => g,
@@ -111,18 +169,7 @@ impl Grants {
         }
     }
 
-    /// Add a grant and make it durable; it is in effect only once that succeeded.
-    pub fn add(&self, grant: Grant, now_us: i64) -> Result<(), String> {
-        let mut map = self.lock();
-        let mut next = map.clone();
-        next.retain(|_, g| g.expires_us > now_us);
-        next.insert(grant.id.clone(), grant);
-        self.persist(&next)?;
-        *map = next;
-        Ok(())
-    }
-
-    fn persist(&self, map: &HashMap<String, Grant>) -> Result<(), String> {
+    fn persist(&self, map: &HashMap<String, Grant>) -> Result<(), StoreError> {
         let Some(path) = &self.path else {
             return Ok(());
         };
@@ -132,20 +179,31 @@ impl Grants {
             format: FORMAT.into(),
             grants,
         })
-        .map_err(|e| e.to_string())?;
-        write_durably(path, &body).map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| StoreError(e.to_string()))?;
+        write_durably(path, &body).map_err(|e| StoreError(format!("{}: {e}", path.display())))
+    }
+}
+
+#[async_trait]
+impl GrantStore for FileStore {
+    async fn add(&self, grant: &Grant, _now_us: i64) -> Result<(), StoreError> {
+        let mut map = self.lock();
+        let mut next = map.clone();
+        next.insert(grant.id.clone(), grant.clone());
+        self.persist(&next)?;
+        *map = next;
+        Ok(())
     }
 
-    /// The principal's active grant for `target` that lasts longest; for an agent acting for
-    /// someone, only a grant given to it acting for the same someone.
-    pub fn active(
+    async fn active(
         &self,
         principal: &str,
         on_behalf_of: Option<&str>,
         target: &str,
         now_us: i64,
-    ) -> Option<Grant> {
-        self.lock()
+    ) -> Result<Option<Grant>, StoreError> {
+        Ok(self
+            .lock()
             .values()
             .filter(|g| {
                 g.principal == principal
@@ -154,11 +212,10 @@ impl Grants {
                     && g.expires_us > now_us
             })
             .max_by_key(|g| g.expires_us)
-            .cloned()
+            .cloned())
     }
 
-    /// Active grants, soonest expiry first (then by id); only `principal`'s when given.
-    pub fn list(&self, principal: Option<&str>, now_us: i64) -> Vec<Grant> {
+    async fn list(&self, principal: Option<&str>, now_us: i64) -> Result<Vec<Grant>, StoreError> {
         let mut out: Vec<Grant> = self
             .lock()
             .values()
@@ -166,7 +223,22 @@ impl Grants {
             .cloned()
             .collect();
         out.sort_by(|a, b| a.expires_us.cmp(&b.expires_us).then_with(|| a.id.cmp(&b.id)));
-        out
+        Ok(out)
+    }
+
+    async fn claim_expired(&self, now_us: i64) -> Result<Vec<Grant>, StoreError> {
+        let mut map = self.lock();
+        let mut expired: Vec<Grant> = map.values().filter(|g| g.expires_us <= now_us).cloned().collect();
+        if expired.is_empty() {
+            return Ok(expired);
+        }
+        let mut next = map.clone();
+        next.retain(|_, g| g.expires_us > now_us);
+        // Dropped from the file first, so each expiry is handed out once.
+        self.persist(&next)?;
+        *map = next;
+        expired.sort_by(|a, b| a.expires_us.cmp(&b.expires_us).then_with(|| a.id.cmp(&b.id)));
+        Ok(expired)
     }
 }
 
@@ -253,55 +325,75 @@ mod tests {
         assert!(parse_duration("99999999999999999999d").is_err());
     }
 
-    #[test]
-    fn active_grants_survive_a_restart_and_expired_ones_do_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("access/grants.json");
-        let (g, _) = Grants::open(&path, 0).unwrap();
-        g.add(grant("a1", "user:bob", "app", 1_000), 0).unwrap();
-        g.add(grant("a2", "user:bob", "app", 5_000), 0).unwrap();
-        g.add(grant("a3", "user:eve", "app", 9_000), 0).unwrap();
-        let mut delegated = grant("a4", "agent:copilot", "app", 9_000);
-        delegated.on_behalf_of = Some("bob".into());
-        g.add(delegated, 0).unwrap();
-        assert_eq!(
-            g.active("user:bob", None, "app", 500).unwrap().id,
-            "a2",
-            "the longest-lasting"
-        );
-        assert!(g.active("user:bob", None, "other", 500).is_none());
-        assert!(
-            g.active("user:bob", None, "app", 5_000).is_none(),
-            "expired at its instant"
-        );
-        assert_eq!(g.list(Some("user:bob"), 2_000).len(), 1);
-        // The agent holds it only acting for bob.
-        assert!(g.active("agent:copilot", Some("bob"), "app", 500).is_some());
-        assert!(g.active("agent:copilot", Some("mallory"), "app", 500).is_none());
-        assert!(g.active("agent:copilot", None, "app", 500).is_none());
+    fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
 
-        let (again, expired) = Grants::open(&path, 2_000).unwrap();
-        assert_eq!(
-            again
-                .list(None, 2_000)
-                .iter()
-                .map(|g| g.id.as_str())
-                .collect::<Vec<_>>(),
-            ["a2", "a3", "a4"]
-        );
-        assert_eq!(
-            expired.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(),
-            ["a1"],
-            "expired while down"
-        );
-        let (_, expired) = Grants::open(&path, 6_000).unwrap();
-        assert_eq!(expired.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(), ["a2"]);
-        let (_, expired) = Grants::open(&path, 6_000).unwrap();
-        assert!(expired.is_empty(), "an expiry is reported once");
-        std::fs::write(&path, b"{not json").unwrap();
-        assert!(
-            Grants::open(&path, 0).is_err(),
-            "a damaged file stops the start, it is not read as empty"
-        );
+    fn ids(v: &[Grant]) -> Vec<&str> {
+        v.iter().map(|g| g.id.as_str()).collect()
+    }
+
+    #[test]
+    fn active_grants_survive_a_restart_and_each_expiry_is_handed_out_once() {
+        block(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("access/grants.json");
+            let g = Grants::open(&path).unwrap();
+            g.add(grant("a1", "user:bob", "app", 1_000), 0).await.unwrap();
+            g.add(grant("a2", "user:bob", "app", 5_000), 0).await.unwrap();
+            g.add(grant("a3", "user:eve", "app", 9_000), 0).await.unwrap();
+            let mut delegated = grant("a4", "agent:copilot", "app", 9_000);
+            delegated.on_behalf_of = Some("bob".into());
+            g.add(delegated, 0).await.unwrap();
+            let active = |p: &'static str, obo: Option<&'static str>, t: &'static str, now| {
+                let g = g.clone();
+                async move { g.active(p, obo, t, now).await.unwrap().map(|g| g.id) }
+            };
+            assert_eq!(
+                active("user:bob", None, "app", 500).await.as_deref(),
+                Some("a2"),
+                "the longest-lasting"
+            );
+            assert!(active("user:bob", None, "other", 500).await.is_none());
+            assert!(
+                active("user:bob", None, "app", 5_000).await.is_none(),
+                "expired at its instant"
+            );
+            assert_eq!(g.list(Some("user:bob"), 2_000).await.unwrap().len(), 1);
+            // The agent holds it only acting for bob.
+            assert!(active("agent:copilot", Some("bob"), "app", 500).await.is_some());
+            assert!(
+                active("agent:copilot", Some("mallory"), "app", 500)
+                    .await
+                    .is_none()
+            );
+            assert!(active("agent:copilot", None, "app", 500).await.is_none());
+
+            let again = Grants::open(&path).unwrap();
+            assert_eq!(ids(&again.list(None, 2_000).await.unwrap()), ["a2", "a3", "a4"]);
+            assert_eq!(
+                ids(&again.claim_expired(2_000).await.unwrap()),
+                ["a1"],
+                "expired while down"
+            );
+            assert!(
+                again.claim_expired(2_000).await.unwrap().is_empty(),
+                "handed out once"
+            );
+            let third = Grants::open(&path).unwrap();
+            assert_eq!(
+                ids(&third.claim_expired(6_000).await.unwrap()),
+                ["a2"],
+                "a1 stays claimed"
+            );
+            std::fs::write(&path, b"{not json").unwrap();
+            assert!(
+                Grants::open(&path).is_err(),
+                "a damaged file stops the start, it is not read as empty"
+            );
+        })
     }
 }

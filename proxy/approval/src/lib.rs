@@ -13,21 +13,28 @@
 //! - a request that is no longer pending cannot be voted on (it timed out, was withdrawn
 //!   because the client disconnected or canceled, or was already decided).
 //!
-//! Requests live in this process: a held operation only exists while its client's connection
-//! to this gateway does. Every step is also recorded in the audit log by the caller, which is
-//! the durable history; decided requests are kept here (up to `history`) for
-//! `gatehouse approvals list|show`.
+//! Requests live in an [`ApprovalStore`]: this process's memory by default, or a PostgreSQL
+//! database shared by several gateways ([`pgstore`]), so that an approval given through one
+//! gateway releases a statement held on another. A held operation only exists while its
+//! client's connection to its gateway does; that gateway waits for the request and times it
+//! out. Every step is also recorded in the audit log by the caller, which is the durable
+//! history; decided requests are kept in the store (the memory store keeps `history` of them)
+//! for `gatehouse approvals list|show`.
 
 pub mod access;
 pub mod notify;
+pub mod pgstore;
+pub mod store;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use gatehouse_core::{Principal, PrincipalKind};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+
+pub use store::{ApprovalStore, StoreError};
 
 /// Where a request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,53 +178,99 @@ pub enum VoteError {
     AlreadyVoted,
     #[error("approval request `{0}` has expired")]
     Expired(String),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
-struct Entry {
-    req: ApprovalRequest,
-    /// Becomes the ended request once it leaves `pending`.
+/// The gateway's approval requests: where they are kept (a [`store::ApprovalStore`]) and who on
+/// this gateway waits for them.
+pub struct Approvals {
+    store: Arc<dyn ApprovalStore>,
+    waiters: Arc<Waiters>,
+}
+
+/// Requests someone on this gateway waits for (a held statement, an access request), and the
+/// channel each waiter hears its end on. A shared store delivers ends decided on other gateways
+/// through [`deliver`](Self::deliver).
+#[derive(Default)]
+pub struct Waiters {
+    map: Mutex<HashMap<String, Waiter>>,
+}
+
+struct Waiter {
+    /// The request as opened here (what this gateway knows of it when the store cannot say).
+    opened: ApprovalRequest,
     tx: watch::Sender<Option<ApprovalRequest>>,
 }
 
-#[derive(Default)]
-struct Inner {
-    pending: HashMap<String, Entry>,
-    decided: HashMap<String, ApprovalRequest>,
-    /// Decided ids, oldest first, for bounding `decided`.
-    order: VecDeque<String>,
-}
+impl Waiters {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiter>> {
+        // A panic while holding the lock cannot leave the map half-updated.
+        match self.map.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
 
-/// The gateway's approval requests.
-pub struct Approvals {
-    inner: Mutex<Inner>,
-    history: usize,
-}
+    fn add(&self, opened: &ApprovalRequest) -> watch::Receiver<Option<ApprovalRequest>> {
+        let (tx, rx) = watch::channel(None);
+        let w = Waiter {
+            opened: opened.clone(),
+            tx,
+        };
+        self.lock().insert(opened.id.clone(), w);
+        rx
+    }
 
-/// A request left `pending` because it was decided; what the caller records.
-#[derive(Debug, Clone)]
-pub struct Ended {
-    pub request: ApprovalRequest,
+    fn opened(&self, id: &str) -> Option<ApprovalRequest> {
+        self.lock().get(id).map(|w| w.opened.clone())
+    }
+
+    /// Whether someone here waits for request `id`.
+    pub fn waits_for(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    /// The ids waited for here.
+    pub fn ids(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Tell the waiter of `req` that it ended (no-op while it is pending or nobody waits).
+    pub fn deliver(&self, req: &ApprovalRequest) {
+        if req.state == State::Pending {
+            return;
+        }
+        if let Some(w) = self.lock().remove(&req.id) {
+            // Nobody listening any more (the session already gave up) is fine.
+            let _ = w.tx.send(Some(req.clone()));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
 }
 
 fn now_us() -> i64 {
     gatehouse_core::time::now_micros()
 }
 
+/// How long after its deadline a request nobody ended any more (the gateway holding it stopped)
+/// is ended by whoever lists it.
+const ABANDONED_AFTER_US: i64 = 60_000_000;
+
 impl Approvals {
+    /// Requests kept in this process; `history` decided ones are kept for listings.
     pub fn new(history: usize) -> Approvals {
-        Approvals {
-            inner: Mutex::new(Inner::default()),
-            history,
-        }
+        Self::with_store(Arc::new(store::MemoryStore::new(history)))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave the maps half-updated in a way that
-        // matters more than refusing every approval would.
-        match self.inner.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+    /// Requests kept in `store` (shared with other gateways when it is a shared one).
+    pub fn with_store(store: Arc<dyn ApprovalStore>) -> Approvals {
+        let waiters = Arc::new(Waiters::default());
+        store.watch(waiters.clone());
+        Approvals { store, waiters }
     }
 
     /// A fresh request id: `ap-` and 12 hex digits.
@@ -228,8 +281,10 @@ impl Approvals {
     }
 
     /// Open a pending request under `id` (from [`new_id`](Self::new_id), recorded by the
-    /// caller first). The receiver changes once, to the request as it ended.
-    pub fn open(
+    /// caller first). The receiver changes once, to the request as it ended. When the request
+    /// cannot be stored (an id clash, the store unreachable), the receiver already holds it
+    /// `withdrawn` with the reason: the operation it holds must not run.
+    pub async fn open(
         &self,
         id: String,
         new: NewRequest,
@@ -258,180 +313,175 @@ impl Approvals {
             votes: Vec::new(),
             end_reason: None,
         };
-        let (tx, rx) = watch::channel(None);
-        let mut inner = self.lock();
-        if inner.pending.contains_key(&id) || inner.decided.contains_key(&id) {
+        // Waiting before the request exists: a vote on another gateway may come at once.
+        let rx = self.waiters.add(&req);
+        let failed = match self.store.insert(&req).await {
+            Ok(true) => None,
             // Ids are 48 random bits; a clash is refused rather than overwriting a request.
-            drop(inner);
-            let (tx, rx) = watch::channel(None);
-            let mut clash = req.clone();
-            clash.state = State::Withdrawn;
-            clash.end_reason = Some("request id clash".into());
-            let _ = tx.send(Some(clash));
-            return (req, rx);
+            Ok(false) => Some("request id clash".to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = failed {
+            let mut ended = req.clone();
+            ended.state = State::Withdrawn;
+            ended.decided_us = Some(now_us());
+            ended.end_reason = Some(why);
+            self.waiters.deliver(&ended);
         }
-        inner.pending.insert(id, Entry { req: req.clone(), tx });
         (req, rx)
     }
 
     /// Whether `voter` may vote on request `id` now (the same rules [`vote`](Self::vote)
     /// applies), without voting: callers record the vote durably between the two.
-    pub fn check_vote(&self, id: &str, voter: &Principal) -> Result<ApprovalRequest, VoteError> {
-        let inner = self.lock();
-        let entry = Self::pending_entry(&inner, id)?;
-        Self::may_vote(&entry.req, voter)?;
-        Ok(entry.req.clone())
+    pub async fn check_vote(&self, id: &str, voter: &Principal) -> Result<ApprovalRequest, VoteError> {
+        let req = self.pending_request(id).await?;
+        may_vote(&req, voter)?;
+        Ok(req)
+    }
+
+    async fn pending_request(&self, id: &str) -> Result<ApprovalRequest, VoteError> {
+        match self.store.get(id).await {
+            Ok(Some(r)) if r.state == State::Pending => Ok(r),
+            Ok(Some(r)) => Err(VoteError::NotPending(id.to_string(), r.state.as_str())),
+            Ok(None) => Err(VoteError::NotFound(id.to_string())),
+            Err(e) => Err(VoteError::Unavailable(e.to_string())),
+        }
     }
 
     /// Record `voter`'s decision on request `id`, applying the approver rules. Returns the
     /// request after the vote (its state tells whether this vote decided it).
-    pub fn vote(
+    pub async fn vote(
         &self,
         id: &str,
         voter: &Principal,
         approve: bool,
         comment: &str,
     ) -> Result<ApprovalRequest, VoteError> {
-        let mut inner = self.lock();
-        Self::pending_entry(&inner, id)?;
-        let Some(req) = inner.pending.get_mut(id).map(|e| &mut e.req) else {
-            return Err(VoteError::NotFound(id.to_string()));
+        let apply = |req: &ApprovalRequest| -> Result<ApprovalRequest, VoteError> {
+            may_vote(req, voter)?;
+            let mut req = req.clone();
+            req.votes.push(Vote {
+                approver: voter.display(),
+                approve,
+                comment: comment.to_string(),
+                time_us: now_us(),
+                groups: voter
+                    .groups
+                    .iter()
+                    .filter(|g| req.approvers.contains(g))
+                    .cloned()
+                    .collect(),
+            });
+            req.state = if !approve {
+                State::Denied
+            } else if req.is_approved() {
+                State::Approved
+            } else {
+                State::Pending
+            };
+            if req.state != State::Pending {
+                req.decided_us = Some(now_us());
+            }
+            Ok(req)
         };
-        Self::may_vote(req, voter)?;
-        req.votes.push(Vote {
-            approver: voter.display(),
-            approve,
-            comment: comment.to_string(),
-            time_us: now_us(),
-            groups: voter
-                .groups
-                .iter()
-                .filter(|g| req.approvers.contains(g))
-                .cloned()
-                .collect(),
-        });
-        let state = if !approve {
-            State::Denied
-        } else if req.is_approved() {
-            State::Approved
-        } else {
-            State::Pending
-        };
-        if state == State::Pending {
-            return Ok(req.clone());
-        }
-        Self::end(&mut inner, id, state, None, self.history)
-            .ok_or_else(|| VoteError::NotFound(id.to_string()))
-    }
-
-    fn pending_entry<'a>(inner: &'a Inner, id: &str) -> Result<&'a Entry, VoteError> {
-        inner.pending.get(id).ok_or_else(|| match inner.decided.get(id) {
-            Some(r) => VoteError::NotPending(id.to_string(), r.state.as_str()),
-            None => VoteError::NotFound(id.to_string()),
-        })
-    }
-
-    fn may_vote(req: &ApprovalRequest, voter: &Principal) -> Result<(), VoteError> {
-        // The waiting session times the request out at this instant; no vote after it counts.
-        if now_us() >= req.expires_us {
-            return Err(VoteError::Expired(req.id.clone()));
-        }
-        if voter.kind != PrincipalKind::User {
-            return Err(VoteError::NotHuman);
-        }
-        if req.requester == voter.display() || req.on_behalf_of.as_deref() == Some(voter.id.as_str()) {
-            return Err(VoteError::SelfApproval);
-        }
-        if !voter.groups.iter().any(|g| req.approvers.contains(g)) {
-            return Err(VoteError::NotAnApprover(req.approvers.join(", ")));
-        }
-        let me = voter.display();
-        if req.votes.iter().any(|v| v.approver == me) {
-            return Err(VoteError::AlreadyVoted);
-        }
-        Ok(())
+        let after = self.store.update(id, &apply).await?;
+        self.waiters.deliver(&after);
+        Ok(after)
     }
 
     /// End a pending request without a vote (`TimedOut`, `Withdrawn`). Returns the ended
-    /// request, or `None` when it was no longer pending (a vote decided it first).
-    pub fn finish(&self, id: &str, state: State, reason: &str) -> Option<ApprovalRequest> {
-        let mut inner = self.lock();
-        Self::end(&mut inner, id, state, Some(reason.to_string()), self.history)
-    }
-
-    fn end(
-        inner: &mut Inner,
-        id: &str,
-        state: State,
-        reason: Option<String>,
-        history: usize,
-    ) -> Option<ApprovalRequest> {
-        let Entry { mut req, tx } = inner.pending.remove(id)?;
-        req.state = state;
-        req.decided_us = Some(now_us());
-        req.end_reason = reason;
-        // Nobody waiting (the session already gave up) is fine.
-        let _ = tx.send(Some(req.clone()));
-        inner.decided.insert(id.to_string(), req.clone());
-        inner.order.push_back(id.to_string());
-        while inner.order.len() > history {
-            if let Some(old) = inner.order.pop_front() {
-                inner.decided.remove(&old);
+    /// request, or `None` when it was no longer pending (a vote decided it first). When the
+    /// store cannot be reached, the request ends here all the same (what waits for it must not
+    /// run) and the returned request says so.
+    pub async fn finish(&self, id: &str, state: State, reason: &str) -> Option<ApprovalRequest> {
+        let apply = |req: &ApprovalRequest| -> Result<ApprovalRequest, VoteError> {
+            let mut req = req.clone();
+            req.state = state;
+            req.decided_us = Some(now_us());
+            req.end_reason = Some(reason.to_string());
+            Ok(req)
+        };
+        match self.store.update(id, &apply).await {
+            Ok(after) => {
+                self.waiters.deliver(&after);
+                Some(after)
             }
+            Err(VoteError::Unavailable(e)) => {
+                let mut ended = self.waiters.opened(id)?;
+                ended.state = state;
+                ended.decided_us = Some(now_us());
+                ended.end_reason = Some(format!("{reason} (not stored: {e})"));
+                self.waiters.deliver(&ended);
+                Some(ended)
+            }
+            Err(_) => None,
         }
-        Some(req)
     }
 
     /// End every pending request of a session (it closed). Returns the ended requests.
-    pub fn finish_session(&self, session_id: &str, reason: &str) -> Vec<ApprovalRequest> {
-        let mut inner = self.lock();
-        let ids: Vec<String> = inner
-            .pending
-            .values()
-            .filter(|e| e.req.session_id == session_id)
-            .map(|e| e.req.id.clone())
-            .collect();
-        ids.iter()
-            .filter_map(|id| {
-                Self::end(
-                    &mut inner,
-                    id,
-                    State::Withdrawn,
-                    Some(reason.to_string()),
-                    self.history,
-                )
-            })
-            .collect()
-    }
-
-    pub fn get(&self, id: &str) -> Option<ApprovalRequest> {
-        let inner = self.lock();
-        inner
-            .pending
-            .get(id)
-            .map(|e| e.req.clone())
-            .or_else(|| inner.decided.get(id).cloned())
-    }
-
-    /// Requests in `state` (all when `None`), newest first.
-    pub fn list(&self, state: Option<State>) -> Vec<ApprovalRequest> {
-        let inner = self.lock();
-        let mut out: Vec<ApprovalRequest> = inner
-            .pending
-            .values()
-            .map(|e| &e.req)
-            .chain(inner.decided.values())
-            .filter(|r| state.is_none_or(|s| r.state == s))
-            .cloned()
-            .collect();
-        out.sort_by(|a, b| b.created_us.cmp(&a.created_us).then_with(|| a.id.cmp(&b.id)));
+    pub async fn finish_session(&self, session_id: &str, reason: &str) -> Vec<ApprovalRequest> {
+        let ids = match self.store.pending_in_session(session_id).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(session = %session_id, "cannot end the session's approval requests: {e}");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(r) = self.finish(&id, State::Withdrawn, reason).await {
+                out.push(r);
+            }
+        }
         out
     }
 
-    /// Pending requests (for metrics).
-    pub fn pending(&self) -> usize {
-        self.lock().pending.len()
+    pub async fn get(&self, id: &str) -> Result<Option<ApprovalRequest>, StoreError> {
+        self.store.get(id).await
     }
+
+    /// Requests in `state` (all when `None`), newest first. Requests still pending long after
+    /// their deadline were abandoned by a gateway that stopped: they end here as timed out.
+    pub async fn list(&self, state: Option<State>) -> Result<Vec<ApprovalRequest>, StoreError> {
+        let mut out = self.store.list(state).await?;
+        let now = now_us();
+        for r in out.iter_mut() {
+            if r.state == State::Pending && now > r.expires_us.saturating_add(ABANDONED_AFTER_US) {
+                let why = "no decision before its deadline, and no gateway waits for it any more";
+                if let Some(ended) = self.finish(&r.id, State::TimedOut, why).await {
+                    *r = ended;
+                }
+            }
+        }
+        out.retain(|r| state.is_none_or(|s| r.state == s));
+        Ok(out)
+    }
+
+    /// Requests someone waits for on this gateway (for metrics).
+    pub fn pending(&self) -> usize {
+        self.waiters.len()
+    }
+}
+
+fn may_vote(req: &ApprovalRequest, voter: &Principal) -> Result<(), VoteError> {
+    // The waiting session times the request out at this instant; no vote after it counts.
+    if now_us() >= req.expires_us {
+        return Err(VoteError::Expired(req.id.clone()));
+    }
+    if voter.kind != PrincipalKind::User {
+        return Err(VoteError::NotHuman);
+    }
+    if req.requester == voter.display() || req.on_behalf_of.as_deref() == Some(voter.id.as_str()) {
+        return Err(VoteError::SelfApproval);
+    }
+    if !voter.groups.iter().any(|g| req.approvers.contains(g)) {
+        return Err(VoteError::NotAnApprover(req.approvers.join(", ")));
+    }
+    let me = voter.display();
+    if req.votes.iter().any(|v| v.approver == me) {
+        return Err(VoteError::AlreadyVoted);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

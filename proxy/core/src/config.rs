@@ -46,6 +46,30 @@ pub struct Config {
     /// Just-in-time access requests (`gatehouse access request`); needs `[admin]`.
     #[serde(default)]
     pub access: AccessConfig,
+    /// Where approval requests and access grants are kept when several gateways share them
+    /// (`[store]`); none: this gateway's memory and its log directory.
+    pub store: Option<StoreConfig>,
+}
+
+/// `[store]`: a PostgreSQL database shared by the gateways behind one load balancer, so that
+/// an approval given through one releases a statement held on another.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// libpq connection string or `postgresql://` URL (it holds a password: give it by
+    /// reference, `{ env = "…" }` or `{ file = "…" }`). Off loopback it must say
+    /// `sslmode=require`; the server's certificate and name are always verified.
+    pub postgres: SecretOrString,
+    /// CA bundle (PEM) for the server's certificate; default: the Web PKI roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Longest wait for one store operation before it counts as failed.
+    #[serde(default = "default_store_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_store_timeout_ms() -> u64 {
+    5000
 }
 
 /// `[access]`: who approves access requests and how long grants may last.
@@ -1011,6 +1035,17 @@ impl Config {
                 }
             }
         }
+        if let Some(st) = &cfg.store {
+            if cfg.admin.is_none() {
+                return Err(at(
+                    None,
+                    "store: a shared store holds approvals and grants, which need `[admin]`".into(),
+                ));
+            }
+            if st.timeout_ms == 0 {
+                return Err(at(None, "store.timeout_ms: must be positive".into()));
+            }
+        }
         Ok(cfg)
     }
 
@@ -1037,6 +1072,14 @@ impl Config {
         }
         for o in &mut self.oidc {
             if let Some(p) = &mut o.ca_file {
+                fix(p);
+            }
+        }
+        if let Some(st) = &mut self.store {
+            if let Some(p) = &mut st.ca_file {
+                fix(p);
+            }
+            if let SecretOrString::Ref(SecretRef::File(p)) = &mut st.postgres {
                 fix(p);
             }
         }

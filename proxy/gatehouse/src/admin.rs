@@ -287,11 +287,12 @@ impl AdminApi {
                 "groups": caller.groups,
                 "roles": self.roles(&caller),
             })),
-            ("GET", ["v1", "approvals"]) => self.list(&caller, query),
-            ("GET", ["v1", "approvals", id]) => match self.approvals.get(id) {
-                Some(r) if self.may_see(&caller, &r) => Reply::ok(serde_json::json!({ "request": r })),
+            ("GET", ["v1", "approvals"]) => self.list(&caller, query).await,
+            ("GET", ["v1", "approvals", id]) => match self.approvals.get(id).await {
+                Ok(Some(r)) if self.may_see(&caller, &r) => Reply::ok(serde_json::json!({ "request": r })),
+                Err(e) => Reply::error(503, e),
                 // Not visible looks the same as absent.
-                _ => Reply::error(404, format!("no approval request `{id}`")),
+                Ok(_) => Reply::error(404, format!("no approval request `{id}`")),
             },
             ("GET", ["v1", "sessions"]) => self.sessions(&caller, query).await,
             ("GET", ["v1", "sessions", id]) => self.session(&caller, id).await,
@@ -300,7 +301,7 @@ impl AdminApi {
                 None => Reply::error(413, "request body too large"),
                 Some(b) => self.request_access(&caller, b).await,
             },
-            ("GET", ["v1", "access", "grants"]) => self.grants(&caller),
+            ("GET", ["v1", "access", "grants"]) => self.grants(&caller).await,
             ("POST", ["v1", "approvals", id, verb]) => {
                 let Some(body) = body else {
                     return Reply::error(413, "request body too large");
@@ -322,7 +323,7 @@ impl AdminApi {
         }
     }
 
-    fn list(&self, caller: &Principal, query: &str) -> Reply {
+    async fn list(&self, caller: &Principal, query: &str) -> Reply {
         let mut state = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
@@ -334,12 +335,11 @@ impl AdminApi {
                 _ => return Reply::error(400, format!("unknown query parameter `{pair}`")),
             }
         }
-        let visible: Vec<ApprovalRequest> = self
-            .approvals
-            .list(state)
-            .into_iter()
-            .filter(|r| self.may_see(caller, r))
-            .collect();
+        let all = match self.approvals.list(state).await {
+            Ok(all) => all,
+            Err(e) => return Reply::error(503, e),
+        };
+        let visible: Vec<ApprovalRequest> = all.into_iter().filter(|r| self.may_see(caller, r)).collect();
         Reply::ok(serde_json::json!({ "requests": visible }))
     }
 
@@ -496,24 +496,41 @@ impl AdminApi {
         if self.recorder.append(event).await.is_err() {
             return Reply::error(503, "the audit log is unavailable; the request was not opened");
         }
-        let (opened, rx) = self.approvals.open(
-            id.clone(),
-            NewRequest {
-                session_id: session,
-                op: 0,
-                requester: caller.clone(),
-                target: target.to_string(),
-                action: "access".into(),
-                operation: format!("access to {target} for {}", human_duration(req.duration_secs)),
-                kind: "access".into(),
-                approvers: cfg.approvers.clone(),
-                required_groups: Vec::new(),
-                reason: reason.to_string(),
-                policy_ids: Vec::new(),
-                min_approvals: cfg.min_approvals,
-                timeout_secs: cfg.request_timeout_secs,
-            },
-        );
+        let (opened, rx) = self
+            .approvals
+            .open(
+                id.clone(),
+                NewRequest {
+                    session_id: session,
+                    op: 0,
+                    requester: caller.clone(),
+                    target: target.to_string(),
+                    action: "access".into(),
+                    operation: format!("access to {target} for {}", human_duration(req.duration_secs)),
+                    kind: "access".into(),
+                    approvers: cfg.approvers.clone(),
+                    required_groups: Vec::new(),
+                    reason: reason.to_string(),
+                    policy_ids: Vec::new(),
+                    min_approvals: cfg.min_approvals,
+                    timeout_secs: cfg.request_timeout_secs,
+                },
+            )
+            .await;
+        let not_opened = rx.borrow().clone();
+        if let Some(ended) = not_opened {
+            // The store refused it: say so in the record and to the caller.
+            let why = ended.end_reason.unwrap_or_default();
+            self.recorder.append_nowait(NewEvent::now(
+                format!("access-{id}"),
+                Some(caller.display()),
+                EventBody::Notice {
+                    level: "error".into(),
+                    message: format!("access request {id} was not opened: {why}"),
+                },
+            ));
+            return Reply::error(503, format!("the request was not opened: {why}"));
+        }
         tokio::spawn(await_access(
             self.approvals.clone(),
             grants.clone(),
@@ -527,19 +544,22 @@ impl AdminApi {
     }
 
     /// `GET /v1/access/grants`: the caller's active grants (admins and auditors: everyone's).
-    fn grants(&self, caller: &Principal) -> Reply {
+    async fn grants(&self, caller: &Principal) -> Reply {
         let Some((grants, _)) = &self.access else {
             return Reply::error(404, "access requests are not enabled on this gateway");
         };
         let who = caller.display();
         let filter = (!self.reads_everything(caller)).then_some(who.as_str());
-        Reply::ok(serde_json::json!({ "grants": grants.list(filter, gatehouse_core::time::now_micros()) }))
+        match grants.list(filter, gatehouse_core::time::now_micros()).await {
+            Ok(list) => Reply::ok(serde_json::json!({ "grants": list })),
+            Err(e) => Reply::error(503, e),
+        }
     }
 
     async fn vote(&self, caller: &Principal, id: &str, approve: bool, comment: &str) -> Reply {
-        let req = match self.approvals.check_vote(id, caller) {
+        let req = match self.approvals.check_vote(id, caller).await {
             Ok(r) => r,
-            Err(e) => return vote_error(self, caller, id, e),
+            Err(e) => return vote_error(self, caller, id, e).await,
         };
         // No record, no effect: the vote counts only once it is durable.
         let event = NewEvent::now(
@@ -555,7 +575,7 @@ impl AdminApi {
         if self.recorder.append(event).await.is_err() {
             return Reply::error(503, "the audit log is unavailable; the vote was not counted");
         }
-        match self.approvals.vote(id, caller, approve, comment) {
+        match self.approvals.vote(id, caller, approve, comment).await {
             Ok(r) => Reply::ok(serde_json::json!({ "request": r })),
             Err(e) => {
                 // The request ended (or this approver voted) between the check and the vote:
@@ -568,7 +588,7 @@ impl AdminApi {
                         message: format!("the vote on approval request {id} was not counted: {e}"),
                     },
                 ));
-                vote_error(self, caller, id, e)
+                vote_error(self, caller, id, e).await
             }
         }
     }
@@ -612,10 +632,11 @@ async fn await_access(
         Some(r) => r,
         None => {
             let why = format!("no decision within {}s", wait.as_secs());
-            match approvals
-                .finish(&req.id, State::TimedOut, &why)
-                .or_else(|| rx.borrow().clone())
-            {
+            let ended = match approvals.finish(&req.id, State::TimedOut, &why).await {
+                Some(r) => Some(r),
+                None => rx.borrow().clone(),
+            };
+            match ended {
                 Some(r) => r,
                 None => return,
             }
@@ -665,7 +686,7 @@ async fn await_access(
         tracing::warn!(request = %req.id, "access grant not given: the audit log is unavailable");
         return;
     }
-    if let Err(e) = grants.add(grant.clone(), now) {
+    if let Err(e) = grants.add(grant, now).await {
         tracing::warn!(request = %req.id, "access grant not kept: {e}");
         recorder.append_nowait(NewEvent::now(
             req.session_id.clone(),
@@ -678,18 +699,39 @@ async fn await_access(
                 ),
             },
         ));
-        return;
     }
-    record_expiry(recorder, grant).await;
+    // Its expiry is recorded by `record_expiries` (on whichever gateway claims it).
 }
 
-/// Wait until `grant` expires and record that.
-pub async fn record_expiry(recorder: Recorder, grant: Grant) {
-    let left = grant
-        .expires_us
-        .saturating_sub(gatehouse_core::time::now_micros());
-    tokio::time::sleep(std::time::Duration::from_micros(u64::try_from(left).unwrap_or(0))).await;
-    let _ = recorder.append(expiry_event(&grant, "")).await;
+/// Record the expiry of every grant as it comes, each once (also among gateways sharing a
+/// store); grants that expired long before (no gateway was running) say so. Runs forever.
+pub async fn record_expiries(grants: Grants, recorder: Recorder) {
+    let mut failing = false;
+    loop {
+        let now = gatehouse_core::time::now_micros();
+        match grants.claim_expired(now).await {
+            Ok(expired) => {
+                failing = false;
+                for g in expired {
+                    let late_s = (now - g.expires_us) / 1_000_000;
+                    let note = if late_s > 10 {
+                        format!(" (recorded {late_s}s after it expired: no gateway was running)")
+                    } else {
+                        String::new()
+                    };
+                    if recorder.append(expiry_event(&g, &note)).await.is_err() {
+                        tracing::warn!(grant = %g.id, "the expiry of access grant {} is not recorded: the audit log is unavailable", g.id);
+                    }
+                }
+            }
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!("cannot check access grants for expiry: {e}");
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// The `expired` step of a grant; `note` is added to its reason (e.g. that the gateway was
@@ -709,13 +751,16 @@ pub fn expiry_event(grant: &Grant, note: &str) -> NewEvent {
     )
 }
 
-fn vote_error(api: &AdminApi, caller: &Principal, id: &str, e: VoteError) -> Reply {
+async fn vote_error(api: &AdminApi, caller: &Principal, id: &str, e: VoteError) -> Reply {
+    if let VoteError::Unavailable(_) = e {
+        return Reply::error(503, e);
+    }
+    let hidden = matches!(api.approvals.get(id).await, Ok(Some(r)) if !api.may_see(caller, &r));
     match e {
         VoteError::NotFound(_) => Reply::error(404, e),
         // Someone who may not even see the request learns nothing about it.
-        _ if api.approvals.get(id).is_some_and(|r| !api.may_see(caller, &r)) => {
-            Reply::error(404, format!("no approval request `{id}`"))
-        }
+        _ if hidden => Reply::error(404, format!("no approval request `{id}`")),
+        VoteError::Unavailable(_) => Reply::error(503, e),
         VoteError::NotPending(..) | VoteError::AlreadyVoted | VoteError::Expired(_) => Reply::error(409, e),
         VoteError::SelfApproval | VoteError::NotHuman | VoteError::NotAnApprover(_) => Reply::error(403, e),
     }

@@ -77,44 +77,55 @@ impl Gateway {
         let plugins = crate::plugins::Plugins::load(&config)?.map(Arc::new);
         let plugin_set = plugins.as_ref().map(|p| p.set().clone());
         let hash = crate::masking::hash_masker(&config.masking, &config.recorder.dir)?;
+        // Approvals and grants shared with other gateways, when configured.
+        let store = match (&config.store, &config.admin) {
+            (Some(st), Some(_)) => {
+                let dsn = st
+                    .postgres
+                    .resolve()
+                    .map_err(|e| anyhow::anyhow!("store.postgres: {e}"))?;
+                let opts = gatehouse_approval::pgstore::PgStoreOptions {
+                    dsn,
+                    ca_file: st.ca_file.clone(),
+                    op_timeout: std::time::Duration::from_millis(st.timeout_ms),
+                    history: config.approvals.history,
+                };
+                let store =
+                    gatehouse_approval::pgstore::PgStore::start(opts, std::time::Duration::from_secs(10))
+                        .map_err(|e| anyhow::anyhow!("store: {e}"))?;
+                Some(store)
+            }
+            _ => None,
+        };
         // Holds exist only where someone can approve them (the admin API).
-        let approvals = config
-            .admin
-            .as_ref()
-            .map(|_| Arc::new(gatehouse_approval::Approvals::new(config.approvals.history)));
+        let approvals = config.admin.as_ref().map(|_| {
+            Arc::new(match &store {
+                Some(s) => gatehouse_approval::Approvals::with_store(Arc::new(s.clone())),
+                None => gatehouse_approval::Approvals::new(config.approvals.history),
+            })
+        });
         // Access grants need approvers, hence the admin API.
         let grants = match &approvals {
             Some(_) => {
-                let path = config.recorder.dir.join("access").join("grants.json");
-                let now = gatehouse_core::time::now_micros();
-                let (grants, expired) = gatehouse_approval::access::Grants::open(&path, now)
-                    .map_err(|e| anyhow::anyhow!("access grants: {e}"))?;
-                for g in &expired {
-                    recorder.append_nowait(crate::admin::expiry_event(
-                        g,
-                        " (expired while the gateway was not running)",
-                    ));
-                }
-                // The expiry of grants given before this start is recorded when it comes.
-                let active = grants.list(None, now);
-                if !active.is_empty() {
-                    let r = recorder.clone();
-                    std::thread::Builder::new()
-                        .name("grant-expiry".into())
-                        .spawn(move || {
-                            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-                            if let Ok(rt) = rt {
-                                rt.block_on(async {
-                                    let mut set = tokio::task::JoinSet::new();
-                                    for g in active {
-                                        set.spawn(crate::admin::record_expiry(r.clone(), g));
-                                    }
-                                    while set.join_next().await.is_some() {}
-                                });
-                            }
-                        })
-                        .context("starting the grant expiry thread")?;
-                }
+                let grants = match &store {
+                    Some(s) => gatehouse_approval::access::Grants::shared(Arc::new(s.clone())),
+                    None => {
+                        let path = config.recorder.dir.join("access").join("grants.json");
+                        gatehouse_approval::access::Grants::open(&path)
+                            .map_err(|e| anyhow::anyhow!("access grants: {e}"))?
+                    }
+                };
+                // Expiries are recorded as they come (those missed while down, at once).
+                let (g, r) = (grants.clone(), recorder.clone());
+                std::thread::Builder::new()
+                    .name("grant-expiry".into())
+                    .spawn(move || {
+                        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                        if let Ok(rt) = rt {
+                            rt.block_on(crate::admin::record_expiries(g, r));
+                        }
+                    })
+                    .context("starting the grant expiry thread")?;
                 Some(Arc::new(grants))
             }
             None => None,
@@ -197,6 +208,7 @@ impl Gateway {
                     plugins: plugin_set,
                     shipping: shipper.clone(),
                     approvals: approvals.clone(),
+                    store: store.clone(),
                 };
                 Some(
                     crate::metrics::endpoint(addr, Arc::new(source))

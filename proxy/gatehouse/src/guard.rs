@@ -468,24 +468,26 @@ impl Session {
                 }
                 Operation::Connect => (String::new(), "connect".to_string()),
             };
-            let (req, rx) = approvals.open(
-                h.id.clone(),
-                NewRequest {
-                    session_id: self.ctx.session_id.clone(),
-                    op: n,
-                    requester: self.ctx.principal.clone(),
-                    target: self.ctx.target.name.clone(),
-                    action: op.action().to_string(),
-                    operation,
-                    kind,
-                    approvers: h.approvers.clone(),
-                    required_groups: required,
-                    reason: h.reason.clone(),
-                    policy_ids: verdict.policy_ids().to_vec(),
-                    min_approvals: h.min_approvals,
-                    timeout_secs: h.timeout.as_secs(),
-                },
-            );
+            let (req, rx) = approvals
+                .open(
+                    h.id.clone(),
+                    NewRequest {
+                        session_id: self.ctx.session_id.clone(),
+                        op: n,
+                        requester: self.ctx.principal.clone(),
+                        target: self.ctx.target.name.clone(),
+                        action: op.action().to_string(),
+                        operation,
+                        kind,
+                        approvers: h.approvers.clone(),
+                        required_groups: required,
+                        reason: h.reason.clone(),
+                        policy_ids: verdict.policy_ids().to_vec(),
+                        min_approvals: h.min_approvals,
+                        timeout_secs: h.timeout.as_secs(),
+                    },
+                )
+                .await;
             let deadline = tokio::time::Instant::now() + h.timeout;
             self.waiting_map().insert(n, Waiting { ended: rx, deadline });
             self.notify(Step::Requested, &req);
@@ -518,26 +520,91 @@ impl Session {
         }
         let why = format!("no decision within {}s", hold.timeout.as_secs());
         // `None`: a vote ended it while the timer fired; the channel has it.
-        approvals
-            .finish(&hold.id, State::TimedOut, &why)
-            .or_else(|| ended.borrow().clone())
+        match approvals.finish(&hold.id, State::TimedOut, &why).await {
+            Some(r) => Some(r),
+            None => ended.borrow().clone(),
+        }
     }
 
     /// The decision ending a request without letting its operation run. The statement is in
     /// the hold's record (same session and op); it is repeated when the caller has it.
     fn ended_unrun(&self, n: u64, op: Option<&Operation>, req: &ApprovalRequest, reason: String) -> NewEvent {
-        self.event(EventBody::Decision {
-            op: n,
-            action: req.action.clone(),
-            statement: self.literals.recorded(op),
-            verdict: deny(reason, req.policy_ids.clone()),
-            policy_generation: self.policy.generation(),
-            errors: Vec::new(),
-            plugins: Vec::new(),
-            hold: None,
-            approval: Some(Box::new(approval_record(req))),
-            unheld: None,
-        })
+        self.ender().unrun(n, self.literals.recorded(op), req, reason)
+    }
+
+    /// What recording a request's end needs, owned (it may happen on another task).
+    fn ender(&self) -> Ender {
+        Ender {
+            recorder: self.recorder.clone(),
+            session_id: self.ctx.session_id.clone(),
+            principal: self.principal.clone(),
+            policy: self.policy.clone(),
+            notifier: self.notifier.clone(),
+        }
+    }
+}
+
+/// Records (and tells the webhooks) that approval requests of a session ended without their
+/// operation running.
+struct Ender {
+    recorder: Recorder,
+    session_id: String,
+    principal: String,
+    policy: Arc<PolicyEngine>,
+    notifier: Option<Arc<Notifier>>,
+}
+
+impl Ender {
+    fn unrun(
+        &self,
+        n: u64,
+        statement: Option<SqlStatement>,
+        req: &ApprovalRequest,
+        reason: String,
+    ) -> NewEvent {
+        NewEvent {
+            time_us: now_micros(),
+            session_id: self.session_id.clone(),
+            principal: Some(self.principal.clone()),
+            body: EventBody::Decision {
+                op: n,
+                action: req.action.clone(),
+                statement,
+                verdict: deny(reason, req.policy_ids.clone()),
+                policy_generation: self.policy.generation(),
+                errors: Vec::new(),
+                plugins: Vec::new(),
+                hold: None,
+                approval: Some(Box::new(approval_record(req))),
+                unheld: None,
+            },
+        }
+    }
+
+    fn notify(&self, step: Step, req: &ApprovalRequest) {
+        if let Some(n) = &self.notifier {
+            n.notify(step, req);
+        }
+    }
+}
+
+/// Run `fut` now when it completes without waiting (the in-memory store: the records keep
+/// their order), else as a task (a shared store's round trips must not block the caller).
+fn run_soon(fut: impl std::future::Future<Output = ()> + Send + 'static) {
+    let mut fut = Box::pin(fut);
+    let handle = match tokio::runtime::Handle::try_current() {
+        Ok(h) => h,
+        Err(_) => {
+            // Not on a runtime (a session dropped outside one): finish on a small one.
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(fut);
+            }
+            return;
+        }
+    };
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if fut.as_mut().poll(&mut cx).is_pending() {
+        handle.spawn(fut);
     }
 }
 
@@ -545,14 +612,23 @@ impl Session {
 impl Guard for GatehouseGuard {
     async fn open(&self, mut ctx: SessionCtx) -> Result<(Arc<dyn SessionGuard>, Verdict), GuardError> {
         if let Some(grants) = &self.grants {
-            ctx.grant = grants
+            let active = grants
                 .active(
                     &ctx.principal.display(),
                     ctx.principal.on_behalf_of.as_deref(),
                     &ctx.target.name,
                     now_micros(),
                 )
-                .map(|g| g.as_ref());
+                .await;
+            ctx.grant = match active {
+                Ok(g) => g.map(|g| g.as_ref()),
+                // Without the store nothing says a grant exists: the session opens without
+                // one (a policy requiring one denies it).
+                Err(e) => {
+                    tracing::warn!(session = %ctx.session_id, "access grants not readable: {e}");
+                    None
+                }
+            };
         }
         let sp = match self.policy.session(&ctx) {
             Ok(sp) => Some(Arc::new(sp)),
@@ -709,7 +785,10 @@ impl SessionGuard for Session {
                 n,
                 Some(&op),
                 &req,
-                format!("approval request {} was withdrawn", req.id),
+                match &req.end_reason {
+                    Some(why) => format!("approval request {} was withdrawn: {why}", req.id),
+                    None => format!("approval request {} was withdrawn", req.id),
+                },
             ),
         };
         let verdict = match &event.body {
@@ -733,17 +812,26 @@ impl SessionGuard for Session {
 
     fn withdraw(&self, n: u64, hold: &Hold, why: Withdrawal) {
         self.waiting_map().remove(&n);
-        let Some(approvals) = &self.approvals else { return };
-        let ended_here = approvals.finish(&hold.id, State::Withdrawn, why.as_str());
-        if let Some(req) = &ended_here {
-            self.notify(Step::Ended, req);
-        }
-        // Ended by a vote just before: still record that the operation did not run.
-        if let Some(req) = ended_here.or_else(|| approvals.get(&hold.id)) {
-            let reason = format!("approval request {} ended: {}", req.id, why.as_str());
-            self.recorder
-                .append_nowait(self.ended_unrun(n, None, &req, reason));
-        }
+        let Some(approvals) = self.approvals.clone() else {
+            return;
+        };
+        let ender = self.ender();
+        let id = hold.id.clone();
+        run_soon(async move {
+            let ended_here = approvals.finish(&id, State::Withdrawn, why.as_str()).await;
+            if let Some(req) = &ended_here {
+                ender.notify(Step::Ended, req);
+            }
+            let ended = match ended_here {
+                Some(r) => Some(r),
+                None => approvals.get(&id).await.ok().flatten(),
+            };
+            // Ended by a vote just before: still record that the operation did not run.
+            if let Some(req) = ended {
+                let reason = format!("approval request {} ended: {}", req.id, why.as_str());
+                ender.recorder.append_nowait(ender.unrun(n, None, &req, reason));
+            }
+        });
     }
 
     fn outcome(&self, op: u64, o: OpOutcome) {
@@ -780,21 +868,26 @@ impl SessionGuard for Session {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        // Requests the protocol crate never withdrew (its task was aborted) end with the session.
-        if let Some(approvals) = &self.approvals {
-            for req in approvals.finish_session(&self.ctx.session_id, "session ended") {
-                self.notify(Step::Ended, &req);
-                let why = format!("approval request {} ended: session ended", req.id);
-                self.recorder
-                    .append_nowait(self.ended_unrun(req.op, None, &req, why));
-            }
-        }
-        let body = EventBody::SessionEnd {
+        let end = self.event(EventBody::SessionEnd {
             reason: reason.to_string(),
             ops: self.ops.load(Ordering::Relaxed),
             duration_us: self.started.elapsed().as_micros() as u64,
+        });
+        let Some(approvals) = self.approvals.clone() else {
+            self.recorder.append_nowait(end);
+            return;
         };
-        self.recorder.append_nowait(self.event(body));
+        let ender = self.ender();
+        run_soon(async move {
+            // Requests the protocol crate never withdrew (its task was aborted) end with the
+            // session, recorded before its end.
+            for req in approvals.finish_session(&ender.session_id, "session ended").await {
+                ender.notify(Step::Ended, &req);
+                let why = format!("approval request {} ended: session ended", req.id);
+                ender.recorder.append_nowait(ender.unrun(req.op, None, &req, why));
+            }
+            ender.recorder.append_nowait(end);
+        });
     }
 
     fn row_masker(&self) -> Option<Arc<dyn gatehouse_core::RowMasker>> {

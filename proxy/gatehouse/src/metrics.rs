@@ -228,6 +228,8 @@ pub struct GatewayMetrics {
     pub shipping: Option<Arc<gatehouse_recorder::Shipper>>,
     /// Approval requests (when the admin API is configured).
     pub approvals: Option<Arc<gatehouse_approval::Approvals>>,
+    /// The approval store shared with other gateways (when `[store]` is configured).
+    pub store: Option<gatehouse_approval::pgstore::PgStore>,
 }
 
 /// First 12 hex digits of a content hash: enough to tell versions apart on a dashboard.
@@ -301,6 +303,15 @@ impl GatewayMetrics {
                     "Statements held and waiting for an approval decision.",
                 )
                 .single(a.pending()),
+            );
+        }
+        if let Some(st) = &self.store {
+            out.push(
+                Family::gauge(
+                    "gatehouse_store_connected",
+                    "1 while the approval store shared with other gateways is connected.",
+                )
+                .single(u64::from(st.connected())),
             );
         }
         if let Some(set) = &self.plugins {

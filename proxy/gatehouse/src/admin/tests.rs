@@ -102,7 +102,7 @@ fn basic(user: &str, key: &str) -> Vec<u8> {
     format!("Basic {t}").into_bytes()
 }
 
-fn open_request(f: &Fixture) -> String {
+async fn open_request(f: &Fixture) -> String {
     let id = Approvals::new_id();
     let requester = Principal {
         kind: gatehouse_core::PrincipalKind::Agent,
@@ -112,24 +112,26 @@ fn open_request(f: &Fixture) -> String {
         on_behalf_of: Some("carol".into()),
         actor_chain: Vec::new(),
     };
-    f.approvals.open(
-        id.clone(),
-        NewRequest {
-            session_id: "sess-1".into(),
-            op: 2,
-            requester,
-            target: "app".into(),
-            action: "query".into(),
-            operation: "UPDATE accounts SET balance = 0 WHERE id = 7".into(),
-            kind: "update".into(),
-            approvers: vec!["dba".into()],
-            required_groups: vec![vec!["dba".into()]],
-            reason: "policy `agents-prod-update-needs-approval`".into(),
-            policy_ids: vec!["agents-prod-update-needs-approval".into()],
-            min_approvals: 1,
-            timeout_secs: 60,
-        },
-    );
+    f.approvals
+        .open(
+            id.clone(),
+            NewRequest {
+                session_id: "sess-1".into(),
+                op: 2,
+                requester,
+                target: "app".into(),
+                action: "query".into(),
+                operation: "UPDATE accounts SET balance = 0 WHERE id = 7".into(),
+                kind: "update".into(),
+                approvers: vec!["dba".into()],
+                required_groups: vec![vec!["dba".into()]],
+                reason: "policy `agents-prod-update-needs-approval`".into(),
+                policy_ids: vec!["agents-prod-update-needs-approval".into()],
+                min_approvals: 1,
+                timeout_secs: 60,
+            },
+        )
+        .await;
     id
 }
 
@@ -202,7 +204,7 @@ async fn authentication_is_required_and_checked() {
 #[tokio::test]
 async fn requests_are_visible_to_approvers_auditors_and_the_requester_only() {
     let f = fixture();
-    let id = open_request(&f);
+    let id = open_request(&f).await;
     for (who, n) in [
         ("alice", 1),
         ("erin", 1),
@@ -241,7 +243,7 @@ async fn requests_are_visible_to_approvers_auditors_and_the_requester_only() {
 #[tokio::test]
 async fn votes_follow_the_rules_and_are_recorded_before_they_count() {
     let f = fixture();
-    let id = open_request(&f);
+    let id = open_request(&f).await;
     let approve = format!("/v1/approvals/{id}/approve");
     // The agent itself, the human it acts for, an outsider.
     let r = f.call("POST", &approve, Some("ai-agent"), Some(b"")).await;
@@ -260,7 +262,7 @@ async fn votes_follow_the_rules_and_are_recorded_before_they_count() {
     assert_eq!(r.status, 400);
     let r = f.call("POST", &approve, Some("alice"), None).await;
     assert_eq!(r.status, 413);
-    assert_eq!(f.approvals.get(&id).unwrap().state, State::Pending);
+    assert_eq!(f.approvals.get(&id).await.unwrap().unwrap().state, State::Pending);
 
     let r = f
         .call(
@@ -440,7 +442,7 @@ async fn the_openapi_description_matches_the_server() {
     );
 
     let f = fixture();
-    let id = open_request(&f);
+    let id = open_request(&f).await;
     record_session(&f).await;
     let denied = Approvals::new_id();
     // (method, pattern, concrete path, caller, body): successes and the documented errors.
