@@ -75,6 +75,12 @@ fn result(session: u64, op: u64) -> NewEvent {
             duration_us: 87,
             error: None,
             skipped: false,
+            // The one-row result `[recorder.results]` keeps by default.
+            result: Some(gatehouse_core::RecordedRows {
+                columns: vec!["abalance".to_string()],
+                rows: vec![vec![Some("-2319".to_string())]],
+                ..Default::default()
+            }),
         },
     )
 }
@@ -125,6 +131,7 @@ fn bench_append(c: &mut Criterion) {
             }),
             shipping: None,
             literals: Default::default(),
+            results: Default::default(),
         })
         .unwrap_or_else(|e| fail("opening the recorder", e));
 
@@ -231,6 +238,7 @@ fn bench_search(c: &mut Criterion) {
         checkpoints: None,
         shipping: None,
         literals: Default::default(),
+        results: Default::default(),
     })
     .unwrap_or_else(|e| fail("opening the recorder", e));
     let started = Instant::now();

@@ -463,6 +463,32 @@ pub struct RecorderConfig {
     /// What recorded statements keep of their constants.
     #[serde(default)]
     pub literals: LiteralsConfig,
+    /// How much of each operation's result the record keeps.
+    #[serde(default)]
+    pub results: ResultsConfig,
+}
+
+/// `[recorder.results]`: result rows in the audit log, as the client received them (after
+/// masking), so a reviewer sees what was read, not only that something was.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsConfig {
+    /// Bytes of cell values recorded per operation; rows past it are counted, not kept, and
+    /// the record says it was truncated. 0: no rows are recorded.
+    #[serde(default = "default_results_max_bytes")]
+    pub max_bytes: usize,
+}
+
+impl Default for ResultsConfig {
+    fn default() -> Self {
+        ResultsConfig {
+            max_bytes: default_results_max_bytes(),
+        }
+    }
+}
+
+fn default_results_max_bytes() -> usize {
+    16 * 1024
 }
 
 /// `[recorder.literals]`: statement constants (and bound parameters) in the audit log. The

@@ -99,6 +99,24 @@ impl Withdrawal {
     }
 }
 
+/// Result rows as the client received them (after masking), up to the recording limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedRows {
+    /// Column names; empty when the protocol did not describe the rows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
+    /// Cell values as text (`None`: NULL); values sent in binary format, or that are not
+    /// UTF-8, as `\x` and their bytes in hex.
+    pub rows: Vec<Vec<Option<String>>>,
+    /// Rows past the limit were not recorded (the outcome's row count has them all).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// Per column, the table column its values come from, when the protocol crate resolved
+    /// it (for the recorder's classified-column rule; not itself recorded).
+    #[serde(skip)]
+    pub sources: Vec<Option<String>>,
+}
+
 /// How an operation ended, as seen by the protocol crate.
 #[derive(Debug, Clone, Default)]
 pub struct OpOutcome {
@@ -110,6 +128,8 @@ pub struct OpOutcome {
     pub error: Option<(String, String)>,
     /// The operation was allowed but never ran (an earlier error in the same batch).
     pub skipped: bool,
+    /// Its result rows, up to [`SessionGuard::result_limit`] bytes.
+    pub result: Option<RecordedRows>,
 }
 
 /// Facts about a connection attempt that failed before a session existed.
@@ -159,6 +179,12 @@ pub trait SessionGuard: Send + Sync {
 
     /// Record how an operation ended. Never blocks.
     fn outcome(&self, op: u64, outcome: OpOutcome);
+
+    /// Bytes of result values to record per operation (0: none). Protocol crates collect
+    /// them after masking, as the client receives them, into [`OpOutcome::result`].
+    fn result_limit(&self) -> usize {
+        0
+    }
 
     /// The masking stage for this session's result rows; `None` when nothing masks them.
     fn row_masker(&self) -> Option<std::sync::Arc<dyn crate::rows::RowMasker>> {

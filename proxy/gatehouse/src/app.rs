@@ -145,7 +145,8 @@ impl Gateway {
                 notifier,
                 &config.recorder.literals,
             )
-            .with_grants(grants.clone()),
+            .with_grants(grants.clone())
+            .with_results(config.recorder.results.max_bytes),
         );
         let mut targets = Vec::new();
         for t in &config.targets {

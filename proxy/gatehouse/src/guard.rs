@@ -50,10 +50,18 @@ pub struct GatehouseGuard {
     literals: Arc<Literals>,
     /// Just-in-time access grants; a session carries the one active when it opens.
     grants: Option<Arc<Grants>>,
+    /// Bytes of result rows recorded per operation.
+    result_limit: usize,
 }
 
 impl GatehouseGuard {
     /// Sessions opened from now on carry their principal's active grant for the target.
+    /// Record up to `max_bytes` of each operation's result rows (`[recorder.results]`).
+    pub fn with_results(mut self, max_bytes: usize) -> Self {
+        self.result_limit = max_bytes;
+        self
+    }
+
     pub fn with_grants(mut self, grants: Option<Arc<Grants>>) -> Self {
         self.grants = grants;
         self
@@ -89,6 +97,7 @@ impl GatehouseGuard {
             notifier,
             literals,
             grants: None,
+            result_limit: 0,
         }
     }
 }
@@ -151,6 +160,37 @@ impl Literals {
             )
         });
         (out, mode)
+    }
+
+    /// Result rows as recorded: values of classified columns (by result name or source
+    /// column) get the literal mode's treatment (`keep` keeps them, `hash` tokenizes them,
+    /// otherwise `?`); the others are kept as the client received them.
+    fn result(&self, mut r: gatehouse_core::RecordedRows) -> gatehouse_core::RecordedRows {
+        if self.mode == LiteralMode::Keep {
+            return r;
+        }
+        let classified: Vec<usize> = (0..r.columns.len().max(r.sources.len()))
+            .filter(|&i| {
+                let named = |n: Option<&String>| n.is_some_and(|n| self.columns.contains(&n.to_lowercase()));
+                named(r.columns.get(i)) || named(r.sources.get(i).and_then(Option::as_ref))
+            })
+            .collect();
+        // Rows of an undescribed result cannot be told apart by column: all are redacted.
+        let undescribed = r.columns.is_empty() && !r.rows.is_empty();
+        for row in &mut r.rows {
+            for (i, cell) in row.iter_mut().enumerate() {
+                if !(undescribed || classified.contains(&i)) {
+                    continue;
+                }
+                if let Some(v) = cell {
+                    *v = match self.mode {
+                        LiteralMode::Hash if self.hash.can_hash() => self.keyed(v.as_bytes()),
+                        _ => "?".to_string(),
+                    };
+                }
+            }
+        }
+        r
     }
 
     /// Bound parameters as recorded.
@@ -248,6 +288,7 @@ struct Session {
     literals: Arc<Literals>,
     /// Receivers of this session's open requests, by operation number.
     waiting: std::sync::Mutex<std::collections::HashMap<u64, Waiting>>,
+    result_limit: usize,
 }
 
 impl Session {
@@ -661,6 +702,7 @@ impl Guard for GatehouseGuard {
             notifier: self.notifier.clone(),
             literals: self.literals.clone(),
             waiting: std::sync::Mutex::new(std::collections::HashMap::new()),
+            result_limit: self.result_limit,
         });
         let start = EventBody::SessionStart {
             protocol: session.ctx.target.kind.clone(),
@@ -842,8 +884,13 @@ impl SessionGuard for Session {
             duration_us: o.duration_us,
             error: o.error.map(|(code, message)| OpError { code, message }),
             skipped: o.skipped,
+            result: o.result.map(|r| self.literals.result(r)),
         };
         self.recorder.append_nowait(self.event(body));
+    }
+
+    fn result_limit(&self) -> usize {
+        self.result_limit
     }
 
     fn masked(

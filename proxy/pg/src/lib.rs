@@ -12,6 +12,7 @@ pub mod literals;
 mod mask;
 pub mod proto;
 mod relay;
+pub mod results;
 pub mod server;
 mod stream;
 pub mod tls;

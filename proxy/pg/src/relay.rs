@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::results::Capture;
 use bytes::{Buf, BytesMut};
 use gatehouse_core::{
     Checked, ColumnSource, Finding, GuardError, MaskFault, MaskStrategy, Masked, OpOutcome, Operation,
@@ -53,7 +54,7 @@ enum Pending {
         op: Option<u64>,
         start: Instant,
         rows: u64,
-        /// Where the rows' description comes from (extended protocol, masking sessions only).
+        /// Where the rows' description comes from (extended protocol; sessions that mask or record results).
         shape: Option<ExecShape>,
         /// Column rule for result columns without a plain-table source (expressions, views):
         /// the strongest rule among the tables the statement reads.
@@ -61,7 +62,7 @@ enum Pending {
         /// The statement changes the schema: cached catalog names are stale once it ran.
         ddl: bool,
     },
-    /// A Describe (masking sessions only): the RowDescription or NoData that answers it
+    /// A Describe (sessions that mask or record results): the RowDescription or NoData that answers it
     /// describes the statement or portal with this id.
     Describe(u64),
     /// A denied operation: the nonce-carrying upstream error is rewritten to this.
@@ -116,6 +117,7 @@ pub(crate) async fn run(
     });
     let (tx, rx) = mpsc::unbounded_channel();
     let masker = sg.row_masker();
+    let result_limit = sg.result_limit();
     let c2u = tokio::spawn(client_to_upstream(
         crd,
         client_buf,
@@ -147,6 +149,8 @@ pub(crate) async fn run(
         ddl_done: false,
         findings: Vec::new(),
         faults: Vec::new(),
+        result_limit,
+        capture: None,
     };
     let (urd, uwr, reason) = u2c.run(urd, c2u).await;
     let upstream = match (urd, uwr) {
@@ -474,6 +478,9 @@ async fn client_to_upstream(
     cancel: Arc<CancelSignal>,
 ) -> (WriteHalf<Stream>, ClientEnd) {
     let masking = masker.is_some();
+    // Describe/Bind are followed to know the shape of each Execute's rows: for masking them,
+    // and for naming the columns of recorded results.
+    let describe = masking || sg.result_limit() > 0;
     let mut statements: HashMap<String, Arc<SqlStatement>> = HashMap::new();
     let mut portals: HashMap<String, Arc<SqlStatement>> = HashMap::new();
     let mut portal_params: HashMap<String, Vec<String>> = HashMap::new();
@@ -583,7 +590,7 @@ async fn client_to_upstream(
                     let Ok((name, sql)) = proto::parse_parse(body) else {
                         return (uwr, protocol_error(&cw, "malformed Parse message").await);
                     };
-                    if masking {
+                    if describe {
                         statement_ids.insert(name.clone(), next_id);
                         next_id += 1;
                     }
@@ -598,7 +605,7 @@ async fn client_to_upstream(
                         .get(&stmt)
                         .cloned()
                         .unwrap_or_else(|| unknown_statement("UnknownPreparedStatement"));
-                    if masking {
+                    if describe {
                         let Ok(formats) = proto::bind_result_formats(body) else {
                             return (uwr, protocol_error(&cw, "malformed Bind message").await);
                         };
@@ -760,7 +767,7 @@ async fn client_to_upstream(
                     send(Pending::Sync);
                     shared.syncs_sent.fetch_add(1, Ordering::Release);
                 }
-                b'D' if masking => {
+                b'D' if describe => {
                     let id = match proto::parse_target(body, "Describe") {
                         Ok((b'S', name)) => statement_ids.get(&name).copied().unwrap_or(0),
                         Ok((_, name)) => portal_shapes.get(&name).map(|p| p.portal).unwrap_or(0),
@@ -864,6 +871,10 @@ struct UpstreamSide<'a> {
     /// What masking found and which maskers faulted, for the operation now streaming.
     findings: Vec<Finding>,
     faults: Vec<MaskFault>,
+    /// Bytes of result values recorded per operation (0: none).
+    result_limit: usize,
+    /// The rows of the operation now streaming, as the client receives them, for the record.
+    capture: Option<Capture>,
 }
 
 /// How the rows now streaming are masked.
@@ -894,8 +905,9 @@ impl UpstreamSide<'_> {
         self.queue.pop_front()
     }
 
-    /// Pop the front item if it is an allowed operation: (op, start, rows so far).
-    fn pop_exec(&mut self) -> Option<(Option<u64>, Instant, u64)> {
+    /// Pop the front item if it is an allowed operation: (op, start, rows so far, the rows
+    /// recorded).
+    fn pop_exec(&mut self) -> Option<(Option<u64>, Instant, u64, Option<gatehouse_core::RecordedRows>)> {
         if !matches!(self.front(), Some(Pending::Exec { .. })) {
             return None;
         }
@@ -910,9 +922,41 @@ impl UpstreamSide<'_> {
                 if let Some(op) = op {
                     self.masking_done(op);
                 }
-                Some((op, start, rows))
+                let result = self.capture.take().map(Capture::into_rows);
+                Some((op, start, rows, result))
             }
             _ => None,
+        }
+    }
+
+    /// Keep a DataRow (its body, as the client receives it) for the record, while the
+    /// operation's recorded values stay within the limit.
+    fn capture_row(&mut self, body: &[u8]) {
+        if self.result_limit == 0 || self.capture.as_ref().is_some_and(Capture::is_full) {
+            return;
+        }
+        if self.capture.is_none() {
+            let sources = match &self.plan {
+                Some(p) => p
+                    .shape
+                    .iter()
+                    .map(|c| c.desc.source.as_ref().map(|s| s.column.clone()))
+                    .collect(),
+                None => Vec::new(),
+            };
+            let capture = match self.row_shape() {
+                Some(s) => Capture::new(
+                    s.iter().map(|c| c.desc.name.clone()).collect(),
+                    sources,
+                    s.iter().map(|c| c.binary && !c.text_like).collect(),
+                ),
+                None => Capture::new(Vec::new(), sources, Vec::new()),
+            };
+            self.capture = Some(capture);
+        }
+        let limit = self.result_limit;
+        if let Some(cap) = self.capture.as_mut() {
+            cap.push(body, limit);
         }
     }
 
@@ -1154,6 +1198,7 @@ impl UpstreamSide<'_> {
                         if let Some(Pending::Exec { rows, .. }) = self.front() {
                             *rows += 1;
                         }
+                        self.capture_row(body);
                         continue;
                     }
                     let (shape, derived) = match plan {
@@ -1177,6 +1222,18 @@ impl UpstreamSide<'_> {
                     }
                     out.clear();
                     self.mask_rows(&masker, shape, derived, &raw, &mut out).await;
+                    if self.result_limit > 0 {
+                        // What the client receives: the masked rows.
+                        let mut at = 0;
+                        while let Ok(Some(f)) =
+                            proto::peek_frame(out.get(at..).unwrap_or(&[]), proto::MAX_MESSAGE_LEN)
+                        {
+                            if f.tag == b'D' {
+                                self.capture_row(out.get(at + 5..at + f.len).unwrap_or(&[]));
+                            }
+                            at += f.len;
+                        }
+                    }
                     chunks.push((written, start, Some(out.split())));
                     written = pos;
                 }
@@ -1184,8 +1241,9 @@ impl UpstreamSide<'_> {
                     if let Some(Pending::Exec { rows, .. }) = self.front() {
                         *rows += 1;
                     }
+                    self.capture_row(body);
                 }
-                b'T' if self.masker.is_some() => {
+                b'T' if self.masker.is_some() || self.result_limit > 0 => {
                     let fields: Arc<[proto::FieldDesc]> = match proto::parse_row_description(body) {
                         Ok(f) => f.into(),
                         Err(_) => return false,
@@ -1212,7 +1270,7 @@ impl UpstreamSide<'_> {
                         let mut b = body;
                         proto::read_cstr(&mut b).unwrap_or_default()
                     });
-                    if let Some((Some(op), start, rows)) = self.pop_exec() {
+                    if let Some((Some(op), start, rows, result)) = self.pop_exec() {
                         let rows = tag
                             .as_deref()
                             .map(proto::tag_rows)
@@ -1226,6 +1284,7 @@ impl UpstreamSide<'_> {
                                 duration_us: start.elapsed().as_micros() as u64,
                                 error: None,
                                 skipped: false,
+                                result,
                             },
                         );
                     }
@@ -1260,7 +1319,7 @@ impl UpstreamSide<'_> {
                         proto::error_msg(&mut out, Severity::Error, code, &message, None);
                         chunks.push((written, start, Some(out.split())));
                         written = pos;
-                    } else if let Some((Some(op), start, rows)) = self.pop_exec() {
+                    } else if let Some((Some(op), start, rows, result)) = self.pop_exec() {
                         let code = proto::error_field(&fields, b'C').unwrap_or("").to_string();
                         let message = proto::error_field(&fields, b'M').unwrap_or("").to_string();
                         self.sg.outcome(
@@ -1271,6 +1330,7 @@ impl UpstreamSide<'_> {
                                 duration_us: start.elapsed().as_micros() as u64,
                                 error: Some((code, message)),
                                 skipped: false,
+                                result,
                             },
                         );
                     }
@@ -1279,6 +1339,7 @@ impl UpstreamSide<'_> {
                     self.status = body.first().copied().unwrap_or(b'I');
                     self.current = None;
                     self.plan = None;
+                    self.capture = None;
                     if self.ddl_done && self.status == b'I' {
                         self.target.invalidate_catalog();
                         self.ddl_done = false;

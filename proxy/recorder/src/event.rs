@@ -1,6 +1,6 @@
 //! Events and the v1 chain encoding.
 
-use gatehouse_core::{Principal, SqlStatement, Verdict};
+use gatehouse_core::{Principal, RecordedRows, SqlStatement, Verdict};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -110,6 +110,10 @@ pub enum EventBody {
         error: Option<OpError>,
         /// The operation was not run (e.g. skipped after an earlier error in the same batch).
         skipped: bool,
+        /// Its rows as the client received them (after masking), up to
+        /// `[recorder.results] max_bytes`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<RecordedRows>,
     },
     /// The session ended.
     SessionEnd {

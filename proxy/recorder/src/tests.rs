@@ -26,6 +26,7 @@ async fn failed_write_refuses_batch_keeps_head_and_recovers() {
         checkpoints: None,
         shipping: None,
         literals: Default::default(),
+        results: Default::default(),
     })
     .unwrap();
     assert_eq!(rec.append(notice("s", "a")).await.unwrap(), 1);
@@ -98,6 +99,7 @@ async fn invalid_event_is_refused_alone() {
         checkpoints: None,
         shipping: None,
         literals: Default::default(),
+        results: Default::default(),
     })
     .unwrap();
     let err = rec.append(notice("bad\0id", "x")).await.unwrap_err();

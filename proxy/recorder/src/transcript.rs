@@ -210,6 +210,7 @@ pub fn render_transcript(events: &[Event]) -> String {
                 duration_us,
                 error,
                 skipped,
+                result,
             } => {
                 let _ = write!(out, "op {op} result  ");
                 if *skipped {
@@ -224,6 +225,9 @@ pub fn render_transcript(events: &[Event]) -> String {
                     let _ = write!(out, "  error {}: {}", clean(&e.code), clean(&e.message));
                 }
                 out.push('\n');
+                if let Some(r) = result {
+                    rows_table(&mut out, r);
+                }
             }
             EventBody::SessionEnd {
                 reason,
@@ -332,5 +336,27 @@ fn fmt_duration(us: u64) -> String {
         format!("{:.3} ms", us as f64 / 1e3)
     } else {
         format!("{:.3} s", us as f64 / 1e6)
+    }
+}
+
+/// Recorded result rows under their operation, one line per row, cells separated by ` | `.
+fn rows_table(out: &mut String, r: &gatehouse_core::RecordedRows) {
+    use std::fmt::Write as _;
+    if !r.columns.is_empty() {
+        let names: Vec<String> = r.columns.iter().map(|c| clean(c)).collect();
+        let _ = writeln!(out, "    | {} |", names.join(" | "));
+    }
+    for row in &r.rows {
+        let cells: Vec<String> = row
+            .iter()
+            .map(|c| match c {
+                Some(v) => clean(v),
+                None => "NULL".to_string(),
+            })
+            .collect();
+        let _ = writeln!(out, "    | {} |", cells.join(" | "));
+    }
+    if r.truncated {
+        out.push_str("    … (further rows not recorded: [recorder.results] max_bytes)\n");
     }
 }

@@ -19,6 +19,7 @@ fn cfg(dir: &Path, durability: Durability) -> RecorderConfig {
         checkpoints: None,
         shipping: None,
         literals: Default::default(),
+        results: Default::default(),
     }
 }
 
@@ -109,6 +110,7 @@ fn result(session: &str, t: i64, op: u64, tag: &str, rows: u64) -> NewEvent {
             duration_us: 1234,
             error: None,
             skipped: false,
+            result: None,
         },
     )
 }
@@ -155,6 +157,7 @@ async fn populate(rec: &Recorder) {
                 message: "denied".into(),
             }),
             skipped: true,
+            result: None,
         },
     ));
     assert_eq!(rec.append(end("s1", 9_000)).await.unwrap(), 7);

@@ -70,6 +70,7 @@ fn fixture() -> Fixture {
         checkpoints: None,
         shipping: None,
         literals: Default::default(),
+        results: Default::default(),
     })
     .unwrap();
     let approvals = Arc::new(Approvals::new(100));

@@ -1,0 +1,145 @@
+//! Result rows in the audit log (`[recorder.results]`): recorded as the client received them,
+//! after masking, named by column in both protocol flavours, and capped with the truncation
+//! marked; real PostgreSQL, the real gateway, `tokio-postgres` clients, `gatehouse audit show`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+use gatehouse_conformance::{Harness, Options};
+use tokio_postgres::SimpleQueryMessage;
+
+fn transcripts(h: &Harness) -> String {
+    transcripts_of(h, None)
+}
+
+/// The transcripts of `principal`'s sessions (every session's when `None`).
+fn transcripts_of(h: &Harness, principal: Option<&str>) -> String {
+    h.audit_sessions()
+        .unwrap()
+        .iter()
+        .filter(|s| principal.is_none_or(|p| s["principal"].as_str() == Some(p)))
+        .filter_map(|s| s["session_id"].as_str())
+        .map(|id| h.audit_show(id).unwrap())
+        .collect()
+}
+
+/// The first column of the first row of a simple query.
+async fn first(c: &tokio_postgres::Client, sql: &str) -> String {
+    c.simple_query(sql)
+        .await
+        .unwrap()
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn results_are_recorded_as_the_client_saw_them_and_capped() {
+    let h = Harness::start_with(Options {
+        // Values kept as the client saw them (the default redacts classified columns, below).
+        extra_config: "\n[recorder.results]\nmax_bytes = 4096\n\n[recorder.literals]\nmode = \"keep\"\n",
+        ..Options::default()
+    })
+    .unwrap();
+    let human = h.connect("alice", "app").await.unwrap();
+    let agent = h.connect("ai-agent", "app").await.unwrap();
+    let ssn = first(&human, "SELECT ssn FROM customers WHERE id = 1").await;
+
+    // Simple protocol, a masking session: the masked value is what is recorded.
+    let seen = agent
+        .simple_query("SELECT name, ssn FROM customers WHERE id = 1")
+        .await
+        .unwrap();
+    let masked = seen
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(1).map(str::to_string),
+            _ => None,
+        })
+        .unwrap();
+    assert_ne!(masked, ssn);
+    // Extended protocol (binary results): columns named from the Describe, text as text,
+    // numbers as their bytes.
+    let row = agent
+        .query_one(
+            "SELECT id, name, card_number FROM customers WHERE id = $1",
+            &[&2i64],
+        )
+        .await
+        .unwrap();
+    let card: String = row.get(2);
+    // More than the limit: counted, recorded up to it, marked.
+    let n = agent
+        .simple_query("SELECT g, repeat('x', 50) FROM generate_series(1, 1000) AS g")
+        .await
+        .unwrap()
+        .iter()
+        .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(n, 1000);
+    drop((human, agent));
+
+    let t = transcripts_of(&h, Some("agent:ai-agent"));
+    assert!(t.contains("| name | ssn |"), "{t}");
+    assert!(t.contains(&format!("| Customer 1 | {masked} |")), "{t}");
+    assert!(
+        !t.contains(&ssn),
+        "the agent's record holds what the agent saw:\n{t}"
+    );
+    assert!(t.contains("| id | name | card_number |"), "{t}");
+    assert!(
+        t.contains(&format!("| \\x0000000000000002 | Customer 2 | {card} |")),
+        "{t}"
+    );
+    assert!(t.contains("| g | repeat |"), "{t}");
+    assert!(t.contains("| 1 | xxxxxxxxxx"), "{t}");
+    assert!(t.contains("1000 rows"), "{t}");
+    assert!(!t.contains("| 1000 | "), "rows past the limit are not recorded");
+    assert!(t.contains("further rows not recorded"), "{t}");
+    let alice = transcripts_of(&h, Some("user:alice"));
+    assert!(
+        alice.contains(&format!("| {ssn} |")),
+        "alice saw it in the clear: {alice}"
+    );
+}
+
+/// By default the values of classified columns are not kept, whoever read them, even under
+/// another name: the record says what was read, not the value.
+#[tokio::test(flavor = "multi_thread")]
+async fn classified_columns_are_redacted_in_recorded_results_by_default() {
+    let h = Harness::start().unwrap();
+    let human = h.connect("alice", "app").await.unwrap();
+    let ssn = first(&human, "SELECT ssn FROM customers WHERE id = 1").await;
+    let aliased = first(&human, "SELECT ssn AS x FROM customers WHERE id = 1").await;
+    assert_eq!(ssn, aliased);
+    assert_eq!(
+        first(&human, "SELECT name FROM customers WHERE id = 1").await,
+        "Customer 1"
+    );
+    drop(human);
+    let t = transcripts(&h);
+    assert!(!t.contains(&ssn), "the clear SSN is nowhere in the record:\n{t}");
+    assert!(t.contains("| ssn |\n    | ? |"), "{t}");
+    assert!(t.contains("| x |\n    | ? |"), "found by its source column: {t}");
+    assert!(t.contains("| name |\n    | Customer 1 |"), "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_rows_are_recorded_with_a_zero_limit() {
+    let h = Harness::start_with(Options {
+        extra_config: "\n[recorder.results]\nmax_bytes = 0\n",
+        ..Options::default()
+    })
+    .unwrap();
+    let agent = h.connect("ai-agent", "app").await.unwrap();
+    assert_eq!(
+        first(&agent, "SELECT name FROM customers WHERE id = 3").await,
+        "Customer 3"
+    );
+    drop(agent);
+    let t = transcripts(&h);
+    assert!(t.contains("SELECT 1"), "{t}");
+    assert!(!t.contains("Customer 3"), "{t}");
+}
