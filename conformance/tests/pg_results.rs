@@ -103,6 +103,34 @@ async fn results_are_recorded_as_the_client_saw_them_and_capped() {
         alice.contains(&format!("| {ssn} |")),
         "alice saw it in the clear: {alice}"
     );
+
+    // Every event of the agent says whom it acted for (the demo agent acts for alice).
+    let log = h.setup.log_dir.display().to_string();
+    let out = h
+        .gatehouse(&[
+            "audit",
+            "search",
+            "--log",
+            &log,
+            "--principal",
+            "agent:ai-agent",
+            "--json",
+        ])
+        .unwrap();
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(events.len() > 5, "{events:?}");
+    for e in &events {
+        assert_eq!(e["on_behalf_of"], "alice", "{e}");
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e["body"]["kind"] == "op_result" && e["body"]["result"]["rows"].is_array()),
+        "results are in the JSON too"
+    );
 }
 
 /// By default the values of classified columns are not kept, whoever read them, even under

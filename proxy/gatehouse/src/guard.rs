@@ -297,6 +297,8 @@ impl Session {
             time_us: now_micros(),
             session_id: self.ctx.session_id.clone(),
             principal: Some(self.principal.clone()),
+            on_behalf_of: self.ctx.principal.on_behalf_of.clone(),
+            actor_chain: self.ctx.principal.actor_chain.clone(),
             body,
         }
     }
@@ -579,6 +581,8 @@ impl Session {
             recorder: self.recorder.clone(),
             session_id: self.ctx.session_id.clone(),
             principal: self.principal.clone(),
+            on_behalf_of: self.ctx.principal.on_behalf_of.clone(),
+            actor_chain: self.ctx.principal.actor_chain.clone(),
             policy: self.policy.clone(),
             notifier: self.notifier.clone(),
         }
@@ -591,6 +595,8 @@ struct Ender {
     recorder: Recorder,
     session_id: String,
     principal: String,
+    on_behalf_of: Option<String>,
+    actor_chain: Vec<String>,
     policy: Arc<PolicyEngine>,
     notifier: Option<Arc<Notifier>>,
 }
@@ -607,6 +613,8 @@ impl Ender {
             time_us: now_micros(),
             session_id: self.session_id.clone(),
             principal: Some(self.principal.clone()),
+            on_behalf_of: self.on_behalf_of.clone(),
+            actor_chain: self.actor_chain.clone(),
             body: EventBody::Decision {
                 op: n,
                 action: req.action.clone(),
@@ -729,6 +737,8 @@ impl Guard for GatehouseGuard {
             // Each failed attempt is its own (never opened) session in the record.
             session_id: format!("failed-{}", crate::pgcluster::hex_token()),
             principal: None,
+            on_behalf_of: None,
+            actor_chain: Vec::new(),
             body: EventBody::AuthFailure {
                 protocol: f.protocol.to_string(),
                 source: f.source.to_string(),

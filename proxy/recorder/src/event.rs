@@ -22,6 +22,12 @@ pub struct Event {
     pub session_id: String,
     /// `agent:name` / `user:name`, when known.
     pub principal: Option<String>,
+    /// For an agent acting for a person (RFC 8693 `act`): that person's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
+    /// The actors that instructed the acting one, nearest first (nested `act` claims).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actor_chain: Vec<String>,
     pub body: EventBody,
     /// Hex SHA-256 of the previous event ([`GENESIS_HASH`] for seq 1).
     pub prev_hash: String,
@@ -213,6 +219,10 @@ pub struct NewEvent {
     pub time_us: i64,
     pub session_id: String,
     pub principal: Option<String>,
+    /// See [`Event::on_behalf_of`].
+    pub on_behalf_of: Option<String>,
+    /// See [`Event::actor_chain`].
+    pub actor_chain: Vec<String>,
     pub body: EventBody,
 }
 
@@ -223,6 +233,8 @@ impl NewEvent {
             time_us: gatehouse_core::time::now_micros(),
             session_id: session_id.into(),
             principal,
+            on_behalf_of: None,
+            actor_chain: Vec::new(),
             body,
         }
     }
@@ -262,6 +274,8 @@ pub(crate) fn seal(
         time_us: new.time_us,
         session_id: new.session_id,
         principal: new.principal,
+        on_behalf_of: new.on_behalf_of,
+        actor_chain: new.actor_chain,
         body: new.body,
         prev_hash: hex::encode(prev),
         hash: String::new(),
@@ -324,6 +338,8 @@ mod tests {
             time_us: 1,
             session_id: "s".into(),
             principal: Some("agent:a".into()),
+            on_behalf_of: None,
+            actor_chain: Vec::new(),
             body: EventBody::Notice {
                 level: "warn".into(),
                 message: "x \"quoted\" }".into(),
@@ -339,5 +355,37 @@ mod tests {
         assert_eq!(canonical, serde_json::to_vec(&blank).unwrap());
         assert_eq!(chain_hash(&prev, &canonical), hash);
         assert_eq!(decode_hash(GENESIS_HASH), Some([0u8; 32]));
+        assert!(
+            !String::from_utf8_lossy(&stored).contains("on_behalf_of"),
+            "events of principals acting for themselves are encoded as before"
+        );
+    }
+
+    #[test]
+    fn delegation_is_in_every_event_and_in_its_hash() {
+        let new = NewEvent {
+            time_us: 1,
+            session_id: "s".into(),
+            principal: Some("agent:copilot".into()),
+            on_behalf_of: Some("alice".into()),
+            actor_chain: vec!["agent:planner".into()],
+            body: EventBody::Notice {
+                level: "info".into(),
+                message: "x".into(),
+            },
+        };
+        let (ev, stored, hash) = seal(new, 1, &[0u8; 32]).unwrap();
+        let text = String::from_utf8_lossy(&stored).into_owned();
+        assert!(
+            text.contains(r#""on_behalf_of":"alice","actor_chain":["agent:planner"]"#),
+            "{text}"
+        );
+        let back: Event = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(back, ev);
+        // Changing who the agent acted for breaks the link.
+        let forged = text.replace("\"alice\"", "\"mallory\"");
+        let (canonical, recorded) = canonical_from_stored(forged.as_bytes()).unwrap();
+        assert_eq!(recorded, hash);
+        assert_ne!(chain_hash(&[0u8; 32], &canonical), hash);
     }
 }

@@ -9,6 +9,8 @@ fn notice(session: &str, msg: &str) -> NewEvent {
         time_us: 1,
         session_id: session.into(),
         principal: None,
+        on_behalf_of: None,
+        actor_chain: Vec::new(),
         body: EventBody::Notice {
             level: "info".into(),
             message: msg.into(),

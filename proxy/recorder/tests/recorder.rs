@@ -39,6 +39,8 @@ fn ev(session: &str, time_us: i64, body: EventBody) -> NewEvent {
         time_us,
         session_id: session.into(),
         principal: Some("agent:etl".into()),
+        on_behalf_of: None,
+        actor_chain: Vec::new(),
         body,
     }
 }
@@ -206,6 +208,8 @@ async fn sessions_summary_newest_first() {
         time_us: 3_000,
         session_id: "s3".into(),
         principal: None,
+        on_behalf_of: None,
+        actor_chain: Vec::new(),
         body: EventBody::AuthFailure {
             protocol: "postgres".into(),
             source: "10.0.0.9:4000".into(),
