@@ -79,6 +79,9 @@ async fn results_are_recorded_as_the_client_saw_them_and_capped() {
         .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
         .count();
     assert_eq!(n, 1000);
+    // Two refusals, for the SIEM export below.
+    assert!(agent.batch_execute("DELETE FROM orders").await.is_err());
+    assert!(agent.batch_execute("DROP TABLE orders").await.is_err());
     drop((human, agent));
 
     let t = transcripts_of(&h, Some("agent:ai-agent"));
@@ -130,6 +133,71 @@ async fn results_are_recorded_as_the_client_saw_them_and_capped() {
             .iter()
             .any(|e| e["body"]["kind"] == "op_result" && e["body"]["result"]["rows"].is_array()),
         "results are in the JSON too"
+    );
+
+    // The same log for a SIEM: OCSF 1.3.0 lines (`gatehouse audit events --format ocsf`).
+    let out = h
+        .gatehouse(&["audit", "events", "--log", &log, "--format", "ocsf"])
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ocsf: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut last_seq = 0u64;
+    for e in &ocsf {
+        let class = e["class_uid"].as_u64().unwrap();
+        let activity = e["activity_id"].as_u64().unwrap();
+        assert_eq!(e["type_uid"].as_u64().unwrap(), class * 100 + activity, "{e}");
+        assert_eq!(e["category_uid"].as_u64().unwrap(), class / 1000, "{e}");
+        assert_eq!(e["metadata"]["version"], "1.3.0");
+        assert!(
+            e["time"].as_i64().unwrap() > 1_600_000_000_000,
+            "milliseconds: {e}"
+        );
+        let seq: u64 = e["metadata"]["uid"].as_str().unwrap().parse().unwrap();
+        assert!(seq > last_seq, "in log order");
+        last_seq = seq;
+    }
+    let find = |class: u64, activity: u64, pred: &dyn Fn(&serde_json::Value) -> bool| {
+        ocsf.iter()
+            .find(|e| e["class_uid"] == class && e["activity_id"] == activity && pred(e))
+            .unwrap_or_else(|| panic!("no OCSF {class}/{activity} event as expected in {ocsf:#?}"))
+            .clone()
+    };
+    let logon = find(3002, 1, &|e| e["user"]["uid"] == "agent:ai-agent");
+    assert_eq!(logon["status_id"], 1);
+    assert_eq!(logon["service"]["name"], "app");
+    assert_eq!(logon["unmapped"]["gatehouse"]["on_behalf_of"], "alice");
+    let query = find(6005, 4, &|e| {
+        e["query_info"]["query_string"]
+            .as_str()
+            .is_some_and(|q| q.contains("SELECT name, ssn FROM customers"))
+    });
+    assert_eq!(query["disposition_id"], 1);
+    assert_eq!(query["database"]["name"], "app");
+    assert_eq!(query["actor"]["user"]["name"], "ai-agent");
+    let delete = find(6005, 7, &|e| {
+        e["query_info"]["query_string"] == "DELETE FROM orders"
+    });
+    assert_eq!(delete["disposition_id"], 2);
+    assert_eq!(delete["status_id"], 2);
+    let drop = find(6005, 99, &|e| {
+        e["query_info"]["query_string"] == "DROP TABLE orders"
+    });
+    assert_eq!(drop["policy"]["uid"], "agents-no-ddl");
+    find(3002, 2, &|e| e["user"]["uid"] == "agent:ai-agent");
+    // The stored form, every kind, hash-chained.
+    let out = h.gatehouse(&["audit", "events", "--log", &log]).unwrap();
+    let stored: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(stored.len() > ocsf.len());
+    assert!(
+        stored
+            .iter()
+            .all(|e| e["hash"].as_str().is_some_and(|h| h.len() == 64))
     );
 }
 

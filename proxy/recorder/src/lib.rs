@@ -62,6 +62,7 @@ mod bundle;
 mod checkpoint;
 mod error;
 mod event;
+pub mod ocsf;
 mod reader;
 mod report;
 pub mod search;
