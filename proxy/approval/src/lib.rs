@@ -319,7 +319,11 @@ impl Approvals {
             Ok(true) => None,
             // Ids are 48 random bits; a clash is refused rather than overwriting a request.
             Ok(false) => Some("request id clash".to_string()),
-            Err(e) => Some(e.to_string()),
+            // The client learns only that the store is unavailable; the operator log has why.
+            Err(e) => {
+                tracing::warn!(request = %id, "approval request not stored: {e}");
+                Some("approval store unavailable; try again later".to_string())
+            }
         };
         if let Some(why) = failed {
             let mut ended = req.clone();

@@ -492,7 +492,8 @@ impl AdminApi {
             expires_us,
         };
         // No record, no request.
-        let event = NewEvent::now(session.clone(), Some(caller.display()), step("requested", None));
+        let event = NewEvent::now(session.clone(), Some(caller.display()), step("requested", None))
+            .acting_for(caller.on_behalf_of.clone(), caller.actor_chain.clone());
         if self.recorder.append(event).await.is_err() {
             return Reply::error(503, "the audit log is unavailable; the request was not opened");
         }
@@ -634,7 +635,14 @@ async fn await_access(
             let why = format!("no decision within {}s", wait.as_secs());
             let ended = match approvals.finish(&req.id, State::TimedOut, &why).await {
                 Some(r) => Some(r),
-                None => rx.borrow().clone(),
+                // Decided through another gateway just before; the store has it.
+                None => {
+                    let seen = rx.borrow().clone();
+                    match seen {
+                        Some(r) => Some(r),
+                        None => approvals.get(&req.id).await.ok().flatten(),
+                    }
+                }
             };
             match ended {
                 Some(r) => r,
@@ -655,6 +663,7 @@ async fn await_access(
                 expires_us,
             },
         )
+        .acting_for(req.on_behalf_of.clone(), Vec::new())
     };
     if ended.state != State::Approved {
         let _ = recorder.append(event(ended.state.as_str(), None)).await;
@@ -749,6 +758,7 @@ pub fn expiry_event(grant: &Grant, note: &str) -> NewEvent {
             expires_us: Some(grant.expires_us),
         },
     )
+    .acting_for(grant.on_behalf_of.clone(), Vec::new())
 }
 
 async fn vote_error(api: &AdminApi, caller: &Principal, id: &str, e: VoteError) -> Reply {

@@ -531,9 +531,13 @@ impl Session {
                     },
                 )
                 .await;
+            let rx_open = rx.borrow().is_none();
             let deadline = tokio::time::Instant::now() + h.timeout;
             self.waiting_map().insert(n, Waiting { ended: rx, deadline });
-            self.notify(Step::Requested, &req);
+            // A request the store refused exists for nobody to approve: no announcement.
+            if rx_open {
+                self.notify(Step::Requested, &req);
+            }
         }
         Ok(Checked { op: n, verdict, hold })
     }
@@ -565,7 +569,15 @@ impl Session {
         // `None`: a vote ended it while the timer fired; the channel has it.
         match approvals.finish(&hold.id, State::TimedOut, &why).await {
             Some(r) => Some(r),
-            None => ended.borrow().clone(),
+            // Ended elsewhere (a vote through another gateway) just before: its end may not
+            // have reached this gateway yet; the store has it.
+            None => {
+                let seen = ended.borrow().clone();
+                match seen {
+                    Some(r) => Some(r),
+                    None => approvals.get(&hold.id).await.ok().flatten(),
+                }
+            }
         }
     }
 

@@ -329,14 +329,18 @@ fn audit_events(log: &std::path::Path, window: &Window, format: &str) -> Result<
             } else {
                 serde_json::to_string(ev)?
             };
-            // A closed pipe (`| head`) ends the output quietly.
-            if writeln!(out, "{line}").is_err() {
-                return Ok(ExitCode::SUCCESS);
+            // A closed pipe (`| head`) ends the output quietly; any other write error fails.
+            match writeln!(out, "{line}") {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+                Err(e) => return Err(e.into()),
             }
         }
     }
-    let _ = out.flush();
-    Ok(ExitCode::SUCCESS)
+    match out.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// A time window of the log (`--from`, `--to`).

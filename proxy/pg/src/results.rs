@@ -53,16 +53,18 @@ impl Capture {
         let binary = &self.binary;
         let as_text =
             |i: usize, v: &[u8]| !binary.get(i).copied().unwrap_or(false) && std::str::from_utf8(v).is_ok();
-        // Size first, so a value past the limit is never copied.
-        let size: usize = cells
+        // Size first, so a value past the limit is never copied. Every row and every cell
+        // costs at least a little (its separators in the record), so rows of empty strings or
+        // of no columns cannot be kept without bound.
+        let size: usize = 2 + cells
             .iter()
             .enumerate()
             .map(|(i, c)| match c {
                 None => 4,
-                Some(v) if as_text(i, v) => v.len(),
-                Some(v) => 2 + 2 * v.len(),
+                Some(v) if as_text(i, v) => v.len() + 1,
+                Some(v) => 3 + 2 * v.len(),
             })
-            .sum();
+            .sum::<usize>();
         if self.bytes.saturating_add(size) > limit {
             self.full = true;
             return;
@@ -118,11 +120,11 @@ mod tests {
             Vec::new(),
             vec![true, false, false],
         );
-        c.push(&row(&[Some(&[0, 0, 0, 7]), Some(b"Ann"), None]), 40);
-        c.push(&row(&[Some(&[0, 0, 0, 8]), Some(b"Bo"), Some(&[0xff, 0xfe])]), 40);
+        c.push(&row(&[Some(&[0, 0, 0, 7]), Some(b"Ann"), None]), 50);
+        c.push(&row(&[Some(&[0, 0, 0, 8]), Some(b"Bo"), Some(&[0xff, 0xfe])]), 50);
         assert!(!c.is_full());
-        // 10 + 3 + 4 = 17, then 10 + 2 + 6 = 18: 35 so far; the next does not fit.
-        c.push(&row(&[Some(&[0, 0, 0, 9]), Some(b"Cy"), None]), 40);
+        // 2 + 11 + 4 + 4 = 21, then 2 + 11 + 3 + 7 = 23: 44 so far; the next does not fit.
+        c.push(&row(&[Some(&[0, 0, 0, 9]), Some(b"Cy"), None]), 50);
         assert!(c.is_full());
         c.push(&row(&[Some(&[0, 0, 0, 1]), Some(b""), None]), 1_000_000);
         let r = c.into_rows();
@@ -139,6 +141,17 @@ mod tests {
             ]
         );
         assert_eq!(r.columns, ["id", "name", "blob"]);
+    }
+
+    #[test]
+    fn empty_rows_still_reach_the_limit() {
+        let mut c = Capture::new(Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..1_000_000 {
+            c.push(&row(&[]), 1024);
+            c.push(&row(&[Some(b"")]), 1024);
+        }
+        let r = c.into_rows();
+        assert!(r.truncated && r.rows.len() < 1024, "{}", r.rows.len());
     }
 
     #[test]

@@ -227,6 +227,13 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
+    /// The same event, saying whom its principal acted for and the actors that instructed it.
+    pub fn acting_for(mut self, on_behalf_of: Option<String>, actor_chain: Vec<String>) -> Self {
+        self.on_behalf_of = on_behalf_of;
+        self.actor_chain = actor_chain;
+        self
+    }
+
     /// An event stamped with the current time.
     pub fn now(session_id: impl Into<String>, principal: Option<String>, body: EventBody) -> Self {
         NewEvent {
