@@ -149,6 +149,35 @@ impl Harness {
             .output()?)
     }
 
+    /// Run `gatehouse CMD ARGS` (`approvals`, `access`) as `user` against the admin API at
+    /// `admin` (key in GATEHOUSE_KEY).
+    pub fn cli_at(&self, admin: SocketAddr, cmd: &str, user: &str, args: &[&str]) -> Result<Output> {
+        Ok(Command::new(gatehouse_bin())
+            .arg(cmd)
+            .args(args)
+            .args(["--url", &format!("http://{admin}"), "--user", user])
+            .env("GATEHOUSE_KEY", self.key(user))
+            .stdin(Stdio::null())
+            .output()?)
+    }
+
+    /// `psql -c SQL` as ai-agent over TLS through the gateway listening at `pg`, running in
+    /// the background (for statements held for approval).
+    pub fn agent_psql_bg(&self, pg: SocketAddr, sql: &str) -> Result<Child> {
+        let conn = format!(
+            "host=127.0.0.1 port={} user=ai-agent dbname=app sslmode=require",
+            pg.port()
+        );
+        Ok(Command::new(self.setup.cluster.bindir.join("psql"))
+            .args(["-X", "-v", "ON_ERROR_STOP=1", &conn, "-c", sql])
+            .env("PGPASSWORD", self.key("ai-agent"))
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?)
+    }
+
     /// libpq connection string through Gatehouse.
     pub fn dsn(&self, user: &str, target: &str) -> String {
         format!(
@@ -664,6 +693,42 @@ impl TcpSwitch {
         }
     }
 }
+
+/// Wait (at most a minute) for a background client to finish: (exit code, stdout, stderr).
+pub fn wait_child(mut c: Child) -> Result<(i32, String, String)> {
+    use std::io::Read as _;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = c.try_wait()? {
+            let (mut out, mut err) = (String::new(), String::new());
+            if let Some(mut o) = c.stdout.take() {
+                o.read_to_string(&mut out)?;
+            }
+            if let Some(mut e) = c.stderr.take() {
+                e.read_to_string(&mut err)?;
+            }
+            return Ok((status.code().unwrap_or(-1), out, err));
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = c.kill();
+            bail!("the client did not finish within a minute");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A policy admitting engineers to production only with a just-in-time grant (for
+/// [`repo_policies_with`]).
+pub const JIT_GRANT_POLICY: &str = r#"
+// Engineers reach production only with a just-in-time grant.
+@id("engineering-prod-needs-grant")
+forbid (
+  principal in Gatehouse::Group::"engineering",
+  action == Gatehouse::Action::"connect",
+  resource
+)
+when { resource.env == "prod" && !(context has grant) };
+"#;
 
 /// A finished command's stdout and stderr, for assertion messages.
 pub fn output_text(o: &Output) -> String {

@@ -4,20 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
-use gatehouse_conformance::{Harness, Options, db_message, gatehouse_bin, output_text, repo_policies_with};
+use gatehouse_conformance::{
+    Harness, JIT_GRANT_POLICY, Options, db_message, output_text, repo_policies_with,
+};
 
 fn access(h: &Harness, user: &str, args: &[&str]) -> Output {
-    Command::new(gatehouse_bin())
-        .arg("access")
-        .args(args)
-        .args(["--url", &format!("http://{}", h.admin.unwrap()), "--user", user])
-        .env("GATEHOUSE_KEY", h.key(user))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    h.cli_at(h.admin.unwrap(), "access", user, args).unwrap()
 }
 
 /// `gatehouse access request` by bob for target `app`.
@@ -40,21 +35,7 @@ fn request(h: &Harness, duration: &str, reason: &str) -> Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_opens_production_for_its_duration_and_no_longer() {
     let dir = tempfile::tempdir().unwrap();
-    let policies = repo_policies_with(
-        &dir.path().join("policies"),
-        "jit.cedar",
-        r#"
-// Engineers reach production only with a just-in-time grant.
-@id("engineering-prod-needs-grant")
-forbid (
-  principal in Gatehouse::Group::"engineering",
-  action == Gatehouse::Action::"connect",
-  resource
-)
-when { resource.env == "prod" && !(context has grant) };
-"#,
-    )
-    .unwrap();
+    let policies = repo_policies_with(&dir.path().join("policies"), "jit.cedar", JIT_GRANT_POLICY).unwrap();
     let h = Harness::start_with(Options {
         policies,
         extra_config: "\n[access]\napprovers = [\"dba\"]\nmax_duration_secs = 3600\n",

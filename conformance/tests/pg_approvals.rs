@@ -7,7 +7,7 @@
 //! acts for alice (a DBA, who therefore may not approve it); dana is the other DBA.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-use std::io::{BufRead, Read};
+use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -68,33 +68,11 @@ fn wait_for_state(h: &Harness, id: &str, state: &str) -> serde_json::Value {
 
 /// `psql -c SQL` as ai-agent over TLS, running in the background.
 fn psql_bg(h: &Harness, sql: &str) -> Child {
-    let conn = format!(
-        "host=127.0.0.1 port={} user=ai-agent dbname=app sslmode=require",
-        h.addr.port()
-    );
-    Command::new(h.setup.cluster.bindir.join("psql"))
-        .args(["-X", "-v", "ON_ERROR_STOP=1", &conn, "-c", sql])
-        .env("PGPASSWORD", h.key("ai-agent"))
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    h.agent_psql_bg(h.addr, sql).unwrap()
 }
 
-fn wait_child(mut c: Child) -> (i32, String, String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = c.try_wait().unwrap() {
-            let (mut out, mut err) = (String::new(), String::new());
-            c.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-            c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-            return (status.code().unwrap_or(-1), out, err);
-        }
-        assert!(Instant::now() < deadline, "psql did not finish");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_child(c: Child) -> (i32, String, String) {
+    gatehouse_conformance::wait_child(c).unwrap()
 }
 
 /// `SELECT count(*) FROM orders` on `c`: proof that a session still works.

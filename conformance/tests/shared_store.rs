@@ -13,16 +13,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gatehouse_conformance::{
-    GatewayAddrs, Harness, Options, TcpSwitch, db_message, gatehouse_bin, output_text, repo_policies_with,
-    spawn_gateway,
+    GatewayAddrs, Harness, JIT_GRANT_POLICY, Options, TcpSwitch, db_message, gatehouse_bin, output_text,
+    repo_policies_with, spawn_gateway,
 };
 
 /// The second gateway: same config as the harness's but its own log.
@@ -62,26 +61,12 @@ fn second_gateway(h: &Harness) -> Second {
 
 /// `gatehouse approvals ARGS` as `user` against the admin API at `admin`.
 fn approvals(h: &Harness, admin: SocketAddr, user: &str, args: &[&str]) -> Output {
-    Command::new(gatehouse_bin())
-        .arg("approvals")
-        .args(args)
-        .args(["--url", &format!("http://{admin}"), "--user", user])
-        .env("GATEHOUSE_KEY", h.key(user))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    h.cli_at(admin, "approvals", user, args).unwrap()
 }
 
 /// `gatehouse access ARGS` as `user` against the admin API at `admin`.
 fn access(h: &Harness, admin: SocketAddr, user: &str, args: &[&str]) -> Output {
-    Command::new(gatehouse_bin())
-        .arg("access")
-        .args(args)
-        .args(["--url", &format!("http://{admin}"), "--user", user])
-        .env("GATEHOUSE_KEY", h.key(user))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    h.cli_at(admin, "access", user, args).unwrap()
 }
 
 /// The one pending request `user` sees through `admin`, waiting (bounded) for it.
@@ -102,33 +87,11 @@ fn wait_for_request(h: &Harness, admin: SocketAddr, user: &str) -> serde_json::V
 
 /// `psql -c SQL` as ai-agent through the gateway at `pg`, in the background.
 fn psql_bg(h: &Harness, pg: SocketAddr, sql: &str) -> Child {
-    let conn = format!(
-        "host=127.0.0.1 port={} user=ai-agent dbname=app sslmode=require",
-        pg.port()
-    );
-    Command::new(h.setup.cluster.bindir.join("psql"))
-        .args(["-X", "-v", "ON_ERROR_STOP=1", &conn, "-c", sql])
-        .env("PGPASSWORD", h.key("ai-agent"))
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    h.agent_psql_bg(pg, sql).unwrap()
 }
 
-fn wait_child(mut c: Child) -> (i32, String, String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = c.try_wait().unwrap() {
-            let (mut out, mut err) = (String::new(), String::new());
-            c.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-            c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-            return (status.code().unwrap_or(-1), out, err);
-        }
-        assert!(Instant::now() < deadline, "psql did not finish");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_child(c: Child) -> (i32, String, String) {
+    gatehouse_conformance::wait_child(c).unwrap()
 }
 
 fn order_status(h: &Harness, id: i64) -> String {
@@ -163,21 +126,7 @@ fn transcripts(log: &Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_share_holds_votes_and_grants() {
     let dir = tempfile::tempdir().unwrap();
-    let policies = repo_policies_with(
-        &dir.path().join("policies"),
-        "jit.cedar",
-        r#"
-// Engineers reach production only with a just-in-time grant.
-@id("engineering-prod-needs-grant")
-forbid (
-  principal in Gatehouse::Group::"engineering",
-  action == Gatehouse::Action::"connect",
-  resource
-)
-when { resource.env == "prod" && !(context has grant) };
-"#,
-    )
-    .unwrap();
+    let policies = repo_policies_with(&dir.path().join("policies"), "jit.cedar", JIT_GRANT_POLICY).unwrap();
     // The store: a database and role of their own in the harness's cluster, reached through a
     // switch; the connection string (with its password) is a secret file.
     let switch: Arc<Mutex<Option<TcpSwitch>>> = Arc::default();
