@@ -163,10 +163,7 @@ const FORMAT: &str = "gatehouse-grants-v1";
 
 impl FileStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Grant>> {
-        match self.inner.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::lock(&self.inner)
     }
 
     fn persist(&self, map: &HashMap<String, Grant>) -> Result<(), StoreError> {

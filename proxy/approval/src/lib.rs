@@ -205,11 +205,7 @@ struct Waiter {
 
 impl Waiters {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiter>> {
-        // A panic while holding the lock cannot leave the map half-updated.
-        match self.map.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        lock(&self.map)
     }
 
     fn add(&self, opened: &ApprovalRequest) -> watch::Receiver<Option<ApprovalRequest>> {
@@ -249,6 +245,15 @@ impl Waiters {
 
     fn len(&self) -> usize {
         self.lock().len()
+    }
+}
+
+/// Lock `m`, also after a panic elsewhere while it was held: every critical section here
+/// leaves its data consistent before anything that can panic.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
     }
 }
 

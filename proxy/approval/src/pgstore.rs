@@ -38,7 +38,7 @@ use tokio_postgres::{AsyncMessage, Client};
 
 use crate::access::{Grant, GrantStore};
 use crate::store::{ApprovalStore, Change};
-use crate::{ApprovalRequest, State, StoreError, VoteError, Waiters};
+use crate::{ApprovalRequest, State, StoreError, VoteError, Waiters, lock};
 
 /// The notification channel for changed requests.
 const CHANNEL: &str = "gatehouse_approvals";
@@ -110,13 +110,6 @@ struct Shared {
     waiters: Mutex<Vec<Arc<Waiters>>>,
     op_timeout: Duration,
     history: i64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 fn is_loopback(host: &Host) -> bool {
@@ -254,14 +247,18 @@ fn db_error(e: &tokio_postgres::Error) -> String {
     }
 }
 
-fn request_from(row: &tokio_postgres::Row) -> Result<ApprovalRequest, StoreError> {
+/// The JSON `body` (first column) of a row, as a `what` (for the error).
+fn body_of<T: serde::de::DeserializeOwned>(row: &tokio_postgres::Row, what: &str) -> Result<T, StoreError> {
     let body: String = row.try_get(0).map_err(|e| StoreError(e.to_string()))?;
-    serde_json::from_str(&body).map_err(|e| StoreError(format!("unreadable request in the store: {e}")))
+    serde_json::from_str(&body).map_err(|e| StoreError(format!("unreadable {what} in the store: {e}")))
+}
+
+fn request_from(row: &tokio_postgres::Row) -> Result<ApprovalRequest, StoreError> {
+    body_of(row, "request")
 }
 
 fn grant_from(row: &tokio_postgres::Row) -> Result<Grant, StoreError> {
-    let body: String = row.try_get(0).map_err(|e| StoreError(e.to_string()))?;
-    serde_json::from_str(&body).map_err(|e| StoreError(format!("unreadable grant in the store: {e}")))
+    body_of(row, "grant")
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {

@@ -1222,8 +1222,9 @@ impl UpstreamSide<'_> {
                     }
                     out.clear();
                     self.mask_rows(&masker, shape, derived, &raw, &mut out).await;
-                    if self.result_limit > 0 {
-                        // What the client receives: the masked rows.
+                    if self.result_limit > 0 && !self.capture.as_ref().is_some_and(Capture::is_full) {
+                        // What the client receives: the masked rows (not re-read once the
+                        // operation's recorded rows are full).
                         let mut at = 0;
                         while let Ok(Some(f)) =
                             proto::peek_frame(out.get(at..).unwrap_or(&[]), proto::MAX_MESSAGE_LEN)
