@@ -282,3 +282,103 @@ async fn shipping_to_s3_rides_out_an_outage_and_a_kill_without_loss_or_duplicate
     assert_eq!(code(&out), 4, "{}", text(&out));
     assert!(text(&out).contains("encrypted"), "{}", text(&out));
 }
+
+#[test]
+fn local_retention_deletes_what_the_s3_sink_holds_and_both_copies_still_verify() {
+    let s3 = S3Server::start("audit").unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let (id, secret) = (secrets.path().join("id"), secrets.path().join("secret"));
+    std::fs::write(&id, "AKIDGATEHOUSETEST").unwrap();
+    std::fs::write(&secret, "gatehouse-test-secret").unwrap();
+    let extra = format!(
+        "\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[recorder.shipping]\nsink = \"s3://audit/gw1\"\n\
+         endpoint = \"http://{}\"\nallow_http = true\ninterval_secs = 1\n\
+         access_key_id = {{ file = \"{}\" }}\nsecret_access_key = {{ file = \"{}\" }}\n\
+         keep_local_secs = 0\nretention_interval_secs = 1\n",
+        s3.addr,
+        id.display(),
+        secret.display()
+    );
+    let mut h = Harness::start_with(Options {
+        extra_config: &extra,
+        ..Options::default()
+    })
+    .unwrap();
+    let out = h
+        .psql("alice", "app", &["-c", "SELECT 'before retention' AS marker"])
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let floor = |h: &Harness| {
+        let (_, body) = http_get(h.metrics.unwrap(), "/metrics").unwrap();
+        metric(&body, "gatehouse_audit_local_floor_seq").unwrap_or(-1.0)
+    };
+    // Sessions keep coming while retention deletes what the sink acknowledged.
+    let mut first_floor = 0.0;
+    for i in 0..20 {
+        let out = h
+            .psql("alice", "app", &["-c", &format!("SELECT {i} AS n")])
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        if first_floor == 0.0 {
+            first_floor = floor(&h).max(0.0);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_for(Duration::from_secs(30), "retention to move the floor", || {
+        floor(&h) > first_floor.max(1.0)
+    });
+    let (_, health) = http_get(h.metrics.unwrap(), "/healthz").unwrap();
+    assert_eq!(health, "ok\n");
+    h.stop_gateway().unwrap();
+
+    // The local log starts after its floor and verifies from there, signed to its end.
+    let local = h.audit_verify(&["--strict"]).unwrap();
+    assert_eq!(code(&local), 0, "{}", text(&local));
+    assert!(text(&local).contains("starts after event"), "{}", text(&local));
+    // The early statement is gone from the local log and its search index …
+    let out = h
+        .gatehouse(&[
+            "audit",
+            "search",
+            "--log",
+            &h.setup.log_dir.display().to_string(),
+            "--text",
+            "before retention",
+            "--json",
+        ])
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("before retention"),
+        "{}",
+        text(&out)
+    );
+    // … and a bundle cannot claim a window reaching back to it.
+    let bundle = h.dir.path().join("bundle");
+    let out = h
+        .gatehouse(&[
+            "audit",
+            "export",
+            "--log",
+            &h.setup.log_dir.display().to_string(),
+            "--from",
+            "2000-01-01T00:00:00Z",
+            "--to",
+            "2100-01-01T00:00:00Z",
+            "--out",
+            &bundle.display().to_string(),
+        ])
+        .unwrap();
+    assert_ne!(code(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("deleted from the local log"),
+        "{}",
+        text(&out)
+    );
+    // The sink holds everything from event 1, the early statement included.
+    let out = verify_shipped(&h, &["--strict", "--json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["report"]["first_seq"], 1, "{v}");
+    assert_eq!(v["report"]["events_checked"], last_local_seq(&h), "{v}");
+}

@@ -587,6 +587,19 @@ pub struct ShippingConfig {
     /// Encrypt segments before they leave the host: an AES-256-GCM key, 64 hex digits.
     #[serde(default)]
     pub encryption_key: Option<SecretRef>,
+    /// Local retention: delete events from the local log once the sink holds them (checked by
+    /// listing it) and they are older than this many seconds (e.g. 2592000 for 30 days).
+    /// Absent: the local log keeps everything. Deletion stops at a signed checkpoint, which
+    /// stays as the log's floor so what is left still verifies.
+    #[serde(default)]
+    pub keep_local_secs: Option<u64>,
+    /// How often retention runs (it also checks the sink still holds what it acknowledged).
+    #[serde(default = "default_retention_interval")]
+    pub retention_interval_secs: u64,
+}
+
+fn default_retention_interval() -> u64 {
+    300
 }
 
 fn default_region() -> String {

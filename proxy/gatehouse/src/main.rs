@@ -1055,6 +1055,12 @@ fn audit_verify(
             "  events {}..{} ({} checked), last hash {}",
             report.first_seq, report.last_seq, report.events_checked, report.last_hash
         );
+        if let Some(floor) = report.floor {
+            println!(
+                "  starts after event {floor}: local retention deleted the events up to it after \
+                 shipping (verify the shipped copy with --shipped)"
+            );
+        }
         println!(
             "  checkpoints: {} verified of {}; signed through event {}; keys: {}",
             report.checkpoints_verified,

@@ -353,6 +353,26 @@ impl GatewayMetrics {
                 .single(u64::from(
                     st.failing_since_us.load(Relaxed) != 0 || st.halted.load(Relaxed),
                 )),
+                Family::gauge(
+                    "gatehouse_audit_local_floor_seq",
+                    "Local retention deleted the audit events up to this sequence number (0: none).",
+                )
+                .single(st.floor_seq.load(Relaxed)),
+                Family::counter(
+                    "gatehouse_shipping_resent_segments_total",
+                    "Segments the sink had lost after acknowledging them, sent again since start.",
+                )
+                .single(st.resent_segments.load(Relaxed)),
+                Family::gauge(
+                    "gatehouse_shipping_sink_missing_events",
+                    "Acknowledged audit events the sink no longer holds and that could not be sent again.",
+                )
+                .single(st.sink_missing_events.load(Relaxed)),
+                Family::gauge(
+                    "gatehouse_audit_retention_failing",
+                    "1 while the last local retention pass (and sink check) failed, else 0.",
+                )
+                .single(u64::from(st.retention_error().is_some())),
             ]);
         }
         out
@@ -384,6 +404,9 @@ impl GatewayMetrics {
                     s.sink_url(),
                     s.backlog()
                 ));
+            }
+            if let Some(e) = st.retention_error() {
+                problems.push(format!("retention and sink check for {}: {e}", s.sink_url()));
             }
         }
         if problems.is_empty() {

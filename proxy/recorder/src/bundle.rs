@@ -6,6 +6,7 @@
 //! | file | content |
 //! |---|---|
 //! | `events.jsonl` | the stored events, byte for byte, one per line, in seq order: the window, extended to the first checkpoint at or after its end so the whole range is signed |
+//! | `events.ocsf.jsonl` | the same events in OCSF 1.3.0 (authentication, datastore activity, account changes; see [`crate::ocsf`]), for a SIEM; kinds without an OCSF class are left out |
 //! | `checkpoints.jsonl` | the signed checkpoints within that range |
 //! | `sessions.jsonl` | the summary of every session with an event in the window |
 //! | `transcripts/<session>.txt` | each of those sessions rendered as a transcript (the whole session) |
@@ -32,6 +33,7 @@ use crate::verify::{FindingKind, RecordedHead, VerifyReport, Walk};
 pub const BUNDLE_FORMAT: &str = "gatehouse-bundle-v1";
 
 const EVENTS: &str = "events.jsonl";
+const EVENTS_OCSF: &str = "events.ocsf.jsonl";
 const CHECKPOINTS: &str = "checkpoints.jsonl";
 const SESSIONS: &str = "sessions.jsonl";
 const TRANSCRIPTS: &str = "transcripts";
@@ -176,6 +178,24 @@ pub fn export_bundle(reader: &LogReader, o: &ExportOptions<'_>) -> Result<Bundle
             f.message
         )));
     }
+    // Events local retention deleted cannot go into a bundle: a window reaching back to them
+    // would be silently incomplete.
+    if let Some(floor) = reader.floor()? {
+        let floor_time = reader
+            .checkpoint_at_or_after(floor.seq)?
+            .map(|c| c.time_us)
+            .unwrap_or(i64::MAX);
+        if o.from_us <= floor_time {
+            return Err(RecorderError::Invalid(format!(
+                "events up to {} (recorded until {}) were deleted from the local log after \
+                 shipping to {}: export a window starting after that, or verify the shipped \
+                 copy with `gatehouse audit verify --shipped`",
+                floor.seq,
+                gatehouse_core::time::rfc3339_micros(floor_time),
+                floor.sink
+            )));
+        }
+    }
     std::fs::create_dir_all(o.out.join(TRANSCRIPTS)).map_err(|e| io_err(o.out, e))?;
 
     // Which seqs fall in the window, and which sessions they belong to.
@@ -222,6 +242,7 @@ pub fn export_bundle(reader: &LogReader, o: &ExportOptions<'_>) -> Result<Bundle
 
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut events_out = Vec::new();
+    let mut decoded = Vec::new();
     let mut events = 0u64;
     if first > 0 {
         reader.for_each_stored(first, |seq, stored| {
@@ -231,6 +252,9 @@ pub fn export_bundle(reader: &LogReader, o: &ExportOptions<'_>) -> Result<Bundle
             events_out.extend_from_slice(stored);
             events_out.push(b'\n');
             events += 1;
+            if let Ok(ev) = serde_json::from_slice::<crate::event::Event>(stored) {
+                decoded.push(ev);
+            }
             Ok(true)
         })?;
     }
@@ -252,6 +276,25 @@ pub fn export_bundle(reader: &LogReader, o: &ExportOptions<'_>) -> Result<Bundle
         transcripts.insert(id.clone(), name);
     }
     summaries.sort_by(|a, b| a.start_us.cmp(&b.start_us).then(a.first_seq.cmp(&b.first_seq)));
+    // The OCSF form names each event's session details (target, source, protocol); events of
+    // the range's sessions outside the window's list are looked up once each.
+    let mut by_id: BTreeMap<String, Option<crate::store::SessionSummary>> = summaries
+        .iter()
+        .map(|s| (s.session_id.clone(), Some(s.clone())))
+        .collect();
+    let mut ocsf_out = Vec::new();
+    for ev in &decoded {
+        if !by_id.contains_key(&ev.session_id) {
+            by_id.insert(ev.session_id.clone(), reader.session(&ev.session_id)?);
+        }
+        let s = by_id.get(&ev.session_id).and_then(Option::as_ref);
+        if let Some(v) = crate::ocsf::to_ocsf(ev, s) {
+            serde_json::to_writer(&mut ocsf_out, &v).map_err(|e| RecorderError::Encode(e.to_string()))?;
+            ocsf_out.push(b'\n');
+        }
+    }
+    drop(decoded);
+    files.insert(EVENTS_OCSF.to_string(), ocsf_out);
     files.insert(SESSIONS.to_string(), jsonl(&summaries)?);
     let created_us = gatehouse_core::time::now_micros();
     let mut cp_keys: Vec<String> = cps.iter().map(|c| c.key_id.clone()).collect();

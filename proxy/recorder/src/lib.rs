@@ -82,7 +82,7 @@ pub use event::{
 pub use reader::LogReader;
 pub use search::{SearchQuery, SearchResult};
 pub use ship::{ShipStatus, Shipper, Sink, verify_sink};
-pub use store::SessionSummary;
+pub use store::{Floor, SessionSummary};
 pub use transcript::{clean as escape_controls, render_transcript};
 pub use verify::{Finding, FindingKind, Outcome, TailPolicy, VerifyReport};
 pub use writer::{GATEWAY_SESSION, Recorder, RecorderStats};

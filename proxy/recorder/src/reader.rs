@@ -77,6 +77,10 @@ impl LogReader {
                 seqs.push(seq);
             }
         }
+        // Retention deletes events before their index entries are all gone only if it was
+        // interrupted; those below the floor are skipped, not reported.
+        let floor = store::floor(&self.db)?.map(|f| f.seq).unwrap_or(0);
+        seqs.retain(|s| *s > floor);
         let cf_events = store::cf(&self.db, CF_EVENTS)?;
         let keys: Vec<[u8; 8]> = seqs.iter().map(|s| seq_key(*s)).collect();
         let mut out = Vec::with_capacity(seqs.len());
@@ -140,6 +144,11 @@ impl LogReader {
         Ok(store::last_event(&self.db)?.map(|h| h.seq).unwrap_or(0))
     }
 
+    /// Where the log starts, if local retention deleted older events.
+    pub fn floor(&self) -> Result<Option<store::Floor>, RecorderError> {
+        store::floor(&self.db)
+    }
+
     /// Every signed checkpoint of the log, in seq order.
     pub fn checkpoints(&self) -> Result<Vec<Checkpoint>, RecorderError> {
         store::checkpoints(&self.db)
@@ -172,7 +181,21 @@ impl LogReader {
                 Err(u) => bad.push(u),
             }
         }
-        let mut walk = Walk::new(keys, good, 1);
+        let mut walk = Walk::new(keys, Vec::new(), 1);
+        let floor = match store::floor(&self.db) {
+            Ok(f) => f,
+            Err(RecorderError::Corrupt(why)) => {
+                walk.bad_container(1, format!("the log's floor record is unreadable ({why})"));
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(f) = &floor {
+            walk.start_at_floor(f.seq, &f.hash, good.iter().find(|c| c.seq == f.seq));
+        }
+        for cp in good {
+            walk.add_checkpoint(cp);
+        }
         for u in bad {
             walk.unreadable_checkpoint(u.seq, u.at);
         }

@@ -222,7 +222,7 @@ fn controls(t: &Tally, sessions: usize, signing: &str) -> Vec<Control> {
                  (plugin faults, upstream errors, recording outages); the record is {signing}.",
                 t.auth_failures, t.notices
             ),
-            artifacts: &["events.jsonl", "checkpoints.jsonl"],
+            artifacts: &["events.jsonl", "events.ocsf.jsonl", "checkpoints.jsonl"],
         },
         Control {
             id: "A.5.15",
@@ -298,7 +298,7 @@ fn controls(t: &Tally, sessions: usize, signing: &str) -> Vec<Control> {
                  with time, identity and source.",
                 t.plugin_denials, t.auth_failures, t.notices
             ),
-            artifacts: &["events.jsonl", "sessions.jsonl"],
+            artifacts: &["events.jsonl", "events.ocsf.jsonl", "sessions.jsonl"],
         },
     ]
 }

@@ -223,8 +223,23 @@ impl Sink {
     /// Every segment in the sink as (first, last, name), in log order; objects that are not
     /// segments are returned separately.
     pub async fn list(&self) -> Result<(Vec<(u64, u64, String)>, Vec<String>), RecorderError> {
+        self.list_from(0).await
+    }
+
+    /// [`Sink::list`] of the segments that start at `first` or later (and objects named after
+    /// them); cheaper on a large sink.
+    pub async fn list_from(
+        &self,
+        first: u64,
+    ) -> Result<(Vec<(u64, u64, String)>, Vec<String>), RecorderError> {
         let dir = self.path(SEGMENTS);
-        let mut stream = self.store.list(Some(&dir));
+        let mut stream = if first <= 1 {
+            self.store.list(Some(&dir))
+        } else {
+            // Every segment starting at `first` or later sorts after this name.
+            let offset = self.path(&format!("{SEGMENTS}/{first:020}"));
+            self.store.list_with_offset(Some(&dir), &offset)
+        };
         let mut segs = Vec::new();
         let mut other = Vec::new();
         while let Some(item) = stream.next().await {
@@ -456,7 +471,15 @@ pub struct ShipStatus {
     pub lagging: AtomicBool,
     /// The local log does not verify: shipping stopped.
     pub halted: AtomicBool,
+    /// The local log's floor: events up to it were deleted by retention (0: none).
+    pub floor_seq: AtomicU64,
+    /// Segments the sink had lost after acknowledging them, sent again since start.
+    pub resent_segments: AtomicU64,
+    /// Events the sink lacks after acknowledging them that could not be sent again (found by
+    /// the last retention pass; 0 when the sink holds everything it acknowledged).
+    pub sink_missing_events: AtomicU64,
     last_error: Mutex<Option<String>>,
+    retention_error: Mutex<Option<String>>,
 }
 
 impl ShipStatus {
@@ -474,6 +497,22 @@ impl ShipStatus {
             Err(p) => *p.into_inner() = e,
         }
     }
+
+    /// Why the last retention pass failed (cleared by a successful one).
+    pub fn retention_error(&self) -> Option<String> {
+        match self.retention_error.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Set the retention error; returns the previous one.
+    fn set_retention_error(&self, e: Option<String>) -> Option<String> {
+        match self.retention_error.lock() {
+            Ok(mut g) => std::mem::replace(&mut *g, e),
+            Err(p) => std::mem::replace(&mut *p.into_inner(), e),
+        }
+    }
 }
 
 /// Copies sealed segments to the sink; see the module documentation.
@@ -484,6 +523,20 @@ pub struct Shipper {
     status: Arc<ShipStatus>,
     interval: Duration,
     alert: u64,
+    /// Local retention (`keep_local_secs`), and how often its pass runs.
+    keep_local: Option<Duration>,
+    retention_every: Duration,
+}
+
+/// What one retention pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RetentionPass {
+    /// Segments the sink had lost after acknowledging them, sent again.
+    pub resent: u64,
+    /// Events deleted from the local log.
+    pub deleted: u64,
+    /// The local log's floor after the pass (0: none).
+    pub floor: u64,
 }
 
 impl Shipper {
@@ -501,6 +554,11 @@ impl Shipper {
         let status = Arc::new(ShipStatus::default());
         let cursor = load_cursor(&cfg.dir)?;
         status.acked_seq.store(cursor.seq, Ordering::Relaxed);
+        if let Ok(reader) = LogReader::open(&cfg.dir)
+            && let Ok(Some(f)) = reader.floor()
+        {
+            status.floor_seq.store(f.seq, Ordering::Relaxed);
+        }
         Ok(Some(Shipper {
             sink: Sink::from_config(c)?,
             log_dir: cfg.dir.clone(),
@@ -508,6 +566,8 @@ impl Shipper {
             status,
             interval: Duration::from_secs(c.interval_secs.max(1)),
             alert: c.backlog_alert_events,
+            keep_local: c.keep_local_secs.map(Duration::from_secs),
+            retention_every: Duration::from_secs(c.retention_interval_secs.max(1)),
         }))
     }
 
@@ -566,6 +626,180 @@ impl Shipper {
                 .store(gatehouse_core::time::now_micros(), Ordering::Relaxed);
             shipped += 1;
         }
+    }
+
+    /// Local retention and the sink check, one pass (`[recorder.shipping] keep_local_secs`,
+    /// every `retention_interval_secs`):
+    ///
+    /// 1. the sink is listed from the local floor on: every event from there up to the cursor
+    ///    must be in a segment. A sink that lost segments it acknowledged (deleted, a bucket
+    ///    lifecycle rule, a restore from an old backup) is said so in the log and the
+    ///    operator signals, and the missing segments are sent again from the local log;
+    /// 2. with `keep_local_secs`, the events up to the newest signed checkpoint that the sink
+    ///    acknowledged and that was signed longer ago than that are deleted from the local
+    ///    log; the checkpoint stays as its floor. Nothing is deleted while the sink lacks
+    ///    anything, and the deletion is itself recorded.
+    pub async fn retention_pass(&self) -> Result<RetentionPass, String> {
+        let dir = self.log_dir.clone();
+        let (cursor, floor, cps) = tokio::task::spawn_blocking(move || -> Result<_, RecorderError> {
+            let cursor = load_cursor(&dir)?;
+            let reader = LogReader::open(&dir)?;
+            Ok((cursor, reader.floor()?, reader.checkpoints()?))
+        })
+        .await
+        .map_err(|e| format!("retention task: {e}"))?
+        .map_err(|e| e.to_string())?;
+        let floor_seq = floor.as_ref().map(|f| f.seq).unwrap_or(0);
+        let mut pass = RetentionPass {
+            floor: floor_seq,
+            ..RetentionPass::default()
+        };
+        if cursor.seq < floor_seq {
+            return Err(format!(
+                "the shipping cursor (event {}) is below the local log's floor (event {floor_seq}): \
+                 {}/shipping/cursor.json was replaced or lost",
+                cursor.seq,
+                self.log_dir.display()
+            ));
+        }
+
+        // 1. Everything acknowledged is still there.
+        let (segs, _) = self
+            .sink
+            .list_from(floor_seq + 1)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut gaps = Vec::new();
+        let mut next = floor_seq + 1;
+        for (first, last, _) in &segs {
+            if *first > cursor.seq {
+                break;
+            }
+            if *first > next {
+                gaps.push((next, first - 1));
+            }
+            next = next.max(last.saturating_add(1));
+        }
+        if next <= cursor.seq {
+            gaps.push((next, cursor.seq));
+        }
+        for &(a, b) in &gaps {
+            tracing::warn!(sink = %self.sink.url(), first = a, last = b, "the sink lost acknowledged events; sending them again");
+            self.notice(
+                "warn",
+                format!(
+                    "{} no longer holds events {a} to {b}, which it had acknowledged; they are sent again from the local log",
+                    self.sink.url()
+                ),
+            );
+            match self.resend(a, b, floor.as_ref()).await {
+                Ok(n) => {
+                    pass.resent += n;
+                    self.status.resent_segments.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.status
+                        .sink_missing_events
+                        .store(b - a + 1, Ordering::Relaxed);
+                    return Err(format!("sending events {a} to {b} again: {e}"));
+                }
+            }
+        }
+        self.status.sink_missing_events.store(0, Ordering::Relaxed);
+
+        // 2. Local retention.
+        let Some(keep) = self.keep_local else {
+            return Ok(pass);
+        };
+        let keep_us = i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
+        let cutoff = gatehouse_core::time::now_micros().saturating_sub(keep_us);
+        let Some(target) = cps
+            .iter()
+            .filter(|c| c.seq > floor_seq && c.seq <= cursor.seq && c.time_us <= cutoff)
+            .map(|c| c.seq)
+            .max()
+        else {
+            return Ok(pass);
+        };
+        let deleted = self
+            .recorder
+            .retain_through(target, self.sink.url())
+            .await
+            .map_err(|e| format!("local retention: {e}"))?;
+        pass.deleted = deleted;
+        pass.floor = target;
+        self.status.floor_seq.store(target, Ordering::Relaxed);
+        if deleted > 0 {
+            tracing::info!(floor = target, deleted, "local retention deleted shipped events");
+            self.notice(
+                "info",
+                format!(
+                    "local retention deleted events {} to {target} (older than {} s, held by {}); \
+                     the local log now starts after the signed checkpoint at event {target}",
+                    floor_seq + 1,
+                    keep.as_secs(),
+                    self.sink.url()
+                ),
+            );
+        }
+        Ok(pass)
+    }
+
+    /// Send the segments holding events `first..=last` again (they start at a segment
+    /// boundary, so the same segments are cut as the first time).
+    async fn resend(
+        &self,
+        first: u64,
+        last: u64,
+        floor: Option<&crate::store::Floor>,
+    ) -> Result<u64, String> {
+        let dir = self.log_dir.clone();
+        let prev = first - 1;
+        let floor = floor.cloned();
+        let mut cursor = tokio::task::spawn_blocking(move || -> Result<Cursor, RecorderError> {
+            if prev == 0 {
+                return Ok(Cursor::default());
+            }
+            if let Some(f) = floor.filter(|f| f.seq == prev) {
+                return Ok(Cursor {
+                    seq: prev,
+                    hash: f.hash,
+                });
+            }
+            let reader = LogReader::open(&dir)?;
+            let ev = reader
+                .events(prev, 1)?
+                .into_iter()
+                .next()
+                .filter(|e| e.seq == prev)
+                .ok_or_else(|| RecorderError::Corrupt(format!("event {prev} is not in the local log")))?;
+            Ok(Cursor {
+                seq: prev,
+                hash: ev.hash,
+            })
+        })
+        .await
+        .map_err(|e| format!("segment task: {e}"))?
+        .map_err(|e| e.to_string())?;
+        let mut sent = 0;
+        while cursor.seq < last {
+            let dir = self.log_dir.clone();
+            let c = cursor.clone();
+            let seg = tokio::task::spawn_blocking(move || -> Result<_, RecorderError> {
+                next_segment(&LogReader::open(&dir)?, &c)
+            })
+            .await
+            .map_err(|e| format!("segment task: {e}"))?
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no checkpoint covers event {} in the local log", cursor.seq + 1))?;
+            self.sink.put(seg.first, seg.last, seg.bytes).await?;
+            sent += 1;
+            cursor = Cursor {
+                seq: seg.last,
+                hash: hex::encode(seg.last_hash),
+            };
+        }
+        Ok(sent)
     }
 
     fn notice(&self, level: &str, message: String) {
@@ -636,8 +870,34 @@ impl Shipper {
     pub async fn run(&self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
         let mut backoff = self.interval;
+        let mut retention_at =
+            tokio::time::Instant::now() + self.retention_every.min(Duration::from_secs(10));
         loop {
             let ok = self.attempt().await;
+            if ok && tokio::time::Instant::now() >= retention_at {
+                retention_at = tokio::time::Instant::now() + self.retention_every;
+                match self.retention_pass().await {
+                    Ok(_) => {
+                        if self.status.set_retention_error(None).is_some() {
+                            tracing::info!(sink = %self.sink.url(), "retention pass succeeded again");
+                        }
+                    }
+                    Err(e) => {
+                        if self.status.set_retention_error(Some(e.clone())).is_none() {
+                            tracing::warn!(sink = %self.sink.url(), error = %e, "retention pass failed; nothing was deleted");
+                            self.notice(
+                                "warn",
+                                format!(
+                                    "retention pass for {} failed, nothing was deleted: {e}",
+                                    self.sink.url()
+                                ),
+                            );
+                        }
+                        // Try again soon rather than a whole interval later.
+                        retention_at = tokio::time::Instant::now() + self.interval;
+                    }
+                }
+            }
             let wait = if ok {
                 backoff = self.interval;
                 self.interval

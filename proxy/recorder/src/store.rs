@@ -30,6 +30,8 @@ pub(crate) const ALL_CFS: [&str; 6] = [
 ];
 
 pub(crate) const META_HEAD: &[u8] = b"head";
+/// Where the local log starts after retention deleted older events: JSON [`Floor`].
+pub(crate) const META_FLOOR: &[u8] = b"floor";
 pub(crate) const META_FORMAT: &[u8] = b"format";
 pub(crate) const FORMAT_VALUE: &[u8] = b"gatehouse-log-v1";
 
@@ -235,6 +237,32 @@ pub(crate) fn last_event(db: &DB) -> Result<Option<Head>, RecorderError> {
     Ok(Some(Head { seq, hash }))
 }
 
+/// Local retention deleted every event up to `seq` (after the sink acknowledged them). The
+/// signed checkpoint at `seq` stays in the log and anchors what is left: event `seq + 1` must
+/// link to `hash`, and the checkpoint's signature vouches for `hash`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Floor {
+    pub seq: u64,
+    pub hash: String,
+    /// When the deletion was made, µs since the epoch.
+    pub time_us: i64,
+    /// The sink that holds the deleted events.
+    pub sink: String,
+}
+
+/// The log's floor, if retention ever deleted anything.
+pub(crate) fn floor(db: &DB) -> Result<Option<Floor>, RecorderError> {
+    let Some(v) = db
+        .get_cf(cf(db, CF_META)?, META_FLOOR)
+        .map_err(RecorderError::read)?
+    else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&v)
+        .map(Some)
+        .map_err(|e| RecorderError::Corrupt(format!("unreadable log floor: {e}")))
+}
+
 /// Recover the chain head: the last event, which must agree with `meta` (they are written in
 /// the same batch, so a mismatch means the log was truncated or edited).
 pub(crate) fn recover_head(db: &DB) -> Result<Head, RecorderError> {
@@ -243,6 +271,14 @@ pub(crate) fn recover_head(db: &DB) -> Result<Head, RecorderError> {
     match (last, meta) {
         (None, None) => Ok(Head::GENESIS),
         (Some(h), Some(m)) if m.seq == h.seq && decode_hash(&m.hash) == Some(h.hash) => Ok(h),
+        // Retention deleted every event (nothing was recorded after the floor's checkpoint):
+        // the head is the floor.
+        (None, Some(m))
+            if floor(db)?.is_some_and(|f| f.seq == m.seq && f.hash == m.hash)
+                && let Some(hash) = decode_hash(&m.hash) =>
+        {
+            Ok(Head { seq: m.seq, hash })
+        }
         (last, meta) => Err(RecorderError::Corrupt(format!(
             "chain head in meta ({}) does not match the last event ({})",
             meta.map(|m| format!("seq {}", m.seq))

@@ -16,7 +16,12 @@
 //! - a **truncated tail**, as far as a signed checkpoint or the recorded head covered it: a
 //!   checkpoint, or the recorded head, for events that are no longer there (`truncated`);
 //! - a **forged or altered checkpoint** (`bad_signature`), and in bundles any file that differs
-//!   from the signed manifest (`file_modified`).
+//!   from the signed manifest (`file_modified`);
+//! - in a log local retention shortened (it starts after a **floor**: the signed checkpoint of
+//!   the last deleted event, kept): a removed floor record (events 1 to the floor `missing`),
+//!   a floor whose checkpoint is gone (`missing`), forged (`bad_signature`) or names another
+//!   hash (`checkpoint_mismatch`), a first event that does not link to it (`broken_link`),
+//!   and events left below it (`duplicated`).
 //!
 //! # What is not
 //!
@@ -40,6 +45,9 @@
 //! - Cutting the log back to exactly a checkpoint (events, later checkpoints and the head
 //!   marker all removed consistently) looks like a log that ended there. Only a copy that left
 //!   the host (shipped segments, an exported bundle) shows the difference.
+//! - Likewise, raising the floor to a later validly signed checkpoint (deleting the events in
+//!   between and the older checkpoints) looks like retention that went further. What retention
+//!   deletes, the sink holds: `verify --shipped` checks that copy from event 1.
 
 use std::collections::BTreeMap;
 
@@ -176,6 +184,10 @@ pub struct VerifyReport {
     pub exported_us: Option<i64>,
     /// Key ids whose signatures were checked.
     pub keys: Vec<String>,
+    /// Local retention deleted the events up to this one (after they were shipped); the log
+    /// starts after it, anchored by the signed checkpoint at it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor: Option<u64>,
     pub findings: Vec<Finding>,
     /// Findings beyond [`MAX_FINDINGS`] that were counted, not listed.
     pub findings_omitted: u64,
@@ -299,6 +311,7 @@ impl<'k> Walk<'k> {
             last_signed_time_us: 0,
             exported_us: None,
             keys: keys.ids().map(str::to_string).collect(),
+            floor: None,
             findings: Vec::new(),
             findings_omitted: 0,
             tampering_findings: 0,
@@ -351,6 +364,68 @@ impl<'k> Walk<'k> {
         self.cps.entry(cp.seq).or_default().push((cp, state));
     }
 
+    /// The log starts after `floor` (local retention deleted the events up to it): the walk
+    /// expects event `floor + 1` next, linking to `hash`, which the signed checkpoint at the
+    /// floor (`anchor`) must vouch for. Call before the first event.
+    pub(crate) fn start_at_floor(&mut self, floor: u64, hash: &str, anchor: Option<&Checkpoint>) {
+        self.report.floor = Some(floor);
+        // What the walk has "seen" so far is the floor itself: a log with no events after it
+        // ends there.
+        self.report.last_seq = floor;
+        self.report.last_hash = hash.to_string();
+        self.expected = floor.saturating_add(1);
+        self.cps.retain(|seq, _| *seq > floor);
+        self.prev = decode_hash(hash);
+        if self.prev.is_none() {
+            self.report.push_always(
+                FindingKind::Altered,
+                Some(floor),
+                format!("the log's floor at event {floor} does not hold a readable hash"),
+            );
+            self.suppress_link = true;
+        }
+        let Some(cp) = anchor else {
+            self.report.push_always(
+                FindingKind::Missing,
+                Some(1),
+                format!(
+                    "events 1 to {floor} are not in the log and no checkpoint at event {floor} \
+                     vouches for where it now starts"
+                ),
+            );
+            return;
+        };
+        if cp.hash != hash {
+            self.report.push_always(
+                FindingKind::CheckpointMismatch,
+                Some(floor),
+                format!("the checkpoint at the log's floor (event {floor}) names another chain head than the floor"),
+            );
+            return;
+        }
+        if self.keys.is_empty() {
+            return;
+        }
+        match self.keys.verify_checkpoint(cp) {
+            Ok(()) => {
+                self.report.last_signed_seq = floor;
+                self.report.last_signed_time_us = cp.time_us;
+            }
+            Err(SignatureError::UnknownKey) => {
+                let e = self.unknown_keys.entry(cp.key_id.clone()).or_insert((0, cp.seq));
+                e.0 += 1;
+            }
+            Err(SignatureError::Invalid) => self.report.push_always(
+                FindingKind::BadSignature,
+                Some(floor),
+                format!(
+                    "the checkpoint at the log's floor (event {floor}) does not carry a valid signature of key {}",
+                    cp.key_id
+                ),
+            ),
+        }
+    }
+
     /// A container of events (a shipped segment) that is not what was written: its events
     /// are not walked, so they show as missing too.
     pub(crate) fn bad_container(&mut self, seq: u64, message: String) {
@@ -378,6 +453,16 @@ impl<'k> Walk<'k> {
 
     /// The next event, stored at (or listed as) position `pos`.
     pub(crate) fn event(&mut self, pos: u64, stored: &[u8]) {
+        if let Some(floor) = self.report.floor
+            && pos <= floor
+        {
+            self.report.push(
+                FindingKind::Duplicated,
+                Some(pos),
+                format!("event {pos} is below the log's floor (event {floor}) but still present"),
+            );
+            return;
+        }
         if pos < self.expected {
             self.report.push(
                 FindingKind::Duplicated,
@@ -565,13 +650,16 @@ impl<'k> Walk<'k> {
                     .to_string(),
             );
         }
-        if self.report.events_checked == 0 {
+        if self.report.events_checked == 0 && self.report.floor.is_none() {
             self.report.push_always(
                 FindingKind::Empty,
                 None,
                 "there are no events to verify".to_string(),
             );
-        } else if !self.keys.is_empty() && self.report.last_signed_seq < last {
+        } else if self.report.events_checked > 0
+            && !self.keys.is_empty()
+            && self.report.last_signed_seq < last
+        {
             let from = self
                 .report
                 .last_signed_seq

@@ -1,6 +1,6 @@
 //! The write side: [`Recorder`] and its group-commit writer thread.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
@@ -14,10 +14,10 @@ use tokio::sync::oneshot;
 
 use crate::checkpoint::CheckpointSigner;
 use crate::error::RecorderError;
-use crate::event::{EventBody, NewEvent, seal};
+use crate::event::{Event, EventBody, NewEvent, canonical_from_stored, seal};
 use crate::store::{
-    self, CF_BY_SESSION, CF_CHECKPOINTS, CF_EVENTS, CF_META, CF_SESSIONS, Head, META_HEAD, SessionSummary,
-    StoredHead, by_session_key, seq_key,
+    self, CF_BY_SESSION, CF_CHECKPOINTS, CF_EVENTS, CF_META, CF_SESSIONS, Floor, Head, META_FLOOR, META_HEAD,
+    SessionSummary, StoredHead, by_session_key, seq_from_key, seq_key,
 };
 
 /// Open sessions whose summaries the writer keeps in memory; past this it starts over
@@ -29,6 +29,44 @@ type Waiter = oneshot::Sender<Result<u64, RecorderError>>;
 struct Pending {
     ev: NewEvent,
     done: Option<Waiter>,
+}
+
+/// What the writer thread is asked to do.
+// Events go by value, as before there were other messages: boxing them would add an
+// allocation per event on the hot path to save bytes in a queue of rare retention requests.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Event(Pending),
+    /// Local retention: delete the events up to a checkpoint (see [`Recorder::retain_through`]).
+    Retain(Box<RetainRequest>),
+}
+
+struct RetainRequest {
+    seq: u64,
+    sink: String,
+    done: oneshot::Sender<Result<u64, RecorderError>>,
+}
+
+/// Events whose index entries one retention step deletes: small enough that a step never
+/// holds up a waiting append for long.
+const RETAIN_STEP_EVENTS: u64 = 500;
+/// Under load, at most one retention step this often (when idle, steps run back to back).
+const RETAIN_STEP_EVERY: Duration = Duration::from_millis(5);
+
+/// A retention deletion in progress: index entries go first, a few hundred events at a time
+/// between group commits; then, in one atomic batch, the events themselves, the older
+/// checkpoints and the new floor. An interruption (crash, failed write) leaves the events in
+/// place; the next retention pass starts over.
+struct RetainJob {
+    floor: Floor,
+    /// The next event whose index entries to delete.
+    next: u64,
+    /// Previous floor (0: none).
+    from: u64,
+    /// Sessions met, with what their index keys need (principal, target).
+    sessions: HashMap<String, (Option<String>, String)>,
+    last_step: Instant,
+    done: oneshot::Sender<Result<u64, RecorderError>>,
 }
 
 /// Counters, readable at any time (e.g. for `/metrics`).
@@ -60,7 +98,7 @@ struct Counters {
 }
 
 struct Inner {
-    tx: RwLock<Option<Sender<Pending>>>,
+    tx: RwLock<Option<Sender<Msg>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
 }
@@ -129,6 +167,7 @@ impl Recorder {
             backlog: VecDeque::new(),
             unsynced: None,
             checkpoints,
+            retain: None,
         };
         let key_id = writer.checkpoints.as_ref().map(|c| c.signer.key_id().to_string());
         let thread = std::thread::Builder::new()
@@ -159,7 +198,7 @@ impl Recorder {
         let guard = self.inner.tx.read().map_err(|_| RecorderError::Closed)?;
         let tx = guard.as_ref().ok_or(RecorderError::Closed)?;
         c.pending.fetch_add(1, Ordering::Relaxed);
-        tx.send(p).map_err(|_| {
+        tx.send(Msg::Event(p)).map_err(|_| {
             c.pending.fetch_sub(1, Ordering::Relaxed);
             RecorderError::Closed
         })
@@ -188,6 +227,26 @@ impl Recorder {
                 tracing::error!("event dropped: the recorder is shut down (further drops are only counted)");
             }
         }
+    }
+
+    /// Local retention: delete every event up to `seq`, which must be a signed checkpoint's;
+    /// that checkpoint stays as the log's floor (see [`Floor`]) so what is left verifies.
+    /// The caller (the shipper) has made sure `sink` holds those events. Returns how many
+    /// events were deleted (0 if the floor already is at or past `seq`). Appends go on while
+    /// it runs.
+    pub async fn retain_through(&self, seq: u64, sink: &str) -> Result<u64, RecorderError> {
+        let (done, rx) = oneshot::channel();
+        {
+            let guard = self.inner.tx.read().map_err(|_| RecorderError::Closed)?;
+            let tx = guard.as_ref().ok_or(RecorderError::Closed)?;
+            tx.send(Msg::Retain(Box::new(RetainRequest {
+                seq,
+                sink: sink.to_string(),
+                done,
+            })))
+            .map_err(|_| RecorderError::Closed)?;
+        }
+        rx.await.unwrap_or(Err(RecorderError::Closed))
     }
 
     pub fn stats(&self) -> RecorderStats {
@@ -264,6 +323,8 @@ struct Writer {
     unsynced: Option<Instant>,
     /// Signed checkpoints, when configured.
     checkpoints: Option<Checkpoints>,
+    /// A retention deletion in progress.
+    retain: Option<RetainJob>,
 }
 
 struct Checkpoints {
@@ -323,17 +384,19 @@ pub const GATEWAY_SESSION: &str = "gatehouse";
 const OUTAGE_REMINDER: Duration = Duration::from_secs(30);
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Pending>) {
+    fn run(mut self, rx: Receiver<Msg>) {
         loop {
             let sync_in = self
                 .unsynced
                 .map(|since| UNSYNCED_MAX.saturating_sub(since.elapsed()));
             let checkpoint_in = self.checkpoints.as_ref().and_then(|c| c.due_in(self.head.seq));
-            let wait = match (sync_in, checkpoint_in) {
-                (None, None) => None,
-                (a, b) => a.into_iter().chain(b).min(),
+            // A retention job in progress: poll, and step whenever nothing is waiting.
+            let retain_in = self.retain.as_ref().map(|_| Duration::ZERO);
+            let wait = match (sync_in, checkpoint_in, retain_in) {
+                (None, None, None) => None,
+                (a, b, c) => a.into_iter().chain(b).chain(c).min(),
             };
-            let first = match wait {
+            let msg = match wait {
                 None => match rx.recv() {
                     Ok(p) => p,
                     Err(_) => break,
@@ -341,6 +404,9 @@ impl Writer {
                 Some(wait) => match rx.recv_timeout(wait) {
                     Ok(p) => p,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if self.retain.is_some() {
+                            self.retain_step();
+                        }
                         if self
                             .checkpoints
                             .as_ref()
@@ -359,17 +425,33 @@ impl Writer {
                 },
             };
             let mut batch = Vec::with_capacity(64);
-            batch.push(first);
+            match msg {
+                Msg::Event(p) => batch.push(p),
+                Msg::Retain(r) => self.start_retention(r.seq, r.sink, r.done),
+            }
             while batch.len() < self.max_batch {
                 match rx.try_recv() {
-                    Ok(p) => batch.push(p),
+                    Ok(Msg::Event(p)) => batch.push(p),
+                    Ok(Msg::Retain(r)) => self.start_retention(r.seq, r.sink, r.done),
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            self.counters
-                .pending
-                .fetch_sub(batch.len() as u64, Ordering::Relaxed);
-            self.commit(batch);
+            if !batch.is_empty() {
+                self.counters
+                    .pending
+                    .fetch_sub(batch.len() as u64, Ordering::Relaxed);
+                self.commit(batch);
+            }
+            if self
+                .retain
+                .as_ref()
+                .is_some_and(|j| j.last_step.elapsed() >= RETAIN_STEP_EVERY)
+            {
+                self.retain_step();
+            }
+        }
+        if let Some(job) = self.retain.take() {
+            let _ = job.done.send(Err(RecorderError::Closed));
         }
         // Sign whatever the last checkpoint does not cover yet, so a cleanly closed log is
         // signed to its end.
@@ -386,6 +468,190 @@ impl Writer {
             tracing::error!(error = %e, "cannot sync the event log at shutdown");
         }
         tracing::info!(last_seq = self.head.seq, "event log closed");
+    }
+
+    /// Check a retention request and start the job (the answer comes when it is done).
+    fn start_retention(&mut self, seq: u64, sink: String, done: oneshot::Sender<Result<u64, RecorderError>>) {
+        if self.retain.is_some() {
+            let _ = done.send(Err(RecorderError::Invalid(
+                "a retention deletion is already running".to_string(),
+            )));
+            return;
+        }
+        let res = (|| -> Result<Option<(Floor, u64)>, RecorderError> {
+            self.ensure_db()?;
+            let db = self
+                .db
+                .as_ref()
+                .ok_or_else(|| RecorderError::Write("the database is not open".to_string()))?;
+            let from = store::floor(db)?.map(|f| f.seq).unwrap_or(0);
+            if seq <= from {
+                return Ok(None);
+            }
+            if seq > self.head.seq {
+                return Err(RecorderError::Invalid(format!(
+                    "cannot delete up to event {seq}: the log ends at {}",
+                    self.head.seq
+                )));
+            }
+            let cp = store::checkpoint_at_or_after(db, seq)?
+                .filter(|c| c.seq == seq)
+                .ok_or_else(|| RecorderError::Invalid(format!("event {seq} has no checkpoint")))?;
+            let stored = db
+                .get_cf(store::cf(db, CF_EVENTS)?, seq_key(seq))
+                .map_err(RecorderError::read)?
+                .ok_or_else(|| RecorderError::Corrupt(format!("event {seq} is missing")))?;
+            let hash = canonical_from_stored(&stored)
+                .map(|(_, h)| hex::encode(h))
+                .ok_or_else(|| RecorderError::Corrupt(format!("event {seq} is malformed")))?;
+            if cp.hash != hash {
+                return Err(RecorderError::Corrupt(format!(
+                    "the checkpoint at event {seq} does not match the event: nothing is deleted"
+                )));
+            }
+            Ok(Some((
+                Floor {
+                    seq,
+                    hash,
+                    time_us: gatehouse_core::time::now_micros(),
+                    sink,
+                },
+                from,
+            )))
+        })();
+        match res {
+            Ok(None) => {
+                let _ = done.send(Ok(0));
+            }
+            Ok(Some((floor, from))) => {
+                self.retain = Some(RetainJob {
+                    floor,
+                    next: from + 1,
+                    from,
+                    sessions: HashMap::new(),
+                    last_step: Instant::now(),
+                    done,
+                });
+            }
+            Err(e) => {
+                let _ = done.send(Err(e));
+            }
+        }
+    }
+
+    /// One step of the retention job; finishes it when every index entry is gone.
+    fn retain_step(&mut self) {
+        let Some(mut job) = self.retain.take() else { return };
+        job.last_step = Instant::now();
+        match self.retain_indexes(&mut job) {
+            Ok(false) => {
+                self.retain = Some(job);
+            }
+            Ok(true) => {
+                let res = self.retain_finish(&job);
+                if let Err(e) = &res {
+                    tracing::error!(error = %e, floor = job.floor.seq, "retention could not delete old events");
+                }
+                let _ = job.done.send(res);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, floor = job.floor.seq, "retention stopped");
+                let _ = job.done.send(Err(e));
+            }
+        }
+    }
+
+    /// Delete the index entries of the next few events. `true` once all are done.
+    fn retain_indexes(&mut self, job: &mut RetainJob) -> Result<bool, RecorderError> {
+        let Some(db) = self.db.as_ref() else {
+            return Err(RecorderError::Write("the database is not open".to_string()));
+        };
+        let end = job.next.saturating_add(RETAIN_STEP_EVENTS - 1).min(job.floor.seq);
+        let (cf_events, cf_by_session, cf_sessions, cf_search) = (
+            store::cf(db, CF_EVENTS)?,
+            store::cf(db, CF_BY_SESSION)?,
+            store::cf(db, CF_SESSIONS)?,
+            store::cf(db, crate::search::CF_SEARCH)?,
+        );
+        let mut wb = WriteBatch::default();
+        let start = seq_key(job.next);
+        for item in db.iterator_cf(
+            cf_events,
+            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+        ) {
+            let (k, v) = item.map_err(RecorderError::read)?;
+            let Some(seq) = seq_from_key(&k) else { continue };
+            if seq > end {
+                break;
+            }
+            // An event that does not decode keeps its index entries (searches skip entries
+            // whose event is gone).
+            let Ok(ev) = serde_json::from_slice::<Event>(&v) else {
+                continue;
+            };
+            wb.delete_cf(cf_by_session, by_session_key(&ev.session_id, seq));
+            if !job.sessions.contains_key(&ev.session_id) {
+                let known = db
+                    .get_cf(cf_sessions, ev.session_id.as_bytes())
+                    .map_err(RecorderError::read)?
+                    .and_then(|v| serde_json::from_slice::<SessionSummary>(&v).ok())
+                    .map(|s| (s.principal, s.target))
+                    .unwrap_or_default();
+                job.sessions.insert(ev.session_id.clone(), known);
+            }
+            if let Some((principal, target)) = job.sessions.get(&ev.session_id) {
+                for k in crate::search::index_keys(&ev, principal.as_deref(), target) {
+                    wb.delete_cf(cf_search, k);
+                }
+            }
+        }
+        db.write(wb).map_err(|e| RecorderError::Write(e.to_string()))?;
+        job.next = end.saturating_add(1);
+        Ok(job.next > job.floor.seq)
+    }
+
+    /// The atomic end of a retention job: events and older checkpoints deleted, the floor
+    /// set, summaries of sessions wholly below it removed. Returns how many events went.
+    fn retain_finish(&mut self, job: &RetainJob) -> Result<u64, RecorderError> {
+        let Some(db) = self.db.as_ref() else {
+            return Err(RecorderError::Write("the database is not open".to_string()));
+        };
+        let (cf_events, cf_sessions, cf_meta, cf_checkpoints) = (
+            store::cf(db, CF_EVENTS)?,
+            store::cf(db, CF_SESSIONS)?,
+            store::cf(db, CF_META)?,
+            store::cf(db, CF_CHECKPOINTS)?,
+        );
+        let floor = job.floor.seq;
+        let mut wb = WriteBatch::default();
+        wb.delete_range_cf(cf_events, seq_key(0), seq_key(floor.saturating_add(1)));
+        wb.delete_range_cf(cf_checkpoints, seq_key(0), seq_key(floor));
+        let v = serde_json::to_vec(&job.floor).map_err(|e| RecorderError::Encode(e.to_string()))?;
+        wb.put_cf(cf_meta, META_FLOOR, v);
+        let open: HashSet<&str> = self.summaries.keys().map(String::as_str).collect();
+        for id in job.sessions.keys() {
+            if open.contains(id.as_str()) {
+                continue;
+            }
+            let last = db
+                .get_cf(cf_sessions, id.as_bytes())
+                .map_err(RecorderError::read)?
+                .and_then(|v| serde_json::from_slice::<SessionSummary>(&v).ok())
+                .map(|s| s.last_seq);
+            if last.is_some_and(|l| l <= floor) {
+                wb.delete_cf(cf_sessions, id.as_bytes());
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        db.write_opt(wb, &wo)
+            .map_err(|e| RecorderError::Write(e.to_string()))?;
+        // Give the space back now: files holding only deleted events are dropped at once (the
+        // rest goes with compaction).
+        if let Err(e) = db.delete_file_in_range_cf(cf_events, seq_key(0), seq_key(floor)) {
+            tracing::warn!(error = %e, "retention: deleted events stay on disk until compaction");
+        }
+        Ok(floor - job.from)
     }
 
     /// Fsync what was written without one.

@@ -757,6 +757,7 @@ fn tampered_copy(src: &Path, dst: &Path, f: impl FnOnce(&mut Vec<String>)) {
         "manifest.sig",
         "checkpoints.jsonl",
         "sessions.jsonl",
+        "events.ocsf.jsonl",
     ] {
         std::fs::copy(src.join(name), dst.join(name)).unwrap();
     }
@@ -785,6 +786,21 @@ async fn bundles_verify_offline_and_name_each_kind_of_tampering() {
     assert_eq!(report.outcome(TailPolicy::Strict), Outcome::Intact);
     let transcript = std::fs::read_to_string(out.join("transcripts/s1.txt")).unwrap();
     assert!(transcript.contains("DELETE FROM orders"), "{transcript}");
+    // The same events for a SIEM, in OCSF: the denied DELETE is a blocked datastore delete.
+    let ocsf: Vec<serde_json::Value> = std::fs::read_to_string(out.join("events.ocsf.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let delete = ocsf
+        .iter()
+        .find(|v| v["query_info"]["query_string"] == "DELETE FROM orders")
+        .unwrap_or_else(|| panic!("{ocsf:?}"));
+    assert_eq!(
+        (delete["class_uid"].as_u64(), delete["disposition"].as_str()),
+        (Some(6005), Some("Blocked"))
+    );
+    assert!(ocsf.iter().any(|v| v["class_uid"] == 3002), "{ocsf:?}");
 
     let check = |name: &str, f: &dyn Fn(&mut Vec<String>), kind: FindingKind, seq: Option<u64>| {
         let dst = l.dir.path().join(name);
@@ -1077,6 +1093,8 @@ fn shipping(sink: &Path, encryption_key: Option<&Path>) -> gatehouse_core::confi
         interval_secs: 1,
         backlog_alert_events: 100,
         encryption_key: encryption_key.map(|p| SecretRef::File(p.to_path_buf())),
+        keep_local_secs: None,
+        retention_interval_secs: 300,
     }
 }
 
@@ -1297,4 +1315,198 @@ async fn search_finds_events_by_every_field_from_the_indexes() {
         .unwrap()
         .shutdown();
     search_checks(&LogReader::open(dir.path()).unwrap());
+}
+
+/// The keys of one column family, as seqs where the key ends with one (search, by_session).
+fn trailing_seqs(dir: &Path, cf_name: &str) -> Vec<u64> {
+    let db = raw_db(dir);
+    let cf = db.cf_handle(cf_name).unwrap();
+    db.iterator_cf(cf, rocksdb::IteratorMode::Start)
+        .map(|i| {
+            let (k, _) = i.unwrap();
+            u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap())
+        })
+        .collect()
+}
+
+fn segment_names(sink: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(sink.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn local_retention_deletes_only_what_the_sink_holds_and_the_rest_verifies_from_its_floor() {
+    let l = signed_log().await;
+    let sink_dir = l.dir.path().join("sink");
+    let mut c = cfg(&l.log(), Durability::Sync);
+    c.checkpoints = Some(CheckpointConfig {
+        key: SecretRef::File(l.dir.path().join("signing.pem")),
+        every_events: 3,
+        every_secs: 3600,
+    });
+    let mut sh = shipping(&sink_dir, None);
+    sh.keep_local_secs = Some(0);
+    c.shipping = Some(sh);
+    let rec = Recorder::open(&c).unwrap();
+    let shipper = gatehouse_recorder::Shipper::from_config(&c, rec.clone())
+        .unwrap()
+        .unwrap();
+
+    // Nothing acknowledged by the sink: nothing deleted, however old.
+    let pass = shipper.retention_pass().await.unwrap();
+    assert_eq!((pass.deleted, pass.floor), (0, 0));
+    assert_eq!(
+        LogReader::open(&l.log()).unwrap().events(1, 100).unwrap().len(),
+        7
+    );
+
+    // Shipped: everything up to the last acknowledged checkpoint goes, the head included.
+    shipper.ship_sealed().await.unwrap();
+    let pass = shipper.retention_pass().await.unwrap();
+    assert_eq!((pass.deleted, pass.floor, pass.resent), (7, 7, 0));
+    rec.shutdown();
+    let r = LogReader::open(&l.log()).unwrap();
+    let floor = r.floor().unwrap().unwrap();
+    assert_eq!(floor.seq, 7);
+    assert!(floor.sink.starts_with("file://"), "{floor:?}");
+    // Only the retention notice is left (recorded after the floor, and signed at close).
+    let left = r.events(1, 100).unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].seq, 8);
+    assert!(
+        matches!(&left[0].body, EventBody::Notice { message, .. } if message.contains("deleted events 1 to 7")),
+        "{left:?}"
+    );
+    // Index entries went with the events: search and session listings find nothing of them.
+    assert!(trailing_seqs(&l.log(), "search").iter().all(|s| *s > 7));
+    assert!(trailing_seqs(&l.log(), "by_session").iter().all(|s| *s > 7));
+    assert!(r.session_events("s1").unwrap().is_empty());
+    let found = r
+        .search(&gatehouse_recorder::SearchQuery {
+            text: Some("orders".into()),
+            from_us: i64::MIN,
+            to_us: i64::MAX,
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(found.events.is_empty(), "{found:?}");
+    // Only the floor's checkpoint is left of the old ones.
+    assert_eq!(r.checkpoints().unwrap().first().unwrap().seq, 7);
+    let report = r.verify(&l.keys).unwrap();
+    assert_eq!(report.floor, Some(7));
+    assert_eq!(report.outcome(TailPolicy::Strict), Outcome::Intact, "{report:?}");
+    assert_eq!((report.first_seq, report.last_seq), (8, 8));
+    // A bundle cannot reach back past the floor.
+    let signer = CheckpointSigner::from_pem(&l.signer_pem).unwrap();
+    let out = l.dir.path().join("bundle");
+    let err = export_bundle(
+        &r,
+        &ExportOptions {
+            out: &out,
+            from_us: 0,
+            to_us: i64::MAX,
+            signer: Some(&signer),
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("deleted from the local log"), "{err}");
+    drop(r);
+
+    // The log reopens at its floor and goes on; more is shipped; the sink loses a segment it
+    // acknowledged: the next pass notices, sends it again, and then deletes.
+    let rec = Recorder::open(&c).unwrap();
+    for i in 0..4 {
+        rec.append(start(&format!("late{i}"), 10_000 + i)).await.unwrap();
+    }
+    let shipper = gatehouse_recorder::Shipper::from_config(&c, rec.clone())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        shipper
+            .status()
+            .floor_seq
+            .load(std::sync::atomic::Ordering::Relaxed),
+        7
+    );
+    shipper.ship_sealed().await.unwrap();
+    let names = segment_names(&sink_dir);
+    let lost = names
+        .iter()
+        .find(|n| n.starts_with("00000000000000000008-"))
+        .unwrap()
+        .clone();
+    let lost_bytes = std::fs::read(sink_dir.join("segments").join(&lost)).unwrap();
+    std::fs::remove_file(sink_dir.join("segments").join(&lost)).unwrap();
+    let pass = shipper.retention_pass().await.unwrap();
+    assert_eq!(pass.resent, 1, "{pass:?}");
+    assert!(pass.floor > 8 && pass.deleted == pass.floor - 7, "{pass:?}");
+    assert_eq!(
+        std::fs::read(sink_dir.join("segments").join(&lost)).unwrap(),
+        lost_bytes
+    );
+    rec.shutdown();
+    shipper.ship_sealed().await.unwrap();
+    let sink = gatehouse_recorder::Sink::from_config(c.shipping.as_ref().unwrap()).unwrap();
+    let shipped = gatehouse_recorder::verify_sink(&sink, &l.keys).await.unwrap();
+    assert_eq!(
+        shipped.outcome(TailPolicy::Strict),
+        Outcome::Intact,
+        "{shipped:?}"
+    );
+    let r = LogReader::open(&l.log()).unwrap();
+    let report = r.verify(&l.keys).unwrap();
+    assert_eq!(report.outcome(TailPolicy::Strict), Outcome::Intact, "{report:?}");
+    let notices: Vec<String> = r
+        .events(1, 100)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.body {
+            EventBody::Notice { message, .. } => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        notices.iter().any(|m| m.contains("no longer holds events 8 to")),
+        "{notices:?}"
+    );
+    let floor = r.floor().unwrap().unwrap().seq;
+    drop(r);
+
+    // Tampering with the floor is caught: removed (the deleted events show as missing) …
+    let floor_record = {
+        let db = raw_db(&l.log());
+        let meta = db.cf_handle("meta").unwrap();
+        let v = db.get_cf(meta, b"floor").unwrap().unwrap();
+        db.delete_cf(meta, b"floor").unwrap();
+        v
+    };
+    let report = l.verify();
+    assert_eq!(
+        report.first_tampering().unwrap().kind,
+        FindingKind::Missing,
+        "{report:?}"
+    );
+    // … or its checkpoint forged.
+    {
+        let db = raw_db(&l.log());
+        db.put_cf(db.cf_handle("meta").unwrap(), b"floor", &floor_record)
+            .unwrap();
+        let cps = db.cf_handle("checkpoints").unwrap();
+        let v = db.get_cf(cps, floor.to_be_bytes()).unwrap().unwrap();
+        let mut cp: Checkpoint = serde_json::from_slice(&v).unwrap();
+        cp.time_us += 1;
+        db.put_cf(cps, floor.to_be_bytes(), serde_json::to_vec(&cp).unwrap())
+            .unwrap();
+    }
+    let report = l.verify();
+    assert_eq!(
+        report.first_tampering().unwrap().kind,
+        FindingKind::BadSignature,
+        "{report:?}"
+    );
 }
