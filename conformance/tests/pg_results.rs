@@ -214,12 +214,30 @@ async fn classified_columns_are_redacted_in_recorded_results_by_default() {
         first(&human, "SELECT name FROM customers WHERE id = 1").await,
         "Customer 1"
     );
+    // Values computed from a classified column have no source column to go by: a statement
+    // naming one has them redacted too.
+    let derived = first(
+        &human,
+        "SELECT lower(ssn) || '#' AS derived FROM customers WHERE id = 1",
+    )
+    .await;
+    assert!(derived.contains(&ssn.to_lowercase()), "{derived}");
+    assert_eq!(
+        first(&human, "SELECT upper(name) AS shout FROM customers WHERE id = 1").await,
+        "CUSTOMER 1"
+    );
     drop(human);
     let t = transcripts(&h);
     assert!(!t.contains(&ssn), "the clear SSN is nowhere in the record:\n{t}");
+    assert!(!t.contains(&derived), "nor anything computed from it:\n{t}");
     assert!(t.contains("| ssn |\n    | ? |"), "{t}");
     assert!(t.contains("| x |\n    | ? |"), "found by its source column: {t}");
+    assert!(t.contains("| derived |\n    | ? |"), "{t}");
     assert!(t.contains("| name |\n    | Customer 1 |"), "{t}");
+    assert!(
+        t.contains("| shout |\n    | CUSTOMER 1 |"),
+        "no classified column named: {t}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

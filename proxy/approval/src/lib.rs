@@ -452,18 +452,30 @@ impl Approvals {
     /// Requests in `state` (all when `None`), newest first. Requests still pending long after
     /// their deadline were abandoned by a gateway that stopped: they end here as timed out.
     pub async fn list(&self, state: Option<State>) -> Result<Vec<ApprovalRequest>, StoreError> {
+        Ok(self.list_ending_abandoned(state).await?.0)
+    }
+
+    /// [`Approvals::list`], and the abandoned requests this call ended (for the caller to
+    /// record: no gateway waits for them, so nobody else will).
+    pub async fn list_ending_abandoned(
+        &self,
+        state: Option<State>,
+    ) -> Result<(Vec<ApprovalRequest>, Vec<ApprovalRequest>), StoreError> {
         let mut out = self.store.list(state).await?;
         let now = now_us();
+        let mut ended_here = Vec::new();
         for r in out.iter_mut() {
             if r.state == State::Pending && now > r.expires_us.saturating_add(ABANDONED_AFTER_US) {
                 let why = "no decision before its deadline, and no gateway waits for it any more";
                 if let Some(ended) = self.finish(&r.id, State::TimedOut, why).await {
+                    // `finish` returns the request only to the one call that ended it.
+                    ended_here.push(ended.clone());
                     *r = ended;
                 }
             }
         }
         out.retain(|r| state.is_none_or(|s| r.state == s));
-        Ok(out)
+        Ok((out, ended_here))
     }
 
     /// Requests someone waits for on this gateway (for metrics).

@@ -143,6 +143,12 @@ impl PgStore {
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(Duration::from_secs(10));
         }
+        // A connection whose peer vanished (a half-open TCP connection) must not linger: the
+        // kernel gives up on unacknowledged writes after this, and idle connections are
+        // probed (besides the liveness query every RESYNC).
+        cfg.keepalives(true);
+        cfg.keepalives_idle(Duration::from_secs(30));
+        cfg.tcp_user_timeout(Duration::from_secs(30));
         cfg.application_name("gatehouse-store");
         let tls = RustlsConnect(Arc::new(client_config(opts.ca_file.as_deref())?));
         let shared = Arc::new(Shared {
@@ -288,6 +294,11 @@ async fn run(
                     tokio::select! {
                         why = &mut closed => break why.unwrap_or_else(|_| "connection closed".into()),
                         _ = tokio::time::sleep(RESYNC) => {
+                            // A liveness probe: a connection that stopped answering is
+                            // replaced now, not when the kernel notices.
+                            if let Err(e) = probe(&shared).await {
+                                break e;
+                            }
                             shared.resync().await;
                             ticks = ticks.wrapping_add(1);
                             if ticks % 360 == 1 {
@@ -310,6 +321,19 @@ async fn run(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// `SELECT 1` within the store's operation timeout.
+async fn probe(shared: &Shared) -> Result<(), String> {
+    let client = shared.client().map_err(|e| e.0)?;
+    match tokio::time::timeout(shared.op_timeout, client.simple_query("SELECT 1")).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("liveness probe failed: {}", db_error(&e))),
+        Err(_) => Err(format!(
+            "no answer to a liveness probe within {} ms",
+            shared.op_timeout.as_millis()
+        )),
     }
 }
 

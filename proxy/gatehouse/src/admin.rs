@@ -335,8 +335,35 @@ impl AdminApi {
                 _ => return Reply::error(400, format!("unknown query parameter `{pair}`")),
             }
         }
-        let all = match self.approvals.list(state).await {
-            Ok(all) => all,
+        let all = match self.approvals.list_ending_abandoned(state).await {
+            Ok((all, ended)) => {
+                // Requests whose gateway stopped before a decision end here; nobody else will
+                // record how they ended.
+                for r in ended {
+                    self.recorder.append_nowait(
+                        NewEvent::now(
+                            r.session_id.clone(),
+                            Some(r.requester.clone()),
+                            EventBody::Notice {
+                                level: "warn".into(),
+                                message: format!(
+                                    // Not the operation's text: the hold's record has it,
+                                    // with literals redacted as configured.
+                                    "approval request {} (op {} on {}) timed out: {}",
+                                    r.id,
+                                    r.op,
+                                    r.target,
+                                    r.end_reason
+                                        .as_deref()
+                                        .unwrap_or("no decision before its deadline")
+                                ),
+                            },
+                        )
+                        .acting_for(r.on_behalf_of.clone(), Vec::new()),
+                    );
+                }
+                all
+            }
             Err(e) => return Reply::error(503, e),
         };
         let visible: Vec<ApprovalRequest> = all.into_iter().filter(|r| self.may_see(caller, r)).collect();
@@ -728,9 +755,11 @@ pub async fn record_expiries(grants: Grants, recorder: Recorder) {
                     } else {
                         String::new()
                     };
-                    if recorder.append(expiry_event(&g, &note)).await.is_err() {
-                        tracing::warn!(grant = %g.id, "the expiry of access grant {} is not recorded: the audit log is unavailable", g.id);
-                    }
+                    // The expiry is claimed: it is a fact to record, not a request to refuse.
+                    // Unawaited events outlive a log outage in the writer's backlog and are
+                    // written once it is writable again (an awaited append that fails would
+                    // be lost here, the claim already made).
+                    recorder.append_nowait(expiry_event(&g, &note));
                 }
             }
             Err(e) if !failing => {

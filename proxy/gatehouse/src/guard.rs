@@ -162,17 +162,29 @@ impl Literals {
         (out, mode)
     }
 
+    /// Whether the statement of `op` names a classified column (or cannot be scanned): its
+    /// results' columns not traced to a table column are then treated as classified.
+    fn touches_classified(&self, op: &Operation) -> bool {
+        match op {
+            Operation::Query(s) => gatehouse_pg::literals::names_any(&s.text, &self.columns) != Some(false),
+            Operation::Connect => false,
+        }
+    }
+
     /// Result rows as recorded: values of classified columns (by result name or source
     /// column) get the literal mode's treatment (`keep` keeps them, `hash` tokenizes them,
-    /// otherwise `?`); the others are kept as the client received them.
-    fn result(&self, mut r: gatehouse_core::RecordedRows) -> gatehouse_core::RecordedRows {
+    /// otherwise `?`); the others are kept as the client received them. When the statement
+    /// names a classified column (`touches`), so do columns whose source table column is not
+    /// known (`upper(ssn)`, `ssn || ''`): their values may be derived from it.
+    fn result(&self, mut r: gatehouse_core::RecordedRows, touches: bool) -> gatehouse_core::RecordedRows {
         if self.mode == LiteralMode::Keep {
             return r;
         }
         let classified: Vec<usize> = (0..r.columns.len().max(r.sources.len()))
             .filter(|&i| {
                 let named = |n: Option<&String>| n.is_some_and(|n| self.columns.contains(&n.to_lowercase()));
-                named(r.columns.get(i)) || named(r.sources.get(i).and_then(Option::as_ref))
+                let source = r.sources.get(i).and_then(Option::as_ref);
+                named(r.columns.get(i)) || named(source) || (touches && source.is_none())
             })
             .collect();
         // Rows of an undescribed result cannot be told apart by column: all are redacted.
@@ -268,6 +280,9 @@ fn approval_record(req: &ApprovalRequest) -> ApprovalRecord {
     }
 }
 
+/// Operations in flight whose classification [`Session`] remembers for their results.
+const CLASSIFIED_OPS_MAX: usize = 1024;
+
 struct Session {
     ctx: SessionCtx,
     principal: String,
@@ -278,6 +293,10 @@ struct Session {
     ops: AtomicU64,
     started: Instant,
     closed: AtomicBool,
+    /// Orders the session's background endings (withdrawals, then the close): with a shared
+    /// store they take round trips, and the close must neither end a request a withdrawal is
+    /// ending (a second record) nor record the session's end before it.
+    endings: Arc<tokio::sync::Mutex<()>>,
     /// The target's plugin chain for this session, if it has one.
     plugins: Option<Arc<SessionPlugins>>,
     /// Column rules and content maskers for result rows, if any apply.
@@ -289,6 +308,10 @@ struct Session {
     /// Receivers of this session's open requests, by operation number.
     waiting: std::sync::Mutex<std::collections::HashMap<u64, Waiting>>,
     result_limit: usize,
+    /// Operations whose results are being recorded, and whether their statement names a
+    /// classified column (see [`Literals::result`]); bounded, an operation missing from it
+    /// counts as naming one.
+    classified_ops: std::sync::Mutex<std::collections::VecDeque<(u64, bool)>>,
 }
 
 impl Session {
@@ -439,6 +462,14 @@ impl Session {
     async fn decide(&self, op: &Operation, params: Vec<String>) -> Result<Checked, GuardError> {
         self.check_credential().await?;
         let n = self.ops.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.result_limit > 0 && self.literals.mode != LiteralMode::Keep {
+            let touches = self.literals.touches_classified(op);
+            let mut q = self.classified_ops.lock().unwrap_or_else(|p| p.into_inner());
+            if q.len() >= CLASSIFIED_OPS_MAX {
+                q.pop_front();
+            }
+            q.push_back((n, touches));
+        }
         let mut ev = self.evaluate(op, None).await;
         let mut hold = None;
         let mut required = Vec::new();
@@ -597,6 +628,7 @@ impl Session {
             actor_chain: self.ctx.principal.actor_chain.clone(),
             policy: self.policy.clone(),
             notifier: self.notifier.clone(),
+            endings: self.endings.clone(),
         }
     }
 }
@@ -611,6 +643,7 @@ struct Ender {
     actor_chain: Vec<String>,
     policy: Arc<PolicyEngine>,
     notifier: Option<Arc<Notifier>>,
+    endings: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Ender {
@@ -715,6 +748,7 @@ impl Guard for GatehouseGuard {
             ops: AtomicU64::new(0),
             started: Instant::now(),
             closed: AtomicBool::new(false),
+            endings: Arc::new(tokio::sync::Mutex::new(())),
             plugins,
             masker,
             approvals: self.approvals.clone(),
@@ -723,6 +757,7 @@ impl Guard for GatehouseGuard {
             literals: self.literals.clone(),
             waiting: std::sync::Mutex::new(std::collections::HashMap::new()),
             result_limit: self.result_limit,
+            classified_ops: std::sync::Mutex::new(std::collections::VecDeque::new()),
         });
         let start = EventBody::SessionStart {
             protocol: session.ctx.target.kind.clone(),
@@ -882,6 +917,8 @@ impl SessionGuard for Session {
         let ender = self.ender();
         let id = hold.id.clone();
         run_soon(async move {
+            // (tokio's mutex is fair: endings run in the order they were asked for.)
+            let _order = ender.endings.clone().lock_owned().await;
             let ended_here = approvals.finish(&id, State::Withdrawn, why.as_str()).await;
             if let Some(req) = &ended_here {
                 ender.notify(Step::Ended, req);
@@ -899,6 +936,13 @@ impl SessionGuard for Session {
     }
 
     fn outcome(&self, op: u64, o: OpOutcome) {
+        let touches = {
+            let mut q = self.classified_ops.lock().unwrap_or_else(|p| p.into_inner());
+            match q.iter().position(|(n, _)| *n == op) {
+                Some(i) => q.remove(i).is_none_or(|(_, t)| t),
+                None => true,
+            }
+        };
         let body = EventBody::OpResult {
             op,
             tag: o.tag,
@@ -906,7 +950,7 @@ impl SessionGuard for Session {
             duration_us: o.duration_us,
             error: o.error.map(|(code, message)| OpError { code, message }),
             skipped: o.skipped,
-            result: o.result.map(|r| self.literals.result(r)),
+            result: o.result.map(|r| self.literals.result(r, touches)),
         };
         self.recorder.append_nowait(self.event(body));
     }
@@ -948,6 +992,8 @@ impl SessionGuard for Session {
         };
         let ender = self.ender();
         run_soon(async move {
+            // After every withdrawal asked for before (they record their own endings).
+            let _order = ender.endings.clone().lock_owned().await;
             // Requests the protocol crate never withdrew (its task was aborted) end with the
             // session, recorded before its end.
             for req in approvals.finish_session(&ender.session_id, "session ended").await {
