@@ -112,6 +112,12 @@ struct Shared {
     history: i64,
 }
 
+/// Whether a connection string (`key=value …` or a URL's query) sets `key`.
+fn dsn_mentions(dsn: &str, key: &str) -> bool {
+    dsn.split(|c: char| c.is_whitespace() || c == '&' || c == '?')
+        .any(|part| part.split_once('=').is_some_and(|(k, _)| k == key))
+}
+
 fn is_loopback(host: &Host) -> bool {
     match host {
         Host::Tcp(h) => h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
@@ -146,9 +152,17 @@ impl PgStore {
         // A connection whose peer vanished (a half-open TCP connection) must not linger: the
         // kernel gives up on unacknowledged writes after this, and idle connections are
         // probed (besides the liveness query every RESYNC).
-        cfg.keepalives(true);
-        cfg.keepalives_idle(Duration::from_secs(30));
-        cfg.tcp_user_timeout(Duration::from_secs(30));
+        // (What the connection string sets wins.)
+        let given = |k: &str| dsn_mentions(&opts.dsn, k);
+        if !given("keepalives") {
+            cfg.keepalives(true);
+        }
+        if !given("keepalives_idle") {
+            cfg.keepalives_idle(Duration::from_secs(30));
+        }
+        if cfg.get_tcp_user_timeout().is_none() {
+            cfg.tcp_user_timeout(Duration::from_secs(30));
+        }
         cfg.application_name("gatehouse-store");
         let tls = RustlsConnect(Arc::new(client_config(opts.ca_file.as_deref())?));
         let shared = Arc::new(Shared {

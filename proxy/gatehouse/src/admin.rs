@@ -340,18 +340,22 @@ impl AdminApi {
                 // Requests whose gateway stopped before a decision end here; nobody else will
                 // record how they ended.
                 for r in ended {
+                    // In the gateway's own session: the request's session may be another
+                    // gateway's, and a record here must not open a stub session that never
+                    // ends.
                     self.recorder.append_nowait(
                         NewEvent::now(
-                            r.session_id.clone(),
+                            gatehouse_recorder::GATEWAY_SESSION,
                             Some(r.requester.clone()),
                             EventBody::Notice {
                                 level: "warn".into(),
                                 message: format!(
                                     // Not the operation's text: the hold's record has it,
                                     // with literals redacted as configured.
-                                    "approval request {} (op {} on {}) timed out: {}",
+                                    "approval request {} (op {} of session {} on {}) timed out: {}",
                                     r.id,
                                     r.op,
+                                    r.session_id,
                                     r.target,
                                     r.end_reason
                                         .as_deref()

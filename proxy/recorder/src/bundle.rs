@@ -180,19 +180,18 @@ pub fn export_bundle(reader: &LogReader, o: &ExportOptions<'_>) -> Result<Bundle
     }
     // Events local retention deleted cannot go into a bundle: a window reaching back to them
     // would be silently incomplete.
-    if let Some(floor) = reader.floor()? {
+    let floor_seq = reader.effective_floor()?;
+    if floor_seq > 0 {
         let floor_time = reader
-            .checkpoint_at_or_after(floor.seq)?
+            .checkpoint_at_or_after(floor_seq)?
             .map(|c| c.time_us)
             .unwrap_or(i64::MAX);
         if o.from_us <= floor_time {
             return Err(RecorderError::Invalid(format!(
-                "events up to {} (recorded until {}) were deleted from the local log after \
-                 shipping to {}: export a window starting after that, or verify the shipped \
+                "events up to {floor_seq} (recorded until {}) were deleted from the local log \
+                 after shipping: export a window starting after that, or verify the shipped \
                  copy with `gatehouse audit verify --shipped`",
-                floor.seq,
                 gatehouse_core::time::rfc3339_micros(floor_time),
-                floor.sink
             )));
         }
     }
@@ -267,10 +266,22 @@ pub fn export_bundle(reader: &LogReader, o: &ExportOptions<'_>) -> Result<Bundle
     let mut summaries = Vec::new();
     let mut transcripts = BTreeMap::new();
     for id in &sessions {
-        if let Some(s) = reader.session(id)? {
+        let summary = reader.session(id)?;
+        // A session that began before the floor: its first events are only in the sink.
+        let cut = floor_seq > 0 && summary.as_ref().is_none_or(|s| s.first_seq <= floor_seq);
+        if let Some(s) = summary {
             summaries.push(s);
         }
-        let transcript = crate::render_transcript(&reader.session_events(id)?);
+        let mut transcript = crate::render_transcript(&reader.session_events(id)?);
+        if cut {
+            transcript.insert_str(
+                0,
+                &format!(
+                    "[this session's events up to event {floor_seq} were deleted from the local log \
+                     after shipping; the shipped copy holds them]\n"
+                ),
+            );
+        }
         let name = format!("{TRANSCRIPTS}/{}", transcript_name(id));
         files.insert(name.clone(), transcript.into_bytes());
         transcripts.insert(id.clone(), name);

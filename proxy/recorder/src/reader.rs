@@ -77,9 +77,9 @@ impl LogReader {
                 seqs.push(seq);
             }
         }
-        // Retention deletes events before their index entries are all gone only if it was
-        // interrupted; those below the floor are skipped, not reported.
-        let floor = store::floor(&self.db)?.map(|f| f.seq).unwrap_or(0);
+        // Events at or below the floor (or a retention deletion in progress) are gone or
+        // going: skipped, not reported.
+        let floor = store::effective_floor(&self.db)?;
         seqs.retain(|s| *s > floor);
         let cf_events = store::cf(&self.db, CF_EVENTS)?;
         let keys: Vec<[u8; 8]> = seqs.iter().map(|s| seq_key(*s)).collect();
@@ -149,6 +149,12 @@ impl LogReader {
         store::floor(&self.db)
     }
 
+    /// Events up to this seq are deleted, or being deleted by a retention job in progress
+    /// (0: none). Listings and searches leave them out.
+    pub fn effective_floor(&self) -> Result<u64, RecorderError> {
+        store::effective_floor(&self.db)
+    }
+
     /// Every signed checkpoint of the log, in seq order.
     pub fn checkpoints(&self) -> Result<Vec<Checkpoint>, RecorderError> {
         store::checkpoints(&self.db)
@@ -191,7 +197,7 @@ impl LogReader {
             Err(e) => return Err(e),
         };
         if let Some(f) = &floor {
-            walk.start_at_floor(f.seq, &f.hash, good.iter().find(|c| c.seq == f.seq));
+            walk.start_at_floor(f, good.iter().find(|c| c.seq == f.seq));
         }
         for cp in good {
             walk.add_checkpoint(cp);

@@ -231,13 +231,17 @@ pub(crate) fn search(db: &DB, q: &SearchQuery) -> Result<SearchResult, RecorderE
     let high = key(field, &value, q.to_us, u64::MAX);
     let needle = text.map(str::to_lowercase);
     let cf_events = store::cf(db, CF_EVENTS)?;
+    // Events retention deleted, or is deleting (their index entries may be half gone).
+    let floor = store::effective_floor(db)?;
     for item in db.iterator_cf(cf, IteratorMode::From(&high, Direction::Reverse)) {
         let (k, _) = item.map_err(RecorderError::read)?;
         if k.as_ref() < low.as_slice() {
             break;
         }
         result.scanned += 1;
-        let Some((time, seq)) = suffix(&k) else { continue };
+        let Some((time, seq)) = suffix(&k).filter(|(_, seq)| *seq > floor) else {
+            continue;
+        };
         let mut all = true;
         for (f, v) in rest {
             if db

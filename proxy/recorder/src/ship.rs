@@ -638,7 +638,8 @@ impl Shipper {
     /// 2. with `keep_local_secs`, the events up to the newest signed checkpoint that the sink
     ///    acknowledged and that was signed longer ago than that are deleted from the local
     ///    log; the checkpoint stays as its floor. Nothing is deleted while the sink lacks
-    ///    anything, and the deletion is itself recorded.
+    ///    anything, nor unless the segment ending at the new floor, read back, carries this
+    ///    log's checkpoint and last event; the deletion is itself recorded.
     pub async fn retention_pass(&self) -> Result<RetentionPass, String> {
         let dir = self.log_dir.clone();
         let (cursor, floor, cps) = tokio::task::spawn_blocking(move || -> Result<_, RecorderError> {
@@ -664,7 +665,7 @@ impl Shipper {
         }
 
         // 1. Everything acknowledged is still there.
-        let (segs, _) = self
+        let (mut segs, _) = self
             .sink
             .list_from(floor_seq + 1)
             .await
@@ -713,14 +714,54 @@ impl Shipper {
         };
         let keep_us = i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
         let cutoff = gatehouse_core::time::now_micros().saturating_sub(keep_us);
-        let Some(target) = cps
+        let Some(target_cp) = cps
             .iter()
             .filter(|c| c.seq > floor_seq && c.seq <= cursor.seq && c.time_us <= cutoff)
-            .map(|c| c.seq)
-            .max()
+            .max_by_key(|c| c.seq)
         else {
             return Ok(pass);
         };
+        let target = target_cp.seq;
+        if pass.resent > 0 {
+            segs = self
+                .sink
+                .list_from(floor_seq + 1)
+                .await
+                .map_err(|e| e.to_string())?
+                .0;
+        }
+        // Names are not enough: the segment ending at the new floor must be this log's, ending
+        // at this very checkpoint and event (not an overwritten object, another gateway's on
+        // the same prefix, or one under another key).
+        let Some((_, _, name)) = segs.iter().find(|(_, last, _)| *last == target) else {
+            return Err(format!(
+                "the sink lists no segment ending at event {target}: nothing is deleted"
+            ));
+        };
+        let plain = match self.sink.get(name).await {
+            Ok(p) => p,
+            Err(SegmentError::Unreachable(e) | SegmentError::Bad(e)) => {
+                return Err(format!("reading {name} back: {e}; nothing is deleted"));
+            }
+        };
+        let mut lines = plain.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+        let header = lines
+            .next()
+            .and_then(|h| serde_json::from_slice::<SegmentHeader>(h).ok());
+        let last_hash = lines
+            .next_back()
+            .and_then(canonical_from_stored)
+            .map(|(_, h)| hex::encode(h));
+        let matches = header.as_ref().is_some_and(|h| {
+            h.format == SEGMENT_FORMAT && h.last_seq == target && h.checkpoint.as_ref() == Some(target_cp)
+        }) && last_hash.as_deref() == Some(target_cp.hash.as_str());
+        if !matches {
+            return Err(format!(
+                "{name} in {} is not the segment this log shipped (another header, checkpoint or \
+                 last event): nothing is deleted; check who else writes to this sink",
+                self.sink.url()
+            ));
+        }
         let deleted = self
             .recorder
             .retain_through(target, self.sink.url())

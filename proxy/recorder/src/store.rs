@@ -32,6 +32,9 @@ pub(crate) const ALL_CFS: [&str; 6] = [
 pub(crate) const META_HEAD: &[u8] = b"head";
 /// Where the local log starts after retention deleted older events: JSON [`Floor`].
 pub(crate) const META_FLOOR: &[u8] = b"floor";
+/// A retention deletion in progress: JSON [`Floor`] of its target (unsigned), removed when
+/// the floor reaches it.
+pub(crate) const META_RETAINING: &[u8] = b"retaining";
 pub(crate) const META_FORMAT: &[u8] = b"format";
 pub(crate) const FORMAT_VALUE: &[u8] = b"gatehouse-log-v1";
 
@@ -239,7 +242,9 @@ pub(crate) fn last_event(db: &DB) -> Result<Option<Head>, RecorderError> {
 
 /// Local retention deleted every event up to `seq` (after the sink acknowledged them). The
 /// signed checkpoint at `seq` stays in the log and anchors what is left: event `seq + 1` must
-/// link to `hash`, and the checkpoint's signature vouches for `hash`.
+/// link to `hash`, and the checkpoint's signature vouches for `hash`. The record itself is
+/// signed with the checkpoint key, so a floor cannot be added by someone who can only write
+/// the database.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Floor {
     pub seq: u64,
@@ -248,19 +253,54 @@ pub struct Floor {
     pub time_us: i64,
     /// The sink that holds the deleted events.
     pub sink: String,
+    pub key_id: String,
+    /// Ed25519 over [`Floor::message`], hex.
+    pub signature: String,
 }
 
-/// The log's floor, if retention ever deleted anything.
-pub(crate) fn floor(db: &DB) -> Result<Option<Floor>, RecorderError> {
-    let Some(v) = db
-        .get_cf(cf(db, CF_META)?, META_FLOOR)
-        .map_err(RecorderError::read)?
-    else {
+/// Name of the floor format (first line of its signed message).
+pub const FLOOR_FORMAT: &str = "gatehouse-floor-v1";
+
+impl Floor {
+    /// The exact bytes the signature covers.
+    pub fn message(&self) -> Vec<u8> {
+        format!(
+            "{FLOOR_FORMAT}\nseq:{}\nhash:{}\ntime_us:{}\nsink:{}\nkey_id:{}\n",
+            self.seq, self.hash, self.time_us, self.sink, self.key_id
+        )
+        .into_bytes()
+    }
+}
+
+fn meta_json<T: serde::de::DeserializeOwned>(
+    db: &DB,
+    key: &[u8],
+    what: &str,
+) -> Result<Option<T>, RecorderError> {
+    let Some(v) = db.get_cf(cf(db, CF_META)?, key).map_err(RecorderError::read)? else {
         return Ok(None);
     };
     serde_json::from_slice(&v)
         .map(Some)
-        .map_err(|e| RecorderError::Corrupt(format!("unreadable log floor: {e}")))
+        .map_err(|e| RecorderError::Corrupt(format!("unreadable {what}: {e}")))
+}
+
+/// The log's floor, if retention ever deleted anything.
+pub(crate) fn floor(db: &DB) -> Result<Option<Floor>, RecorderError> {
+    meta_json(db, META_FLOOR, "log floor")
+}
+
+/// The target of a retention deletion in progress (its events may have lost their index
+/// entries already), if any.
+pub(crate) fn retaining(db: &DB) -> Result<Option<Floor>, RecorderError> {
+    meta_json(db, META_RETAINING, "retention marker")
+}
+
+/// Events up to this seq are deleted or being deleted: readers leave them out (0: none).
+pub(crate) fn effective_floor(db: &DB) -> Result<u64, RecorderError> {
+    let f = floor(db)?.map(|f| f.seq).unwrap_or(0);
+    let r = retaining(db)?.map(|f| f.seq).unwrap_or(0);
+    Ok(f.max(r))
 }
 
 /// Recover the chain head: the last event, which must agree with `meta` (they are written in

@@ -18,7 +18,9 @@
 //! - a **forged or altered checkpoint** (`bad_signature`), and in bundles any file that differs
 //!   from the signed manifest (`file_modified`);
 //! - in a log local retention shortened (it starts after a **floor**: the signed checkpoint of
-//!   the last deleted event, kept): a removed floor record (events 1 to the floor `missing`),
+//!   the last deleted event, kept, and a floor record signed with the checkpoint key): a
+//!   removed floor record (events 1 to the floor `missing`), one not validly signed
+//!   (`bad_signature`),
 //!   a floor whose checkpoint is gone (`missing`), forged (`bad_signature`) or names another
 //!   hash (`checkpoint_mismatch`), a first event that does not link to it (`broken_link`),
 //!   and events left below it (`duplicated`).
@@ -367,7 +369,33 @@ impl<'k> Walk<'k> {
     /// The log starts after `floor` (local retention deleted the events up to it): the walk
     /// expects event `floor + 1` next, linking to `hash`, which the signed checkpoint at the
     /// floor (`anchor`) must vouch for. Call before the first event.
-    pub(crate) fn start_at_floor(&mut self, floor: u64, hash: &str, anchor: Option<&Checkpoint>) {
+    pub(crate) fn start_at_floor(&mut self, record: &crate::store::Floor, anchor: Option<&Checkpoint>) {
+        let (floor, hash) = (record.seq, record.hash.as_str());
+        // The floor record is signed: without the key, nobody can make a log start later.
+        if !self.keys.is_empty() {
+            match self
+                .keys
+                .verify(&record.key_id, &record.message(), &record.signature)
+            {
+                Ok(()) => {}
+                Err(SignatureError::UnknownKey) => {
+                    let e = self
+                        .unknown_keys
+                        .entry(record.key_id.clone())
+                        .or_insert((0, floor));
+                    e.0 += 1;
+                }
+                Err(SignatureError::Invalid) => self.report.push_always(
+                    FindingKind::BadSignature,
+                    Some(floor),
+                    format!(
+                        "the log's floor record (it starts after event {floor}) does not carry a valid \
+                         signature of key {}: events 1 to {floor} may have been removed",
+                        record.key_id
+                    ),
+                ),
+            }
+        }
         self.report.floor = Some(floor);
         // What the walk has "seen" so far is the floor itself: a log with no events after it
         // ends there.
@@ -609,7 +637,7 @@ impl<'k> Walk<'k> {
             );
         }
         if let RecordedHead::MissingMarker = recorded_head
-            && self.report.events_checked > 0
+            && (self.report.events_checked > 0 || self.report.floor.is_some())
         {
             self.report.push_always(
                 FindingKind::Truncated,

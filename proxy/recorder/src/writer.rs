@@ -1,6 +1,6 @@
 //! The write side: [`Recorder`] and its group-commit writer thread.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
@@ -17,7 +17,7 @@ use crate::error::RecorderError;
 use crate::event::{Event, EventBody, NewEvent, canonical_from_stored, encode_content, seal_bytes};
 use crate::store::{
     self, CF_BY_SESSION, CF_CHECKPOINTS, CF_EVENTS, CF_META, CF_SESSIONS, Floor, Head, META_FLOOR, META_HEAD,
-    SessionSummary, StoredHead, by_session_key, seq_from_key, seq_key,
+    META_RETAINING, SessionSummary, StoredHead, by_session_key, seq_from_key, seq_key,
 };
 
 /// Open sessions whose summaries the writer keeps in memory; past this it starts over
@@ -66,11 +66,16 @@ struct RetainJob {
     next: u64,
     /// Previous floor (0: none).
     from: u64,
-    /// Sessions met, with what their index keys need (principal, target).
+    /// Sessions met, with what their index keys need (principal, target); a cache, cleared
+    /// past [`RETAIN_SESSIONS_CACHE`].
     sessions: HashMap<String, (Option<String>, String)>,
     last_step: Instant,
-    done: oneshot::Sender<Result<u64, RecorderError>>,
+    /// Who waits for the outcome (none for a job resumed after a restart).
+    done: Option<oneshot::Sender<Result<u64, RecorderError>>>,
 }
+
+/// Most sessions a retention job remembers the index details of.
+const RETAIN_SESSIONS_CACHE: usize = 10_000;
 
 /// Counters, readable at any time (e.g. for `/metrics`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -172,6 +177,8 @@ impl Recorder {
             checkpoints,
             retain: None,
         };
+        let mut writer = writer;
+        writer.resume_retention();
         let key_id = writer.checkpoints.as_ref().map(|c| c.signer.key_id().to_string());
         let thread = std::thread::Builder::new()
             .name("gatehouse-recorder".to_string())
@@ -443,12 +450,12 @@ impl Writer {
             let mut batch = Vec::with_capacity(64);
             match msg {
                 Msg::Event(p) => batch.push(p),
-                Msg::Retain(r) => self.start_retention(r.seq, r.sink, r.done),
+                Msg::Retain(r) => self.start_retention(r.seq, r.sink, Some(r.done)),
             }
             while batch.len() < self.max_batch {
                 match rx.try_recv() {
                     Ok(Msg::Event(p)) => batch.push(p),
-                    Ok(Msg::Retain(r)) => self.start_retention(r.seq, r.sink, r.done),
+                    Ok(Msg::Retain(r)) => self.start_retention(r.seq, r.sink, Some(r.done)),
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
@@ -466,8 +473,8 @@ impl Writer {
                 self.retain_step();
             }
         }
-        if let Some(job) = self.retain.take() {
-            let _ = job.done.send(Err(RecorderError::Closed));
+        if let Some(d) = self.retain.take().and_then(|j| j.done) {
+            let _ = d.send(Err(RecorderError::Closed));
         }
         // Sign whatever the last checkpoint does not cover yet, so a cleanly closed log is
         // signed to its end.
@@ -487,15 +494,33 @@ impl Writer {
     }
 
     /// Check a retention request and start the job (the answer comes when it is done).
-    fn start_retention(&mut self, seq: u64, sink: String, done: oneshot::Sender<Result<u64, RecorderError>>) {
+    fn start_retention(
+        &mut self,
+        seq: u64,
+        sink: String,
+        done: Option<oneshot::Sender<Result<u64, RecorderError>>>,
+    ) {
+        let answer = |done: Option<oneshot::Sender<Result<u64, RecorderError>>>, r| {
+            if let Some(d) = done {
+                let _ = d.send(r);
+            }
+        };
         if self.retain.is_some() {
-            let _ = done.send(Err(RecorderError::Invalid(
-                "a retention deletion is already running".to_string(),
-            )));
+            answer(
+                done,
+                Err(RecorderError::Invalid(
+                    "a retention deletion is already running".to_string(),
+                )),
+            );
             return;
         }
         let res = (|| -> Result<Option<(Floor, u64)>, RecorderError> {
             self.ensure_db()?;
+            let Some(signer) = self.checkpoints.as_ref().map(|c| &c.signer) else {
+                return Err(RecorderError::Invalid(
+                    "retention needs checkpoints: the floor is signed with their key".to_string(),
+                ));
+            };
             let db = self
                 .db
                 .as_ref()
@@ -525,20 +550,26 @@ impl Writer {
                     "the checkpoint at event {seq} does not match the event: nothing is deleted"
                 )));
             }
-            Ok(Some((
-                Floor {
-                    seq,
-                    hash,
-                    time_us: gatehouse_core::time::now_micros(),
-                    sink,
-                },
-                from,
-            )))
+            let mut floor = Floor {
+                seq,
+                hash,
+                time_us: gatehouse_core::time::now_micros(),
+                sink,
+                key_id: signer.key_id().to_string(),
+                signature: String::new(),
+            };
+            floor.signature = signer.sign(&floor.message());
+            // Readers leave the events out from now on (their index entries are about to go),
+            // and a restart resumes the job.
+            let v = serde_json::to_vec(&floor).map_err(|e| RecorderError::Encode(e.to_string()))?;
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            db.put_cf_opt(store::cf(db, CF_META)?, META_RETAINING, v, &wo)
+                .map_err(|e| RecorderError::Write(e.to_string()))?;
+            Ok(Some((floor, from)))
         })();
         match res {
-            Ok(None) => {
-                let _ = done.send(Ok(0));
-            }
+            Ok(None) => answer(done, Ok(0)),
             Ok(Some((floor, from))) => {
                 self.retain = Some(RetainJob {
                     floor,
@@ -549,9 +580,23 @@ impl Writer {
                     done,
                 });
             }
+            Err(e) => answer(done, Err(e)),
+        }
+    }
+
+    /// A retention job a restart interrupted: finish it.
+    fn resume_retention(&mut self) {
+        let Some(db) = self.db.as_ref() else { return };
+        let marker = match store::retaining(db) {
+            Ok(m) => m,
             Err(e) => {
-                let _ = done.send(Err(e));
+                tracing::error!(error = %e, "cannot read the retention marker");
+                return;
             }
+        };
+        if let Some(m) = marker {
+            tracing::info!(floor = m.seq, "resuming an interrupted retention deletion");
+            self.start_retention(m.seq, m.sink, None);
         }
     }
 
@@ -568,11 +613,15 @@ impl Writer {
                 if let Err(e) = &res {
                     tracing::error!(error = %e, floor = job.floor.seq, "retention could not delete old events");
                 }
-                let _ = job.done.send(res);
+                if let Some(d) = job.done {
+                    let _ = d.send(res);
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, floor = job.floor.seq, "retention stopped");
-                let _ = job.done.send(Err(e));
+                if let Some(d) = job.done {
+                    let _ = d.send(Err(e));
+                }
             }
         }
     }
@@ -606,13 +655,29 @@ impl Writer {
                 continue;
             };
             wb.delete_cf(cf_by_session, by_session_key(&ev.session_id, seq));
-            if !job.sessions.contains_key(&ev.session_id) {
-                let known = db
+            let ends = matches!(
+                ev.body,
+                EventBody::SessionEnd { .. } | EventBody::AuthFailure { .. }
+            );
+            if ends || !job.sessions.contains_key(&ev.session_id) {
+                let summary = db
                     .get_cf(cf_sessions, ev.session_id.as_bytes())
                     .map_err(RecorderError::read)?
-                    .and_then(|v| serde_json::from_slice::<SessionSummary>(&v).ok())
-                    .map(|s| (s.principal, s.target))
-                    .unwrap_or_default();
+                    .and_then(|v| serde_json::from_slice::<SessionSummary>(&v).ok());
+                // A session that ended with all its events at or below the floor goes from
+                // the listings too; any other keeps its summary (an open session, a grant's
+                // session, the gateway's own: their next events continue it).
+                if let Some(s) = &summary
+                    && s.is_ended()
+                    && s.last_seq <= job.floor.seq
+                    && !self.summaries.contains_key(&ev.session_id)
+                {
+                    wb.delete_cf(cf_sessions, ev.session_id.as_bytes());
+                }
+                if job.sessions.len() >= RETAIN_SESSIONS_CACHE {
+                    job.sessions.clear();
+                }
+                let known = summary.map(|s| (s.principal, s.target)).unwrap_or_default();
                 job.sessions.insert(ev.session_id.clone(), known);
             }
             if let Some((principal, target)) = job.sessions.get(&ev.session_id) {
@@ -632,9 +697,8 @@ impl Writer {
         let Some(db) = self.db.as_ref() else {
             return Err(RecorderError::Write("the database is not open".to_string()));
         };
-        let (cf_events, cf_sessions, cf_meta, cf_checkpoints) = (
+        let (cf_events, cf_meta, cf_checkpoints) = (
             store::cf(db, CF_EVENTS)?,
-            store::cf(db, CF_SESSIONS)?,
             store::cf(db, CF_META)?,
             store::cf(db, CF_CHECKPOINTS)?,
         );
@@ -644,20 +708,7 @@ impl Writer {
         wb.delete_range_cf(cf_checkpoints, seq_key(0), seq_key(floor));
         let v = serde_json::to_vec(&job.floor).map_err(|e| RecorderError::Encode(e.to_string()))?;
         wb.put_cf(cf_meta, META_FLOOR, v);
-        let open: HashSet<&str> = self.summaries.keys().map(String::as_str).collect();
-        for id in job.sessions.keys() {
-            if open.contains(id.as_str()) {
-                continue;
-            }
-            let last = db
-                .get_cf(cf_sessions, id.as_bytes())
-                .map_err(RecorderError::read)?
-                .and_then(|v| serde_json::from_slice::<SessionSummary>(&v).ok())
-                .map(|s| s.last_seq);
-            if last.is_some_and(|l| l <= floor) {
-                wb.delete_cf(cf_sessions, id.as_bytes());
-            }
-        }
+        wb.delete_cf(cf_meta, META_RETAINING);
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         db.write_opt(wb, &wo)

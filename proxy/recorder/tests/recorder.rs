@@ -1474,7 +1474,47 @@ async fn local_retention_deletes_only_what_the_sink_holds_and_the_rest_verifies_
         notices.iter().any(|m| m.contains("no longer holds events 8 to")),
         "{notices:?}"
     );
-    let floor = r.floor().unwrap().unwrap().seq;
+    let last_cp = r.checkpoints().unwrap().last().unwrap().seq;
+    let floor = r.floor().unwrap().unwrap();
+    assert!(last_cp > floor.seq);
+    drop(r);
+
+    // A retention job interrupted after it began (its marker written, some index entries
+    // gone): readers already leave its events out, and the next start finishes it.
+    {
+        let db = raw_db(&l.log());
+        let mut marker = floor.clone();
+        marker.seq = last_cp;
+        db.put_cf(
+            db.cf_handle("meta").unwrap(),
+            b"retaining",
+            serde_json::to_vec(&marker).unwrap(),
+        )
+        .unwrap();
+    }
+    let r = LogReader::open(&l.log()).unwrap();
+    assert_eq!(r.effective_floor().unwrap(), last_cp);
+    assert!(r.session_events("late3").unwrap().is_empty());
+    drop(r);
+    let rec = Recorder::open(&c).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let f = LogReader::open(&l.log()).unwrap().floor().unwrap().unwrap();
+        if f.seq == last_cp {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the interrupted job was not resumed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    rec.shutdown();
+    let r = LogReader::open(&l.log()).unwrap();
+    let report = r.verify(&l.keys).unwrap();
+    assert_eq!(report.floor, Some(last_cp));
+    assert_eq!(report.outcome(TailPolicy::Strict), Outcome::Intact, "{report:?}");
+    let floor = last_cp;
     drop(r);
 
     // Tampering with the floor is caught: removed (the deleted events show as missing) …
@@ -1486,9 +1526,31 @@ async fn local_retention_deletes_only_what_the_sink_holds_and_the_rest_verifies_
         v
     };
     let report = l.verify();
+    // (No event is left after this floor: the checkpoint and head marker now cover events
+    // that are not there.)
+    assert!(
+        matches!(
+            report.first_tampering().unwrap().kind,
+            FindingKind::Missing | FindingKind::Truncated
+        ),
+        "{report:?}"
+    );
+    // … or rewritten by someone without the signing key (here: its time) …
+    {
+        let db = raw_db(&l.log());
+        let mut forged: gatehouse_recorder::Floor = serde_json::from_slice(&floor_record).unwrap();
+        forged.time_us += 1;
+        db.put_cf(
+            db.cf_handle("meta").unwrap(),
+            b"floor",
+            serde_json::to_vec(&forged).unwrap(),
+        )
+        .unwrap();
+    }
+    let report = l.verify();
     assert_eq!(
         report.first_tampering().unwrap().kind,
-        FindingKind::Missing,
+        FindingKind::BadSignature,
         "{report:?}"
     );
     // … or its checkpoint forged.
@@ -1509,4 +1571,39 @@ async fn local_retention_deletes_only_what_the_sink_holds_and_the_rest_verifies_
         FindingKind::BadSignature,
         "{report:?}"
     );
+}
+
+#[tokio::test]
+async fn retention_deletes_nothing_when_the_sink_holds_another_segment_under_the_name() {
+    let l = signed_log().await;
+    let sink_dir = l.dir.path().join("sink");
+    let mut c = cfg(&l.log(), Durability::Sync);
+    c.checkpoints = Some(CheckpointConfig {
+        key: SecretRef::File(l.dir.path().join("signing.pem")),
+        every_events: 3,
+        every_secs: 3600,
+    });
+    let mut sh = shipping(&sink_dir, None);
+    sh.keep_local_secs = Some(0);
+    c.shipping = Some(sh);
+    let rec = Recorder::open(&c).unwrap();
+    let shipper = gatehouse_recorder::Shipper::from_config(&c, rec.clone())
+        .unwrap()
+        .unwrap();
+    shipper.ship_sealed().await.unwrap();
+    // The object named for the last segment now holds something else (same name, another
+    // writer): its checkpoint is not this log's.
+    let last = segment_names(&sink_dir).pop().unwrap();
+    let path = sink_dir.join("segments").join(&last);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (header, rest) = text.split_once('\n').unwrap();
+    let mut h: serde_json::Value = serde_json::from_str(header).unwrap();
+    h["checkpoint"]["time_us"] = serde_json::json!(1);
+    std::fs::write(&path, format!("{h}\n{rest}")).unwrap();
+    let err = shipper.retention_pass().await.unwrap_err();
+    assert!(err.contains("is not the segment this log shipped"), "{err}");
+    rec.shutdown();
+    let r = LogReader::open(&l.log()).unwrap();
+    assert!(r.floor().unwrap().is_none());
+    assert_eq!(r.events(1, 100).unwrap().first().unwrap().seq, 1);
 }
