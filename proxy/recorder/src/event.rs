@@ -269,94 +269,14 @@ pub fn decode_hash(hex_hash: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// The fields of an event that do not depend on its place in the chain, in the order and form
-/// [`Event`] serializes them (a test checks the two agree byte for byte).
-#[derive(Serialize)]
-struct Content<'a> {
-    time_us: i64,
-    session_id: &'a str,
-    principal: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    on_behalf_of: Option<&'a str>,
-    #[serde(skip_serializing_if = "no_actors")]
-    actor_chain: &'a [String],
-    body: &'a EventBody,
-}
-
-fn no_actors(a: &&[String]) -> bool {
-    a.is_empty()
-}
-
-/// `new` encoded without its chain fields: `{"time_us":…,…,"body":{…}}`. Done by whoever
-/// appends, off the writer thread, which only adds the chain fields and hashes.
-pub(crate) fn encode_content(new: &NewEvent) -> Result<Vec<u8>, RecorderError> {
-    serde_json::to_vec(&Content {
-        time_us: new.time_us,
-        session_id: &new.session_id,
-        principal: new.principal.as_deref(),
-        on_behalf_of: new.on_behalf_of.as_deref(),
-        actor_chain: &new.actor_chain,
-        body: &new.body,
-    })
-    .map_err(|e| RecorderError::Encode(e.to_string()))
-}
-
-/// The stored bytes and hash of `new` at `seq` after `prev` (raw bytes of the previous hash):
-/// exactly the serialization of the finished [`Event`]. `content` is [`encode_content`] of
-/// `new`, when already made.
-pub(crate) fn seal_bytes(
-    new: &NewEvent,
-    content: Option<&[u8]>,
-    seq: u64,
-    prev: &[u8; 32],
-) -> Result<(Vec<u8>, [u8; 32]), RecorderError> {
-    let owned;
-    let content = match content {
-        Some(c) => c,
-        None => {
-            owned = encode_content(new)?;
-            &owned
-        }
-    };
-    // `{` … `}` of the content object, without its braces.
-    let inner = content
-        .strip_prefix(b"{")
-        .and_then(|c| c.strip_suffix(b"}"))
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| RecorderError::Encode("unexpected event encoding".to_string()))?;
-    let mut bytes = Vec::with_capacity(inner.len() + 32 + 2 * HEX_LEN + 32);
-    bytes.extend_from_slice(b"{\"seq\":");
-    {
-        use std::io::Write as _;
-        let _ = write!(bytes, "{seq}");
-    }
-    bytes.push(b',');
-    bytes.extend_from_slice(inner);
-    bytes.extend_from_slice(b",\"prev_hash\":\"");
-    let mut hex_buf = [0u8; HEX_LEN];
-    hex::encode_to_slice(prev, &mut hex_buf).map_err(|e| RecorderError::Encode(e.to_string()))?;
-    bytes.extend_from_slice(&hex_buf);
-    bytes.extend_from_slice(b"\",\"hash\":\"\"}");
-    let hash = chain_hash(prev, &bytes);
-    // Splice the digest in, so the stored value equals the serialization of the finished
-    // event (the hash is its last field).
-    bytes.truncate(bytes.len() - 2);
-    hex::encode_to_slice(hash, &mut hex_buf).map_err(|e| RecorderError::Encode(e.to_string()))?;
-    bytes.extend_from_slice(&hex_buf);
-    bytes.extend_from_slice(b"\"}");
-    Ok((bytes, hash))
-}
-
 /// Build the stored event for `new` at `seq` after `prev` (raw bytes of the previous hash).
-/// Returns the event, its stored (= serialized) bytes and its hash.
-#[cfg(test)]
+/// Returns the event and its stored (= serialized) bytes.
 pub(crate) fn seal(
     new: NewEvent,
     seq: u64,
     prev: &[u8; 32],
 ) -> Result<(Event, Vec<u8>, [u8; 32]), RecorderError> {
-    let (bytes, hash) = seal_bytes(&new, None, seq, prev)?;
-    let ev = Event {
+    let mut ev = Event {
         seq,
         time_us: new.time_us,
         session_id: new.session_id,
@@ -365,8 +285,28 @@ pub(crate) fn seal(
         actor_chain: new.actor_chain,
         body: new.body,
         prev_hash: hex::encode(prev),
-        hash: hex::encode(hash),
+        hash: String::new(),
     };
+    let mut bytes = serde_json::to_vec(&ev).map_err(|e| RecorderError::Encode(e.to_string()))?;
+    let hash = chain_hash(prev, &bytes);
+    let hash_hex = hex::encode(hash);
+    // `bytes` ends with `,"hash":""}` (hash is the last field): splice the hex digest in, so
+    // the stored value equals the serialization of the finished event.
+    let tail_ok = bytes.ends_with(b"\"\"}")
+        && bytes
+            .len()
+            .checked_sub(2)
+            .and_then(|n| bytes.get(..n))
+            .is_some_and(|b| b.ends_with(HASH_FIELD));
+    if !tail_ok {
+        return Err(RecorderError::Encode(
+            "unexpected event encoding (hash is not the last field)".to_string(),
+        ));
+    }
+    bytes.truncate(bytes.len() - 2);
+    bytes.extend_from_slice(hash_hex.as_bytes());
+    bytes.extend_from_slice(b"\"}");
+    ev.hash = hash_hex;
     Ok((ev, bytes, hash))
 }
 
@@ -398,63 +338,6 @@ pub fn canonical_from_stored(stored: &[u8]) -> Option<(Vec<u8>, [u8; 32])> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-
-    /// The writer assembles the stored bytes from the content the appender encoded: they must
-    /// be exactly `Event`'s serialization, whatever fields are present.
-    #[test]
-    fn assembled_encoding_is_the_event_serialization() {
-        let bodies = [
-            EventBody::Notice {
-                level: "info".into(),
-                message: "{\"nested\":\"json\"} \u{1F600} \\ end}".into(),
-            },
-            EventBody::OpResult {
-                op: 3,
-                tag: Some("SELECT 1".into()),
-                rows: 1,
-                duration_us: 9,
-                error: None,
-                skipped: false,
-                result: Some(gatehouse_core::RecordedRows {
-                    columns: vec!["a".into()],
-                    rows: vec![vec![Some("x".into()), None]],
-                    truncated: true,
-                    sources: vec![Some("t.a".into())],
-                }),
-            },
-            EventBody::SessionEnd {
-                reason: "client closed".into(),
-                ops: 0,
-                duration_us: 1,
-            },
-        ];
-        for (i, body) in bodies.into_iter().enumerate() {
-            for (principal, obo, chain) in [
-                (None, None, vec![]),
-                (
-                    Some("agent:etl".to_string()),
-                    Some("alice".to_string()),
-                    vec!["bot:a".to_string(), "user:b".to_string()],
-                ),
-                (Some("user:x".to_string()), None, vec!["c".to_string()]),
-            ] {
-                let new = NewEvent {
-                    time_us: -5 + i as i64,
-                    session_id: "s\u{0}?".into(),
-                    principal,
-                    on_behalf_of: obo,
-                    actor_chain: chain,
-                    body: body.clone(),
-                };
-                let content = encode_content(&new).unwrap();
-                let prev = [i as u8; 32];
-                let (stored, hash) = seal_bytes(&new, Some(&content), u64::MAX - i as u64, &prev).unwrap();
-                let (ev, stored2, hash2) = seal(new, u64::MAX - i as u64, &prev).unwrap();
-                assert_eq!(stored, serde_json::to_vec(&ev).unwrap());
-                assert_eq!((stored2, hash2), (stored, hash));
-            }
-        }
-    }
 
     #[test]
     fn sealed_bytes_are_the_event_json_and_split_back() {

@@ -102,46 +102,30 @@ fn outcome(body: &EventBody) -> Option<&'static str> {
 
 /// Index keys for `ev`, whose session has `principal` and `target` (from its summary).
 pub(crate) fn index_keys(ev: &Event, principal: Option<&str>, target: &str) -> Vec<Vec<u8>> {
-    index_keys_of(
-        ev.time_us,
-        ev.seq,
-        ev.principal.as_deref(),
-        &ev.body,
-        principal,
-        target,
-    )
-}
-
-/// [`index_keys`] from an event's parts: its time, seq, principal and body.
-pub(crate) fn index_keys_of(
-    time_us: i64,
-    seq: u64,
-    ev_principal: Option<&str>,
-    body: &EventBody,
-    principal: Option<&str>,
-    target: &str,
-) -> Vec<Vec<u8>> {
-    let (t, s) = (time_us, seq);
-    let mut out = vec![key(b'T', b"", t, s), key(b'k', kind_name(body).as_bytes(), t, s)];
+    let (t, s) = (ev.time_us, ev.seq);
+    let mut out = vec![
+        key(b'T', b"", t, s),
+        key(b'k', kind_name(&ev.body).as_bytes(), t, s),
+    ];
     let mut add = |field: u8, value: &str| {
         if !value.is_empty() && !value.as_bytes().contains(&0) {
             out.push(key(field, value.as_bytes(), t, s));
         }
     };
-    if let Some(p) = ev_principal.or(principal) {
+    if let Some(p) = ev.principal.as_deref().or(principal) {
         add(b'p', p);
     }
-    let target = match body {
+    let target = match &ev.body {
         EventBody::AuthFailure { target, .. } | EventBody::SessionStart { target, .. } => target.as_str(),
         _ => target,
     };
     add(b't', target);
-    if let Some(o) = outcome(body) {
+    if let Some(o) = outcome(&ev.body) {
         add(b'd', o);
     }
     if let EventBody::Decision {
         verdict, statement, ..
-    } = body
+    } = &ev.body
     {
         let (Verdict::Allow { policy_ids } | Verdict::Deny { policy_ids, .. }) = verdict;
         for id in policy_ids {

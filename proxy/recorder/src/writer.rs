@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::checkpoint::CheckpointSigner;
 use crate::error::RecorderError;
-use crate::event::{Event, EventBody, NewEvent, canonical_from_stored, encode_content, seal_bytes};
+use crate::event::{Event, EventBody, NewEvent, canonical_from_stored, seal};
 use crate::store::{
     self, CF_BY_SESSION, CF_CHECKPOINTS, CF_EVENTS, CF_META, CF_SESSIONS, Floor, Head, META_FLOOR, META_HEAD,
     META_RETAINING, SessionSummary, StoredHead, by_session_key, seq_from_key, seq_key,
@@ -28,9 +28,6 @@ type Waiter = oneshot::Sender<Result<u64, RecorderError>>;
 
 struct Pending {
     ev: NewEvent,
-    /// The event's content, encoded by the appender ([`encode_content`]); `None` when that
-    /// failed (the writer tries again and reports the error).
-    content: Option<Vec<u8>>,
     done: Option<Waiter>,
 }
 
@@ -219,12 +216,7 @@ impl Recorder {
     /// caller must refuse the operation.
     pub async fn append(&self, ev: NewEvent) -> Result<u64, RecorderError> {
         let (done, rx) = oneshot::channel();
-        let content = encode_content(&ev).ok();
-        if let Err(e) = self.enqueue(Pending {
-            ev,
-            content,
-            done: Some(done),
-        }) {
+        if let Err(e) = self.enqueue(Pending { ev, done: Some(done) }) {
             self.inner.counters.failed.fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
@@ -235,15 +227,7 @@ impl Recorder {
     /// Record `ev` without waiting (for results and session ends). Never blocks. A failure is
     /// counted in [`RecorderStats::failed`] and logged at error level by the recorder.
     pub fn append_nowait(&self, ev: NewEvent) {
-        let content = encode_content(&ev).ok();
-        if self
-            .enqueue(Pending {
-                ev,
-                content,
-                done: None,
-            })
-            .is_err()
-        {
+        if self.enqueue(Pending { ev, done: None }).is_err() {
             let c = &self.inner.counters;
             c.failed.fetch_add(1, Ordering::Relaxed);
             if !c.closed_logged.swap(true, Ordering::Relaxed) {
@@ -793,30 +777,35 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: Vec<Pending>) {
-        let late = self.backlog.len();
-        let mut events = Vec::with_capacity(late + batch.len());
-        let mut contents = Vec::with_capacity(late + batch.len());
-        let mut waiters: Vec<Option<Waiter>> = Vec::with_capacity(late + batch.len());
-        // Late events go first so that each session's events keep their order.
-        for ev in self.backlog.drain(..) {
-            events.push(ev);
-            contents.push(None);
-            waiters.push(None);
+        let (mut events, mut waiters): (Vec<NewEvent>, Vec<Option<Waiter>>) =
+            batch.into_iter().map(|p| (p.ev, p.done)).unzip();
+        let mut late = 0u64;
+        if !self.backlog.is_empty() {
+            // Late events go first so that each session's events keep their order.
+            late = self.backlog.len() as u64;
+            let mut all: Vec<NewEvent> = self.backlog.drain(..).collect();
+            all.append(&mut events);
+            events = all;
+            let mut w: Vec<Option<Waiter>> = std::iter::repeat_with(|| None).take(late as usize).collect();
+            w.append(&mut waiters);
+            waiters = w;
         }
-        for p in batch {
-            events.push(p.ev);
-            contents.push(p.content);
-            waiters.push(p.done);
-        }
-        let late = late as u64;
         let n = events.len() as u64;
+        // Unacknowledged events are facts, not requests: keep a copy in case the write fails.
+        // Only these are cloned; acknowledged appends are refused to their caller instead.
+        let keep: Vec<NewEvent> = events
+            .iter()
+            .zip(&waiters)
+            .filter(|(_, w)| w.is_none())
+            .map(|(e, _)| e.clone())
+            .collect();
         // Sync durability fsyncs a batch only when someone waits for it (a decision that gates
         // an operation), or when unawaited events have waited long enough: a serial client
         // then pays one fsync per statement, not one for the decision and one for the result.
         let sync = self.sync
             && (waiters.iter().any(Option::is_some)
                 || self.unsynced.is_some_and(|t| t.elapsed() >= UNSYNCED_MAX));
-        match self.try_commit(&events, &contents, sync) {
+        match self.try_commit(events, sync) {
             Ok(results) => {
                 if sync {
                     self.unsynced = None;
@@ -853,15 +842,6 @@ impl Writer {
             }
             Err(e) => {
                 let refused = waiters.iter().filter(|w| w.is_some()).count() as u64;
-                // Unacknowledged events are facts, not requests: they are kept to be written
-                // once the log is writable again. Acknowledged appends are refused to their
-                // caller instead.
-                let keep: Vec<NewEvent> = events
-                    .into_iter()
-                    .zip(&waiters)
-                    .filter(|(_, w)| w.is_none())
-                    .map(|(e, _)| e)
-                    .collect();
                 let room = BACKLOG_MAX.saturating_sub(self.backlog.len());
                 let dropped = keep.len().saturating_sub(room) as u64;
                 self.backlog.extend(keep.into_iter().take(room));
@@ -898,7 +878,7 @@ impl Writer {
             },
         );
         let sync = self.sync;
-        match self.try_commit(std::slice::from_ref(&ev), &[None], sync) {
+        match self.try_commit(vec![ev.clone()], sync) {
             Ok(_) => {}
             // Failing again right away: keep it for the next successful write.
             Err(_) => self.backlog.push_back(ev),
@@ -952,8 +932,7 @@ impl Writer {
     /// for the whole batch, in which case nothing was acknowledged and the head did not move.
     fn try_commit(
         &mut self,
-        events: &[NewEvent],
-        contents: &[Option<Vec<u8>>],
+        events: Vec<NewEvent>,
         sync: bool,
     ) -> Result<Vec<Result<u64, RecorderError>>, RecorderError> {
         if let Err(e) = self.ensure_db() {
@@ -975,16 +954,15 @@ impl Writer {
         let mut staged: HashMap<String, SessionSummary> = HashMap::new();
         let mut results = Vec::with_capacity(events.len());
         let mut written = 0u64;
-        for (i, ev) in events.iter().enumerate() {
-            if ev.session_id.as_bytes().contains(&0) {
+        for new in events {
+            if new.session_id.as_bytes().contains(&0) {
                 results.push(Err(RecorderError::Invalid(
                     "session id contains a NUL byte".to_string(),
                 )));
                 continue;
             }
             let seq = head.seq + 1;
-            let content = contents.get(i).and_then(Option::as_deref);
-            let (stored, hash) = match seal_bytes(ev, content, seq, &head.hash) {
+            let (ev, stored, hash) = match seal(new, seq, &head.hash) {
                 Ok(x) => x,
                 Err(e) => {
                     results.push(Err(e));
@@ -1009,15 +987,7 @@ impl Writer {
             if let Some(s) = staged.get_mut(&ev.session_id) {
                 update_summary(s, &ev.body, ev.principal.as_deref(), ev.time_us, seq);
                 // Searchable exactly when durable: the index entries ride in the same batch.
-                let keys = crate::search::index_keys_of(
-                    ev.time_us,
-                    seq,
-                    ev.principal.as_deref(),
-                    &ev.body,
-                    s.principal.as_deref(),
-                    &s.target,
-                );
-                for k in keys {
+                for k in crate::search::index_keys(&ev, s.principal.as_deref(), &s.target) {
                     wb.put_cf(cf_search, k, []);
                 }
             }
