@@ -187,6 +187,40 @@ fn bench_append(c: &mut Criterion) {
                 })
             })
         });
+        // The same 64 sessions without a barrier between rounds: each goes on to its next
+        // statement as soon as its own decision is durable, as independent clients do. This
+        // is the sustained rate group commit reaches (decisions; each also appends a result).
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(format!("append_decision_steady_{SESSIONS}_sessions"), |b| {
+            b.iter_custom(|iters| {
+                let rec = rec.clone();
+                let stmt = stmt.clone();
+                rt.block_on(async move {
+                    let per = iters.div_ceil(SESSIONS);
+                    let start = Instant::now();
+                    let mut set = tokio::task::JoinSet::new();
+                    for s in 0..SESSIONS {
+                        let (rec, stmt) = (rec.clone(), stmt.clone());
+                        set.spawn(async move {
+                            for op in 0..per {
+                                rec.append(decision(&stmt, s, op)).await?;
+                                rec.append_nowait(result(s, op));
+                            }
+                            Ok::<(), gatehouse_recorder::RecorderError>(())
+                        });
+                    }
+                    while let Some(r) = set.join_next().await {
+                        match r {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => fail("append", e),
+                            Err(e) => fail("append task", e),
+                        }
+                    }
+                    // Time per decision, of the iterations asked for.
+                    start.elapsed().mul_f64(iters as f64 / (per * SESSIONS) as f64)
+                })
+            })
+        });
         g.finish();
         let stats = rec.stats();
         eprintln!(
