@@ -1338,8 +1338,16 @@ fn segment_names(sink: &Path) -> Vec<String> {
     v
 }
 
-#[tokio::test]
-async fn local_retention_deletes_only_what_the_sink_holds_and_the_rest_verifies_from_its_floor() {
+/// The signed test log, reopened with a filesystem sink and retention deleting whatever the
+/// sink holds (`keep_local_secs = 0`): the log, the sink's directory, the config, the
+/// recorder and its shipper.
+async fn retaining_log() -> (
+    SignedLog,
+    std::path::PathBuf,
+    RecorderConfig,
+    Recorder,
+    gatehouse_recorder::Shipper,
+) {
     let l = signed_log().await;
     let sink_dir = l.dir.path().join("sink");
     let mut c = cfg(&l.log(), Durability::Sync);
@@ -1355,6 +1363,12 @@ async fn local_retention_deletes_only_what_the_sink_holds_and_the_rest_verifies_
     let shipper = gatehouse_recorder::Shipper::from_config(&c, rec.clone())
         .unwrap()
         .unwrap();
+    (l, sink_dir, c, rec, shipper)
+}
+
+#[tokio::test]
+async fn local_retention_deletes_only_what_the_sink_holds_and_the_rest_verifies_from_its_floor() {
+    let (l, sink_dir, c, rec, shipper) = retaining_log().await;
 
     // Nothing acknowledged by the sink: nothing deleted, however old.
     let pass = shipper.retention_pass().await.unwrap();
@@ -1575,21 +1589,7 @@ async fn local_retention_deletes_only_what_the_sink_holds_and_the_rest_verifies_
 
 #[tokio::test]
 async fn retention_deletes_nothing_when_the_sink_holds_another_segment_under_the_name() {
-    let l = signed_log().await;
-    let sink_dir = l.dir.path().join("sink");
-    let mut c = cfg(&l.log(), Durability::Sync);
-    c.checkpoints = Some(CheckpointConfig {
-        key: SecretRef::File(l.dir.path().join("signing.pem")),
-        every_events: 3,
-        every_secs: 3600,
-    });
-    let mut sh = shipping(&sink_dir, None);
-    sh.keep_local_secs = Some(0);
-    c.shipping = Some(sh);
-    let rec = Recorder::open(&c).unwrap();
-    let shipper = gatehouse_recorder::Shipper::from_config(&c, rec.clone())
-        .unwrap()
-        .unwrap();
+    let (l, sink_dir, _, rec, shipper) = retaining_log().await;
     shipper.ship_sealed().await.unwrap();
     // The object named for the last segment now holds something else (same name, another
     // writer): its checkpoint is not this log's.
