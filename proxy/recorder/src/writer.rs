@@ -53,10 +53,10 @@ const RETAIN_STEP_EVENTS: u64 = 500;
 /// Under load, at most one retention step this often (when idle, steps run back to back).
 const RETAIN_STEP_EVERY: Duration = Duration::from_millis(5);
 
-/// A retention deletion in progress: index entries go first, a few hundred events at a time
-/// between group commits; then, in one atomic batch, the events themselves, the older
-/// checkpoints and the new floor. An interruption (crash, failed write) leaves the events in
-/// place; the next retention pass starts over.
+/// A retention deletion in progress: a marker (readers treat it as the floor), then index
+/// entries, a few hundred events at a time between group commits; then, in one atomic batch,
+/// the events themselves, the older checkpoints and the new floor. An interruption (crash,
+/// shutdown) leaves the events and the marker in place; the next start finishes the job.
 struct RetainJob {
     floor: Floor,
     /// The next event whose index entries to delete.
