@@ -114,16 +114,23 @@ struct Literals {
 impl Literals {
     /// Whether `s`'s constants are rewritten, and how.
     fn mode_for(&self, s: &SqlStatement) -> LiteralMode {
+        self.mode_given(|| self.names_classified(s))
+    }
+
+    /// [`Literals::mode_for`] with the statement's scan for classified names given lazily
+    /// (made at most once per statement by a caller that needs it twice).
+    fn mode_given(&self, names_classified: impl FnOnce() -> bool) -> LiteralMode {
         match self.mode {
             LiteralMode::Hash if !self.hash.can_hash() => LiteralMode::Redact,
-            LiteralMode::RedactClassified => {
-                match gatehouse_pg::literals::names_any(&s.text, &self.columns) {
-                    Some(false) => LiteralMode::Keep,
-                    Some(true) | None => LiteralMode::Redact,
-                }
-            }
+            LiteralMode::RedactClassified if names_classified() => LiteralMode::Redact,
+            LiteralMode::RedactClassified => LiteralMode::Keep,
             m => m,
         }
+    }
+
+    /// Whether `s` names a classified column (or cannot be scanned: fail closed).
+    fn names_classified(&self, s: &SqlStatement) -> bool {
+        gatehouse_pg::literals::names_any(&s.text, &self.columns) != Some(false)
     }
 
     /// A keyed token for a constant: a string's value (so it matches the `hash` masking of
@@ -144,7 +151,11 @@ impl Literals {
 
     /// The statement as recorded, and the mode its parameters get.
     fn statement(&self, s: &SqlStatement) -> (SqlStatement, LiteralMode) {
-        let mode = self.mode_for(s);
+        self.statement_in(s, self.mode_for(s))
+    }
+
+    /// [`Literals::statement`] in `mode` (from [`Literals::mode_for`] or `mode_given`).
+    fn statement_in(&self, s: &SqlStatement, mode: LiteralMode) -> (SqlStatement, LiteralMode) {
         let mut out = s.clone();
         let rewritten = match mode {
             LiteralMode::Keep | LiteralMode::RedactClassified => return (out, LiteralMode::Keep),
@@ -160,15 +171,6 @@ impl Literals {
             )
         });
         (out, mode)
-    }
-
-    /// Whether the statement of `op` names a classified column (or cannot be scanned): its
-    /// results' columns not traced to a table column are then treated as classified.
-    fn touches_classified(&self, op: &Operation) -> bool {
-        match op {
-            Operation::Query(s) => gatehouse_pg::literals::names_any(&s.text, &self.columns) != Some(false),
-            Operation::Connect => false,
-        }
     }
 
     /// Result rows as recorded: values of classified columns (by result name or source
@@ -412,11 +414,12 @@ impl Session {
         ev: Evaluated,
         hold: Option<HoldRecord>,
         approval: Option<ApprovalRecord>,
+        statement: Option<SqlStatement>,
     ) -> EventBody {
         EventBody::Decision {
             op: n,
             action: op.action().to_string(),
-            statement: self.literals.recorded(Some(op)),
+            statement,
             verdict: ev.verdict,
             policy_generation: ev.generation,
             errors: ev.errors,
@@ -462,13 +465,25 @@ impl Session {
     async fn decide(&self, op: &Operation, params: Vec<String>) -> Result<Checked, GuardError> {
         self.check_credential().await?;
         let n = self.ops.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.result_limit > 0 && self.literals.mode != LiteralMode::Keep {
-            let touches = self.literals.touches_classified(op);
+        // The statement's scan for classified names, made once: the record's literal mode
+        // and the results' redaction both use it.
+        let redact_results = self.result_limit > 0 && self.literals.mode != LiteralMode::Keep;
+        let names_classified = match op {
+            Operation::Query(s) if redact_results || self.literals.mode == LiteralMode::RedactClassified => {
+                self.literals.names_classified(s)
+            }
+            _ => false,
+        };
+        let mode = match op {
+            Operation::Query(_) => self.literals.mode_given(|| names_classified),
+            Operation::Connect => LiteralMode::Keep,
+        };
+        if redact_results {
             let mut q = self.classified_ops.lock().unwrap_or_else(|p| p.into_inner());
             if q.len() >= CLASSIFIED_OPS_MAX {
                 q.pop_front();
             }
-            q.push_back((n, touches));
+            q.push_back((n, names_classified));
         }
         let mut ev = self.evaluate(op, None).await;
         let mut hold = None;
@@ -518,11 +533,15 @@ impl Session {
             timeout_secs: h.timeout.as_secs(),
             reason: h.reason.clone(),
             parameters: match op {
-                Operation::Query(s) => self.literals.params(self.literals.mode_for(s), &params),
+                Operation::Query(_) => self.literals.params(mode, &params),
                 Operation::Connect => params.clone(),
             },
         });
-        let body = self.decision(n, op, ev, hold_record, None);
+        let statement = match op {
+            Operation::Query(s) => Some(self.literals.statement_in(s, mode).0),
+            Operation::Connect => None,
+        };
+        let body = self.decision(n, op, ev, hold_record, None, statement);
         // No record, no access; and no request an approver could act on without its record.
         self.recorder
             .append(self.event(body))
@@ -854,7 +873,8 @@ impl SessionGuard for Session {
                         .collect(),
                 };
                 let ev = self.evaluate(&op, Some(&approved)).await;
-                self.event(self.decision(n, &op, ev, None, Some(approval_record(&req))))
+                let statement = self.literals.recorded(Some(&op));
+                self.event(self.decision(n, &op, ev, None, Some(approval_record(&req)), statement))
             }
             State::Denied => {
                 let vote = req.votes.iter().find(|v| !v.approve);
@@ -936,7 +956,8 @@ impl SessionGuard for Session {
     }
 
     fn outcome(&self, op: u64, o: OpOutcome) {
-        let touches = {
+        // (Only remembered while results are recorded with redaction; see `decide`.)
+        let touches = self.result_limit > 0 && self.literals.mode != LiteralMode::Keep && {
             let mut q = self.classified_ops.lock().unwrap_or_else(|p| p.into_inner());
             match q.iter().position(|(n, _)| *n == op) {
                 Some(i) => q.remove(i).is_none_or(|(_, t)| t),
