@@ -223,11 +223,20 @@ fn bench_append(c: &mut Criterion) {
         });
         g.finish();
         let stats = rec.stats();
+        // The search indexes trail the writer (searches read what they have not reached):
+        // how far behind the load left them, and how long they took to catch up.
+        let caught_up = Instant::now();
+        while rec.stats().indexed_seq < stats.last_seq && caught_up.elapsed() < Duration::from_secs(600) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         eprintln!(
-            "recorder_{name}: {} events in {} group commits ({:.1} events/commit)",
+            "recorder_{name}: {} events in {} group commits ({:.1} events/commit); search indexes \
+             {} events behind at the end, caught up {:.3} s later",
             stats.appended,
             stats.batches,
-            stats.appended as f64 / stats.batches.max(1) as f64
+            stats.appended as f64 / stats.batches.max(1) as f64,
+            stats.last_seq.saturating_sub(stats.indexed_seq),
+            caught_up.elapsed().as_secs_f64()
         );
         rec.shutdown();
     }

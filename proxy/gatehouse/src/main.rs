@@ -190,7 +190,8 @@ enum AuditCmd {
         log: PathBuf,
     },
     /// Find events by principal, target, kind, decision, policy id and statement text in a
-    /// time window, newest first, from the log's search indexes (no full scan).
+    /// time window, newest first, from the log's search indexes (no full scan; events the
+    /// indexer has not reached yet, normally milliseconds' worth, are read one by one).
     Search {
         #[arg(long)]
         log: PathBuf,

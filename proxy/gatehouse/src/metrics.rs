@@ -273,6 +273,16 @@ impl GatewayMetrics {
             )
             .single(r.last_seq),
             Family::gauge(
+                "gatehouse_recorder_index_lag_events",
+                "Durable audit events the search indexer has not indexed yet (searches read them one by one).",
+            )
+            .single(r.last_seq.saturating_sub(r.indexed_seq)),
+            Family::counter(
+                "gatehouse_recorder_index_dropped_batches_total",
+                "Committed audit batches the search indexer's queue could not take (it read them back from the log).",
+            )
+            .single(r.index_dropped_batches),
+            Family::gauge(
                 "gatehouse_policy_generation",
                 "Generation of the live Cedar policy set (1 at start, one more per reload that swapped a new set in).",
             )

@@ -4,13 +4,16 @@
 //!
 //! [`Recorder::append`] hands an event to one dedicated writer thread and waits until it is
 //! durable. The writer drains everything queued (up to `max_batch` events), assigns each event
-//! its `seq`, `prev_hash` and `hash`, writes the whole group — events, indexes, session
-//! summaries and the chain head — as **one** `WriteBatch` (WAL fsync for
+//! its `seq`, `prev_hash` and `hash`, writes the whole group — events, the by-session index,
+//! session summaries and the chain head — as **one** `WriteBatch` (WAL fsync for
 //! [`Durability::Sync`](gatehouse_core::config::Durability::Sync), WAL write without fsync for
 //! `Buffered`) and then answers every waiter. If the write fails, every event of the batch is
 //! refused, the chain head does not move, and the next batch reopens the database and recomputes
 //! the head from what is durable, so the recorder recovers once the cause (e.g. a full disk) is
 //! gone. [`Recorder::append_nowait`] is the fire-and-forget variant for results and session ends.
+//! The search indexes are written for committed batches by a second thread that trails the
+//! writer (`indexer.rs`); searches read the few events it has not reached yet, so what is
+//! durable is searchable.
 //!
 //! With `Sync`, a batch is fsynced only if someone waits for it: events nobody awaits
 //! (results, notices, session ends, which record what already happened) are written to the
@@ -25,8 +28,9 @@
 //! | `events` | seq, u64 big-endian | the event's JSON (see below) |
 //! | `by_session` | session id ‖ `0x00` ‖ seq (u64 BE) | empty |
 //! | `sessions` | session id | JSON [`SessionSummary`], updated by the writer in the same batch |
-//! | `meta` | `head` / `format` | `{"seq":N,"hash":"…"}` / `gatehouse-log-v1` |
+//! | `meta` | `head` / `format` / `indexed` | `{"seq":N,"hash":"…"}` / `gatehouse-log-v1` / seq the search indexes reach (u64 BE) |
 //! | `checkpoints` | seq of the last event covered (u64 BE) | JSON [`Checkpoint`] |
+//! | `search` | field ‖ value ‖ `0x00` ‖ time ‖ seq (see `search.rs`) | empty |
 //!
 //! # Chain encoding, v1
 //!
@@ -62,6 +66,7 @@ mod bundle;
 mod checkpoint;
 mod error;
 mod event;
+mod indexer;
 pub mod ocsf;
 mod reader;
 mod report;

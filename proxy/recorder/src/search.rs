@@ -1,7 +1,9 @@
 //! Search indexes and queries (`gatehouse audit search`, `GET /v1/audit/search`).
 //!
-//! The writer adds index entries for every event in the same batch as the event itself, so an
-//! event is searchable exactly when it is durable. One column family, `search`, keys only:
+//! The indexer thread (`indexer.rs`) writes index entries for committed events, trailing the
+//! writer, and records how far it got (`meta/indexed`). A search reads the events past that
+//! mark directly (normally a few, the indexer's lag), so an event is searchable exactly when it
+//! is durable. One column family, `search`, keys only:
 //!
 //! `field ‖ value ‖ 0x00 ‖ time (u64 BE, sign bit flipped) ‖ seq (u64 BE)`
 //!
@@ -167,6 +169,108 @@ pub struct SearchResult {
     pub truncated: bool,
     /// Index entries read to answer (for the curious and the benchmarks).
     pub scanned: u64,
+    /// Events not indexed yet, read one by one (the indexer's lag).
+    pub unindexed: u64,
+}
+
+/// Does `ev` (with its session's principal and target) meet every condition? The same test the
+/// indexes answer, for events they do not cover yet.
+fn matches_unindexed(
+    ev: &Event,
+    principal: Option<&str>,
+    target: &str,
+    conds: &[(u8, Vec<u8>)],
+    q: &SearchQuery,
+) -> bool {
+    if ev.time_us < q.from_us || ev.time_us > q.to_us {
+        return false;
+    }
+    let keys = index_keys(ev, principal, target);
+    conds
+        .iter()
+        .all(|(f, v)| keys.contains(&key(*f, v, ev.time_us, ev.seq)))
+}
+
+/// Does the statement of `ev` contain `needle` (lower case)?
+fn text_hit(ev: &Event, needle: &str) -> bool {
+    matches!(&ev.body, EventBody::Decision { statement: Some(s), .. }
+        if s.text.to_lowercase().contains(needle))
+}
+
+/// Events past the indexes' mark that match, newest first by (time, seq); at most `keep`.
+fn unindexed_matches(
+    db: &DB,
+    indexed: u64,
+    conds: &[(u8, Vec<u8>)],
+    needle: Option<&str>,
+    q: &SearchQuery,
+    keep: usize,
+    result: &mut SearchResult,
+) -> Result<Vec<Event>, RecorderError> {
+    let cf_events = store::cf(db, CF_EVENTS)?;
+    let cf_sessions = store::cf(db, store::CF_SESSIONS)?;
+    let mut sessions: std::collections::HashMap<String, (Option<String>, String)> =
+        std::collections::HashMap::new();
+    let mut found = std::collections::BinaryHeap::new();
+    let start = seq_key(indexed.saturating_add(1));
+    for item in db.iterator_cf(cf_events, IteratorMode::From(&start, Direction::Forward)) {
+        let (_, v) = item.map_err(RecorderError::read)?;
+        result.unindexed += 1;
+        // Undecodable events are `audit verify`'s to report; the indexes skip them too.
+        let Ok(ev) = serde_json::from_slice::<Event>(&v) else {
+            continue;
+        };
+        if !sessions.contains_key(&ev.session_id) {
+            let s = db
+                .get_cf(cf_sessions, ev.session_id.as_bytes())
+                .map_err(RecorderError::read)?
+                .and_then(|v| serde_json::from_slice::<store::SessionSummary>(&v).ok())
+                .map(|s| (s.principal, s.target))
+                .unwrap_or_default();
+            sessions.insert(ev.session_id.clone(), s);
+        }
+        let (principal, target) = sessions.get(&ev.session_id).cloned().unwrap_or_default();
+        if matches_unindexed(&ev, principal.as_deref(), &target, conds, q)
+            && needle.is_none_or(|n| text_hit(&ev, n))
+        {
+            // Only the newest `keep` are kept, however far behind the indexes are.
+            found.push(Oldest(ev));
+            if found.len() > keep {
+                found.pop();
+            }
+        }
+    }
+    Ok(found.into_sorted_vec().into_iter().map(|o| o.0).collect())
+}
+
+/// Orders events so that a max-heap's top is the oldest by (time, seq), and a sorted vector
+/// is newest first.
+struct Oldest(Event);
+
+impl Oldest {
+    fn key(&self) -> (i64, u64) {
+        (self.0.time_us, self.0.seq)
+    }
+}
+
+impl PartialEq for Oldest {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Oldest {}
+
+impl PartialOrd for Oldest {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Oldest {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.key().cmp(&self.key())
+    }
 }
 
 /// Run `q` against the indexes of `db`.
@@ -175,6 +279,7 @@ pub(crate) fn search(db: &DB, q: &SearchQuery) -> Result<SearchResult, RecorderE
         events: Vec::new(),
         truncated: false,
         scanned: 0,
+        unindexed: 0,
     };
     let Some(cf) = db.cf_handle(CF_SEARCH) else {
         return Ok(result);
@@ -217,13 +322,27 @@ pub(crate) fn search(db: &DB, q: &SearchQuery) -> Result<SearchResult, RecorderE
     let cf_events = store::cf(db, CF_EVENTS)?;
     // Events retention deleted, or is deleting (their index entries may be half gone).
     let floor = store::effective_floor(db)?;
+    // Events the indexer has not reached: read, and merged in by (time, seq).
+    let indexed = store::indexed_through(db).max(floor);
+    let mut newer = unindexed_matches(db, indexed, &conds, needle.as_deref(), q, limit + 1, &mut result)?
+        .into_iter()
+        .peekable();
+    let push = |result: &mut SearchResult, ev: Event| {
+        if result.events.len() == limit {
+            result.truncated = true;
+            false
+        } else {
+            result.events.push(ev);
+            true
+        }
+    };
     for item in db.iterator_cf(cf, IteratorMode::From(&high, Direction::Reverse)) {
         let (k, _) = item.map_err(RecorderError::read)?;
         if k.as_ref() < low.as_slice() {
             break;
         }
         result.scanned += 1;
-        let Some((time, seq)) = suffix(&k).filter(|(_, seq)| *seq > floor) else {
+        let Some((time, seq)) = suffix(&k).filter(|(_, seq)| *seq > floor && *seq <= indexed) else {
             continue;
         };
         let mut all = true;
@@ -248,18 +367,24 @@ pub(crate) fn search(db: &DB, q: &SearchQuery) -> Result<SearchResult, RecorderE
         };
         let ev: Event = serde_json::from_slice(&stored)
             .map_err(|e| RecorderError::Corrupt(format!("event {seq} is undecodable: {e}")))?;
-        if let Some(n) = &needle {
-            let hit = matches!(&ev.body, EventBody::Decision { statement: Some(s), .. }
-                if s.text.to_lowercase().contains(n.as_str()));
-            if !hit {
-                continue;
+        if needle.as_deref().is_some_and(|n| !text_hit(&ev, n)) {
+            continue;
+        }
+        let mut full = false;
+        while let Some(n) = newer.next_if(|n| (n.time_us, n.seq) > (time, seq)) {
+            if !push(&mut result, n) {
+                full = true;
+                break;
             }
         }
-        if result.events.len() == limit {
-            result.truncated = true;
+        if full || !push(&mut result, ev) {
             break;
         }
-        result.events.push(ev);
+    }
+    for n in newer {
+        if !push(&mut result, n) {
+            break;
+        }
     }
     Ok(result)
 }

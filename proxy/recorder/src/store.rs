@@ -35,6 +35,8 @@ pub(crate) const META_FLOOR: &[u8] = b"floor";
 /// A retention deletion in progress: JSON [`Floor`] of its target (unsigned), removed when
 /// the floor reaches it.
 pub(crate) const META_RETAINING: &[u8] = b"retaining";
+/// Seq through which the search indexes are written (u64 BE; see `indexer.rs`).
+pub(crate) const META_INDEXED: &[u8] = b"indexed";
 pub(crate) const META_FORMAT: &[u8] = b"format";
 pub(crate) const FORMAT_VALUE: &[u8] = b"gatehouse-log-v1";
 
@@ -104,55 +106,46 @@ pub(crate) fn open_rw(dir: &Path) -> Result<DB, RecorderError> {
                 .map_err(|e| open_err(e.to_string()))?;
         }
     }
-    backfill_search(&db)?;
+    // A log from before the indexer had every event indexed in its own batch (or, older
+    // still, had no indexes: the indexer builds them from 0).
+    if db
+        .get_cf(cf(&db, CF_META)?, META_INDEXED)
+        .map_err(|e| open_err(e.to_string()))?
+        .is_none()
+        && let Some(last) = last_event(&db)?
+        && db
+            .iterator_cf(cf(&db, crate::search::CF_SEARCH)?, IteratorMode::Start)
+            .next()
+            .is_some()
+    {
+        db.put_cf(cf(&db, CF_META)?, META_INDEXED, seq_key(last.seq))
+            .map_err(|e| open_err(e.to_string()))?;
+    }
     Ok(db)
 }
 
-/// A log written before the search indexes existed gets them once, at open.
-fn backfill_search(db: &DB) -> Result<(), RecorderError> {
-    let cf_search = cf(db, crate::search::CF_SEARCH)?;
-    let empty = db.iterator_cf(cf_search, IteratorMode::Start).next().is_none();
-    if !empty || last_event(db)?.is_none() {
-        return Ok(());
-    }
-    let started = std::time::Instant::now();
-    let mut summaries: std::collections::HashMap<String, (Option<String>, String)> =
-        std::collections::HashMap::new();
-    let (cf_events, cf_sessions) = (cf(db, CF_EVENTS)?, cf(db, CF_SESSIONS)?);
-    let mut wb = rocksdb::WriteBatch::default();
-    let mut n = 0u64;
-    for item in db.iterator_cf(cf_events, IteratorMode::Start) {
-        let (_, v) = item.map_err(RecorderError::read)?;
-        // What cannot be decoded is left to `audit verify`; it is simply not searchable.
-        let Ok(ev) = serde_json::from_slice::<crate::event::Event>(&v) else {
-            continue;
-        };
-        if !summaries.contains_key(&ev.session_id) {
-            let s = db
-                .get_cf(cf_sessions, ev.session_id.as_bytes())
-                .map_err(RecorderError::read)?
-                .and_then(|v| serde_json::from_slice::<SessionSummary>(&v).ok())
-                .map(|s| (s.principal, s.target))
-                .unwrap_or_default();
-            summaries.insert(ev.session_id.clone(), s);
+/// Seq through which the search indexes are written: events after it are found by reading
+/// them. A log from before the indexer kept no such mark: complete if it has indexes at all.
+/// The mark is derived data: one that cannot be read counts as 0 (everything is read, and
+/// indexed again).
+pub(crate) fn indexed_through(db: &DB) -> u64 {
+    let (Ok(meta), Ok(search)) = (cf(db, CF_META), cf(db, crate::search::CF_SEARCH)) else {
+        return 0;
+    };
+    match db.get_cf(meta, META_INDEXED) {
+        Ok(Some(v)) => seq_from_key(&v).unwrap_or_else(|| {
+            tracing::warn!("malformed search index mark: searches read every event until re-indexed");
+            0
+        }),
+        Ok(None) => {
+            let any = db.iterator_cf(search, IteratorMode::Start).next().is_some();
+            if any { u64::MAX } else { 0 }
         }
-        let (principal, target) = summaries.get(&ev.session_id).cloned().unwrap_or_default();
-        for k in crate::search::index_keys(&ev, principal.as_deref(), &target) {
-            wb.put_cf(cf_search, k, []);
-        }
-        n += 1;
-        if wb.len() >= 100_000 {
-            db.write(std::mem::take(&mut wb))
-                .map_err(|e| RecorderError::Write(e.to_string()))?;
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the search index mark");
+            0
         }
     }
-    db.write(wb).map_err(|e| RecorderError::Write(e.to_string()))?;
-    tracing::info!(
-        events = n,
-        secs = started.elapsed().as_secs(),
-        "search indexes built for an existing log"
-    );
-    Ok(())
 }
 
 /// Open the database read-only; needs no lock, so it works while a gateway writes to it.

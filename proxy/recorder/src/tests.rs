@@ -109,3 +109,123 @@ async fn invalid_event_is_refused_alone() {
     assert_eq!(rec.append(notice("ok", "y")).await.unwrap(), 1);
     assert_eq!(rec.stats().failed, 1);
 }
+
+fn buffered(dir: &std::path::Path) -> RecorderConfig {
+    RecorderConfig {
+        dir: dir.to_path_buf(),
+        durability: Durability::Buffered,
+        max_batch: 16,
+        checkpoints: None,
+        shipping: None,
+        literals: Default::default(),
+        results: Default::default(),
+    }
+}
+
+async fn indexed_through(rec: &Recorder, seq: u64) {
+    for _ in 0..1000 {
+        if rec.stats().indexed_seq >= seq {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("the indexer did not reach {seq}: {:?}", rec.stats());
+}
+
+fn search(dir: &std::path::Path, principal: Option<&str>, limit: usize) -> crate::SearchResult {
+    LogReader::open(dir)
+        .unwrap()
+        .search(&crate::SearchQuery {
+            kind: Some("notice".into()),
+            principal: principal.map(str::to_string),
+            from_us: i64::MIN,
+            to_us: i64::MAX,
+            limit,
+            ..Default::default()
+        })
+        .unwrap()
+}
+
+fn seqs(r: &crate::SearchResult) -> Vec<u64> {
+    r.events.iter().map(|e| e.seq).collect()
+}
+
+#[tokio::test]
+async fn search_reads_what_the_indexer_has_not_reached_and_the_indexer_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = Recorder::open(&buffered(dir.path())).unwrap();
+    let by = |session: &str, who: &str, time_us: i64| NewEvent {
+        principal: Some(who.to_string()),
+        time_us,
+        ..notice(session, "m")
+    };
+    // Times out of seq order: results are newest first by time, indexed or not.
+    for (i, t) in [10, 30, 50].into_iter().enumerate() {
+        assert_eq!(rec.append(by("a", "user:alice", t)).await.unwrap(), i as u64 + 1);
+    }
+    indexed_through(&rec, 3).await;
+
+    rec.pause_indexer(true);
+    for t in [20, 40, 60] {
+        rec.append(by("b", "user:bob", t)).await.unwrap();
+    }
+    // Events 4 to 6 are durable but not indexed: a search reads them and merges them in.
+    assert_eq!(rec.stats().indexed_seq, 3);
+    let r = search(dir.path(), None, 100);
+    assert_eq!((seqs(&r), r.unindexed), (vec![6, 3, 5, 2, 4, 1], 3));
+    let r = search(dir.path(), None, 4);
+    assert_eq!((seqs(&r), r.truncated), (vec![6, 3, 5, 2], true));
+    let r = search(dir.path(), Some("user:bob"), 100);
+    assert_eq!(seqs(&r), [6, 5, 4]);
+    let r = search(dir.path(), Some("user:alice"), 2);
+    assert_eq!((seqs(&r), r.truncated), (vec![3, 2], true));
+
+    // The next batch shows the indexer the gap: it reads 4 to 6 back from the log.
+    rec.pause_indexer(false);
+    rec.append(by("b", "user:bob", 70)).await.unwrap();
+    indexed_through(&rec, 7).await;
+    let r = search(dir.path(), Some("user:bob"), 100);
+    assert_eq!((seqs(&r), r.unindexed), (vec![7, 6, 5, 4], 0));
+
+    // What a shutdown leaves unindexed is indexed at the next start.
+    rec.pause_indexer(true);
+    rec.append(by("a", "user:alice", 80)).await.unwrap();
+    rec.shutdown();
+    let r = search(dir.path(), Some("user:alice"), 100);
+    assert_eq!((seqs(&r), r.unindexed), (vec![8, 3, 2, 1], 1));
+    let rec = Recorder::open(&buffered(dir.path())).unwrap();
+    indexed_through(&rec, 8).await;
+    rec.shutdown();
+    let r = search(dir.path(), Some("user:alice"), 100);
+    assert_eq!((seqs(&r), r.unindexed), (vec![8, 3, 2, 1], 0));
+}
+
+#[tokio::test]
+async fn batches_the_indexer_never_received_are_read_back_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = Recorder::open(&buffered(dir.path())).unwrap();
+    let ev = |who: &str| NewEvent {
+        principal: Some(who.to_string()),
+        ..notice("s", "m")
+    };
+    rec.append(ev("user:a")).await.unwrap();
+    indexed_through(&rec, 1).await;
+    // Three commits in quick succession (the indexer gathers them in one window); the middle
+    // one never reaches it.
+    rec.drop_index_batch(3);
+    for who in ["user:b", "user:c", "user:d"] {
+        rec.append(ev(who)).await.unwrap();
+    }
+    indexed_through(&rec, 4).await;
+    assert_eq!(rec.stats().index_dropped_batches, 1);
+    let r = search(dir.path(), Some("user:c"), 10);
+    assert_eq!((seqs(&r), r.unindexed), (vec![3], 0));
+    // The last batch before a quiet spell goes missing: the indexer reads it back on its own.
+    rec.drop_index_batch(5);
+    rec.append(ev("user:e")).await.unwrap();
+    indexed_through(&rec, 5).await;
+    assert_eq!(rec.stats().index_dropped_batches, 2);
+    rec.shutdown();
+    let r = search(dir.path(), None, 10);
+    assert_eq!((seqs(&r), r.unindexed), (vec![5, 4, 3, 2, 1], 0));
+}

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use crate::checkpoint::CheckpointSigner;
 use crate::error::RecorderError;
 use crate::event::{Event, EventBody, NewEvent, canonical_from_stored, seal};
+use crate::indexer::{self, Committed, Indexer};
 use crate::store::{
     self, CF_BY_SESSION, CF_CHECKPOINTS, CF_EVENTS, CF_META, CF_SESSIONS, Floor, Head, META_FLOOR, META_HEAD,
     META_RETAINING, SessionSummary, StoredHead, by_session_key, seq_from_key, seq_key,
@@ -87,6 +88,12 @@ pub struct RecorderStats {
     pub last_seq: u64,
     /// Events enqueued and not yet committed or failed.
     pub pending: u64,
+    /// Seq through which the search indexes are written (they trail `last_seq`; searches read
+    /// the events past it).
+    pub indexed_seq: u64,
+    /// Committed batches the indexer's queue was too full to take (it read them back from the
+    /// log instead: a sign it falls behind).
+    pub index_dropped_batches: u64,
 }
 
 #[derive(Default)]
@@ -106,6 +113,7 @@ struct Inner {
     tx: RwLock<Option<Sender<Msg>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
+    index: Arc<indexer::Shared>,
 }
 
 /// The write side of the event log. Cheap to clone; all clones share one writer thread.
@@ -151,8 +159,13 @@ impl Recorder {
                 })
             }
         };
-        let db = store::open_rw(&cfg.dir)?;
+        let db = Arc::new(store::open_rw(&cfg.dir)?);
         let head = store::recover_head(&db)?;
+        let index = Arc::new(indexer::Shared::new(
+            db.clone(),
+            store::indexed_through(&db).min(head.seq),
+            head.seq,
+        ));
         let mut checkpoints = checkpoints;
         if let Some(c) = &mut checkpoints {
             c.seq = store::last_checkpoint_seq(&db)?;
@@ -173,6 +186,7 @@ impl Recorder {
             unsynced: None,
             checkpoints,
             retain: None,
+            indexer: Indexer::start(index.clone())?,
         };
         let mut writer = writer;
         writer.resume_retention();
@@ -196,6 +210,7 @@ impl Recorder {
                 tx: RwLock::new(Some(tx)),
                 thread: Mutex::new(Some(thread)),
                 counters,
+                index,
             }),
         })
     }
@@ -264,6 +279,8 @@ impl Recorder {
             batches: c.batches.load(Ordering::Relaxed),
             last_seq: c.last_seq.load(Ordering::Relaxed),
             pending: c.pending.load(Ordering::Relaxed),
+            indexed_seq: self.inner.index.indexed.load(Ordering::Relaxed),
+            index_dropped_batches: self.inner.index.dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -277,6 +294,19 @@ impl Recorder {
     #[cfg(test)]
     pub(crate) fn fail_next_batches(&self, n: u64) {
         self.inner.counters.fail_batches.store(n, Ordering::SeqCst);
+    }
+
+    /// Test hook: the committed batch holding `seq` is not handed to the indexer (as if its
+    /// queue were full).
+    #[cfg(test)]
+    pub(crate) fn drop_index_batch(&self, seq: u64) {
+        self.inner.index.drop_seq.store(seq, Ordering::SeqCst);
+    }
+
+    /// Test hook: while paused, the indexer throws away what the writer hands it.
+    #[cfg(test)]
+    pub(crate) fn pause_indexer(&self, paused: bool) {
+        self.inner.index.paused.store(paused, Ordering::SeqCst);
     }
 }
 
@@ -309,8 +339,9 @@ impl Drop for Inner {
 struct Writer {
     dir: PathBuf,
     /// `None` after a failed write: the next batch reopens the database and recomputes the
-    /// head from what is durable.
-    db: Option<DB>,
+    /// head from what is durable. Shared with the indexer, which holds it for one write or
+    /// one chunk of a catch-up at a time.
+    db: Option<Arc<DB>>,
     head: Head,
     sync: bool,
     max_batch: usize,
@@ -332,6 +363,8 @@ struct Writer {
     checkpoints: Option<Checkpoints>,
     /// A retention deletion in progress.
     retain: Option<RetainJob>,
+    /// Writes the search indexes of committed batches, on its own thread.
+    indexer: Indexer,
 }
 
 struct Checkpoints {
@@ -397,8 +430,15 @@ impl Writer {
                 .unsynced
                 .map(|since| UNSYNCED_MAX.saturating_sub(since.elapsed()));
             let checkpoint_in = self.checkpoints.as_ref().and_then(|c| c.due_in(self.head.seq));
-            // A retention job in progress: poll, and step whenever nothing is waiting.
-            let retain_in = self.retain.as_ref().map(|_| Duration::ZERO);
+            // A retention job in progress: poll, and step whenever nothing is waiting (once the
+            // indexer has indexed what the job deletes the index entries of).
+            let retain_in = self.retain.as_ref().map(|_| {
+                if self.retain_ready() {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(10)
+                }
+            });
             let wait = match (sync_in, checkpoint_in, retain_in) {
                 (None, None, None) => None,
                 (a, b, c) => a.into_iter().chain(b).chain(c).min(),
@@ -411,7 +451,7 @@ impl Writer {
                 Some(wait) => match rx.recv_timeout(wait) {
                     Ok(p) => p,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if self.retain.is_some() {
+                        if self.retain_ready() {
                             self.retain_step();
                         }
                         if self
@@ -453,10 +493,16 @@ impl Writer {
                 .retain
                 .as_ref()
                 .is_some_and(|j| j.last_step.elapsed() >= RETAIN_STEP_EVERY)
+                && self.retain_ready()
             {
                 self.retain_step();
             }
         }
+        // The indexer writes what was handed to it (a long catch-up stops at its next chunk
+        // and the next start goes on); then only this thread holds the database, which closes
+        // when it ends.
+        self.indexer.stop();
+        self.indexer.shared.set_db(None);
         if let Some(d) = self.retain.take().and_then(|j| j.done) {
             let _ = d.send(Err(RecorderError::Closed));
         }
@@ -582,6 +628,14 @@ impl Writer {
             tracing::info!(floor = m.seq, "resuming an interrupted retention deletion");
             self.start_retention(m.seq, m.sink, None);
         }
+    }
+
+    /// A retention job runs once the indexer is past its floor: deleting index entries the
+    /// indexer has yet to write would leave them behind.
+    fn retain_ready(&self) -> bool {
+        self.retain
+            .as_ref()
+            .is_some_and(|j| self.indexer.shared.indexed.load(Ordering::Acquire) >= j.floor.seq)
     }
 
     /// One step of the retention job; finishes it when every index entry is gone.
@@ -760,16 +814,44 @@ impl Writer {
         }
     }
 
+    /// Close the database after a failed write (the next batch reopens it). The indexer may be
+    /// writing with it: wait for that write (it fails too, or finishes) so the files are
+    /// released before they are opened again.
+    fn close_db(&mut self) {
+        self.indexer.shared.set_db(None);
+        let Some(mut db) = self.db.take() else { return };
+        let started = Instant::now();
+        loop {
+            match Arc::try_unwrap(db) {
+                Ok(db) => {
+                    drop(db);
+                    return;
+                }
+                Err(shared) => {
+                    db = shared;
+                    if started.elapsed() > Duration::from_secs(10) {
+                        // The reopen then fails on the lock and is retried with the next batch.
+                        tracing::error!("the search indexer holds the event log open");
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+
     /// The database, reopened (and the head recomputed) after an earlier failure.
     fn ensure_db(&mut self) -> Result<(), RecorderError> {
         if self.db.is_none() {
-            let db = store::open_rw(&self.dir)?;
+            let db = Arc::new(store::open_rw(&self.dir)?);
             self.head = store::recover_head(&db)?;
             if let Some(c) = &mut self.checkpoints {
                 c.seq = store::last_checkpoint_seq(&db)?;
             }
             self.counters.last_seq.store(self.head.seq, Ordering::Relaxed);
             self.summaries.clear();
+            self.indexer.shared.head.store(self.head.seq, Ordering::Release);
+            self.indexer.shared.set_db(Some(db.clone()));
             self.db = Some(db);
             tracing::info!(last_seq = self.head.seq, "event log reopened");
         }
@@ -941,15 +1023,15 @@ impl Writer {
         let Some(db) = self.db.as_ref() else {
             return Err(RecorderError::Write("the database is not open".to_string()));
         };
-        let (cf_events, cf_by_session, cf_sessions, cf_meta, cf_search) = (
+        let (cf_events, cf_by_session, cf_sessions, cf_meta) = (
             store::cf(db, CF_EVENTS)?,
             store::cf(db, CF_BY_SESSION)?,
             store::cf(db, CF_SESSIONS)?,
             store::cf(db, CF_META)?,
-            store::cf(db, crate::search::CF_SEARCH)?,
         );
 
         let mut head = self.head;
+        let mut committed = Vec::with_capacity(events.len());
         let mut wb = WriteBatch::default();
         let mut staged: HashMap<String, SessionSummary> = HashMap::new();
         let mut results = Vec::with_capacity(events.len());
@@ -986,10 +1068,12 @@ impl Writer {
             }
             if let Some(s) = staged.get_mut(&ev.session_id) {
                 update_summary(s, &ev.body, ev.principal.as_deref(), ev.time_us, seq);
-                // Searchable exactly when durable: the index entries ride in the same batch.
-                for k in crate::search::index_keys(&ev, s.principal.as_deref(), &s.target) {
-                    wb.put_cf(cf_search, k, []);
-                }
+                // The search indexes are the indexer's, once the batch is committed.
+                committed.push(Committed {
+                    principal: s.principal.clone(),
+                    target: s.target.clone(),
+                    ev,
+                });
             }
             head = Head { seq, hash };
             results.push(Ok(seq));
@@ -1036,11 +1120,12 @@ impl Writer {
         if let Err(e) = res {
             // Nothing of the batch is acknowledged. Reopen before the next batch so the head
             // is recomputed from what is actually durable and a failed DB state is cleared.
-            self.db = None;
+            self.close_db();
             return Err(RecorderError::Write(e));
         }
 
         self.head = head;
+        self.indexer.send(committed, head.seq);
         if checkpoint && let Some(c) = &mut self.checkpoints {
             c.seq = head.seq;
             c.at = Instant::now();

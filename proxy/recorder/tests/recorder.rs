@@ -1297,7 +1297,17 @@ async fn search_finds_events_by_every_field_from_the_indexes() {
     rec.shutdown();
     search_checks(&LogReader::open(dir.path()).unwrap());
 
-    // A log from before the indexes: they are built when it is next opened for writing.
+    assert_eq!(
+        LogReader::open(dir.path())
+            .unwrap()
+            .search(&q())
+            .unwrap()
+            .unindexed,
+        0
+    );
+
+    // A log from before the indexes (no entries, no mark): searches read every event, and the
+    // indexes are built when it is next opened for writing.
     {
         let db = raw_db(dir.path());
         let cf = db.cf_handle("search").unwrap();
@@ -1309,12 +1319,45 @@ async fn search_finds_events_by_every_field_from_the_indexes() {
         for k in keys {
             db.delete_cf(cf, k).unwrap();
         }
+        db.delete_cf(db.cf_handle("meta").unwrap(), b"indexed").unwrap();
     }
-    assert!(seqs_of(&LogReader::open(dir.path()).unwrap(), q()).is_empty());
+    search_checks(&LogReader::open(dir.path()).unwrap());
+    assert_eq!(
+        LogReader::open(dir.path())
+            .unwrap()
+            .search(&q())
+            .unwrap()
+            .unindexed,
+        7
+    );
     Recorder::open(&cfg(dir.path(), Durability::Sync))
         .unwrap()
         .shutdown();
     search_checks(&LogReader::open(dir.path()).unwrap());
+    assert_eq!(
+        LogReader::open(dir.path())
+            .unwrap()
+            .search(&q())
+            .unwrap()
+            .unindexed,
+        0
+    );
+    assert!(trailing_seqs(dir.path(), "search").len() > 7);
+
+    // A log from the synchronous indexes (entries, no mark) is taken as fully indexed.
+    {
+        let db = raw_db(dir.path());
+        db.delete_cf(db.cf_handle("meta").unwrap(), b"indexed").unwrap();
+    }
+    search_checks(&LogReader::open(dir.path()).unwrap());
+    assert_eq!(
+        LogReader::open(dir.path())
+            .unwrap()
+            .search(&q())
+            .unwrap()
+            .unindexed,
+        0
+    );
 }
 
 /// The keys of one column family, as seqs where the key ends with one (search, by_session).
