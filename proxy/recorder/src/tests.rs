@@ -94,16 +94,7 @@ async fn failed_write_refuses_batch_keeps_head_and_recovers() {
 #[tokio::test]
 async fn invalid_event_is_refused_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let rec = Recorder::open(&RecorderConfig {
-        dir: dir.path().to_path_buf(),
-        durability: Durability::Buffered,
-        max_batch: 16,
-        checkpoints: None,
-        shipping: None,
-        literals: Default::default(),
-        results: Default::default(),
-    })
-    .unwrap();
+    let rec = Recorder::open(&buffered(dir.path())).unwrap();
     let err = rec.append(notice("bad\0id", "x")).await.unwrap_err();
     assert!(matches!(err, RecorderError::Invalid(_)), "{err}");
     assert_eq!(rec.append(notice("ok", "y")).await.unwrap(), 1);

@@ -1297,14 +1297,7 @@ async fn search_finds_events_by_every_field_from_the_indexes() {
     rec.shutdown();
     search_checks(&LogReader::open(dir.path()).unwrap());
 
-    assert_eq!(
-        LogReader::open(dir.path())
-            .unwrap()
-            .search(&q())
-            .unwrap()
-            .unindexed,
-        0
-    );
+    assert_eq!(unindexed(dir.path()), 0);
 
     // A log from before the indexes (no entries, no mark): searches read every event, and the
     // indexes are built when it is next opened for writing.
@@ -1322,26 +1315,12 @@ async fn search_finds_events_by_every_field_from_the_indexes() {
         db.delete_cf(db.cf_handle("meta").unwrap(), b"indexed").unwrap();
     }
     search_checks(&LogReader::open(dir.path()).unwrap());
-    assert_eq!(
-        LogReader::open(dir.path())
-            .unwrap()
-            .search(&q())
-            .unwrap()
-            .unindexed,
-        7
-    );
+    assert_eq!(unindexed(dir.path()), 7);
     Recorder::open(&cfg(dir.path(), Durability::Sync))
         .unwrap()
         .shutdown();
     search_checks(&LogReader::open(dir.path()).unwrap());
-    assert_eq!(
-        LogReader::open(dir.path())
-            .unwrap()
-            .search(&q())
-            .unwrap()
-            .unindexed,
-        0
-    );
+    assert_eq!(unindexed(dir.path()), 0);
     assert!(trailing_seqs(dir.path(), "search").len() > 7);
 
     // A log from the synchronous indexes (entries, no mark) is taken as fully indexed.
@@ -1350,14 +1329,12 @@ async fn search_finds_events_by_every_field_from_the_indexes() {
         db.delete_cf(db.cf_handle("meta").unwrap(), b"indexed").unwrap();
     }
     search_checks(&LogReader::open(dir.path()).unwrap());
-    assert_eq!(
-        LogReader::open(dir.path())
-            .unwrap()
-            .search(&q())
-            .unwrap()
-            .unindexed,
-        0
-    );
+    assert_eq!(unindexed(dir.path()), 0);
+}
+
+/// Events a search over everything had to read because the indexes did not reach them.
+fn unindexed(dir: &Path) -> u64 {
+    LogReader::open(dir).unwrap().search(&q()).unwrap().unindexed
 }
 
 /// The keys of one column family, as seqs where the key ends with one (search, by_session).
