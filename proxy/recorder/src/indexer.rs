@@ -12,7 +12,8 @@
 //! - a search covers the events past `indexed` by reading them (see `search.rs`), so an event
 //!   is still searchable exactly when it is durable;
 //! - when its queue is full, the writer drops the batch instead of waiting; the indexer sees the
-//!   gap and reads those events back from the log;
+//!   gap in seqs (or, when nothing follows, the writer's published head within a second) and
+//!   reads those events back from the log;
 //! - at start it reads back whatever a crash or a shutdown left unindexed (and builds the
 //!   indexes of a log that has none);
 //! - index writes are not fsynced: they become durable with the writer's next fsync, and what a
