@@ -19,7 +19,6 @@
 //! - index writes are not fsynced: they become durable with the writer's next fsync, and what a
 //!   power loss takes is re-read at the next start, since `indexed` went with them.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -30,9 +29,8 @@ use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
 use crate::error::RecorderError;
 use crate::event::Event;
-use crate::store::{
-    self, CF_EVENTS, CF_META, CF_SESSIONS, META_INDEXED, SessionSummary, seq_from_key, seq_key,
-};
+use crate::search::{SESSIONS_CACHE, SessionContext};
+use crate::store::{self, CF_EVENTS, CF_META, META_INDEXED, seq_from_key, seq_key};
 
 /// One committed event, with what its index keys need from its session's summary.
 pub(crate) struct Committed {
@@ -54,8 +52,6 @@ const LINGER: Duration = Duration::from_millis(5);
 const CATCH_UP_EVENTS: usize = 2048;
 /// After a failed write, wait this long before trying again.
 const RETRY: Duration = Duration::from_secs(1);
-/// Most sessions remembered while catching up (their principal and target).
-const SESSIONS_CACHE: usize = 10_000;
 
 /// What the writer and the indexer share.
 pub(crate) struct Shared {
@@ -177,7 +173,7 @@ struct Worker {
     shared: Arc<Shared>,
     /// Seq through which indexes are written.
     through: u64,
-    sessions: HashMap<String, (Option<String>, String)>,
+    sessions: SessionContext,
     /// Since when writes fail (logged once, then every minute).
     failing: Option<Instant>,
     /// After a failed write, not before this.
@@ -191,7 +187,7 @@ impl Worker {
         Worker {
             shared,
             through,
-            sessions: HashMap::new(),
+            sessions: SessionContext::new(SESSIONS_CACHE),
             failing: None,
             retry_at: None,
             last_logged: None,
@@ -335,9 +331,8 @@ impl Worker {
         if floor > self.through {
             self.write(db, WriteBatch::default(), floor.min(upto))?;
         }
-        let (cf_events, cf_sessions, cf_search) = (
+        let (cf_events, cf_search) = (
             store::cf(db, CF_EVENTS)?,
-            store::cf(db, CF_SESSIONS)?,
             store::cf(db, crate::search::CF_SEARCH)?,
         );
         let start = seq_key(self.through.saturating_add(1));
@@ -355,22 +350,9 @@ impl Worker {
             let Ok(ev) = serde_json::from_slice::<Event>(&v) else {
                 continue;
             };
-            if !self.sessions.contains_key(&ev.session_id) {
-                if self.sessions.len() >= SESSIONS_CACHE {
-                    self.sessions.clear();
-                }
-                let s = db
-                    .get_cf(cf_sessions, ev.session_id.as_bytes())
-                    .map_err(RecorderError::read)?
-                    .and_then(|v| serde_json::from_slice::<SessionSummary>(&v).ok())
-                    .map(|s| (s.principal, s.target))
-                    .unwrap_or_default();
-                self.sessions.insert(ev.session_id.clone(), s);
-            }
-            if let Some((principal, target)) = self.sessions.get(&ev.session_id) {
-                for k in crate::search::index_keys(&ev, principal.as_deref(), target) {
-                    wb.put_cf(cf_search, k, []);
-                }
+            let (principal, target) = self.sessions.get(db, &ev.session_id)?;
+            for k in crate::search::index_keys(&ev, principal.as_deref(), target) {
+                wb.put_cf(cf_search, k, []);
             }
         }
         if reached > self.through {

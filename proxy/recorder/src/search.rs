@@ -102,6 +102,49 @@ fn outcome(body: &EventBody) -> Option<&'static str> {
     })
 }
 
+/// Most sessions a [`SessionContext`] remembers.
+pub(crate) const SESSIONS_CACHE: usize = 10_000;
+
+/// What index keys need from each session's summary (principal, target), read once per
+/// session, for events indexed or matched after their commit. At most `max` sessions are
+/// remembered.
+pub(crate) struct SessionContext {
+    known: std::collections::HashMap<String, (Option<String>, String)>,
+    max: usize,
+}
+
+impl SessionContext {
+    pub(crate) fn new(max: usize) -> SessionContext {
+        SessionContext {
+            known: std::collections::HashMap::new(),
+            max,
+        }
+    }
+
+    /// (principal, target) of `session_id`'s summary (none yet: nothing).
+    pub(crate) fn get(
+        &mut self,
+        db: &DB,
+        session_id: &str,
+    ) -> Result<&(Option<String>, String), RecorderError> {
+        if !self.known.contains_key(session_id) {
+            if self.known.len() >= self.max {
+                self.known.clear();
+            }
+            let s = db
+                .get_cf(store::cf(db, store::CF_SESSIONS)?, session_id.as_bytes())
+                .map_err(RecorderError::read)?
+                .and_then(|v| serde_json::from_slice::<store::SessionSummary>(&v).ok())
+                .map(|s| (s.principal, s.target))
+                .unwrap_or_default();
+            self.known.insert(session_id.to_string(), s);
+        }
+        self.known
+            .get(session_id)
+            .ok_or_else(|| RecorderError::Corrupt("session context vanished".to_string()))
+    }
+}
+
 /// Index keys for `ev`, whose session has `principal` and `target` (from its summary).
 pub(crate) fn index_keys(ev: &Event, principal: Option<&str>, target: &str) -> Vec<Vec<u8>> {
     let (t, s) = (ev.time_us, ev.seq);
@@ -208,9 +251,7 @@ fn unindexed_matches(
     result: &mut SearchResult,
 ) -> Result<Vec<Event>, RecorderError> {
     let cf_events = store::cf(db, CF_EVENTS)?;
-    let cf_sessions = store::cf(db, store::CF_SESSIONS)?;
-    let mut sessions: std::collections::HashMap<String, (Option<String>, String)> =
-        std::collections::HashMap::new();
+    let mut sessions = SessionContext::new(SESSIONS_CACHE);
     let mut found = std::collections::BinaryHeap::new();
     let start = seq_key(indexed.saturating_add(1));
     for item in db.iterator_cf(cf_events, IteratorMode::From(&start, Direction::Forward)) {
@@ -220,17 +261,8 @@ fn unindexed_matches(
         let Ok(ev) = serde_json::from_slice::<Event>(&v) else {
             continue;
         };
-        if !sessions.contains_key(&ev.session_id) {
-            let s = db
-                .get_cf(cf_sessions, ev.session_id.as_bytes())
-                .map_err(RecorderError::read)?
-                .and_then(|v| serde_json::from_slice::<store::SessionSummary>(&v).ok())
-                .map(|s| (s.principal, s.target))
-                .unwrap_or_default();
-            sessions.insert(ev.session_id.clone(), s);
-        }
-        let (principal, target) = sessions.get(&ev.session_id).cloned().unwrap_or_default();
-        if matches_unindexed(&ev, principal.as_deref(), &target, conds, q)
+        let (principal, target) = sessions.get(db, &ev.session_id)?;
+        if matches_unindexed(&ev, principal.as_deref(), target, conds, q)
             && needle.is_none_or(|n| text_hit(&ev, n))
         {
             // Only the newest `keep` are kept, however far behind the indexes are.
