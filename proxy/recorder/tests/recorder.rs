@@ -1316,9 +1316,16 @@ async fn search_finds_events_by_every_field_from_the_indexes() {
     }
     search_checks(&LogReader::open(dir.path()).unwrap());
     assert_eq!(unindexed(dir.path()), 7);
-    Recorder::open(&cfg(dir.path(), Durability::Sync))
-        .unwrap()
-        .shutdown();
+    // The indexer builds them in the background; a shutdown before it gets to them would
+    // leave them for the start after (searches read them meanwhile), so wait for it here.
+    let rec = Recorder::open(&cfg(dir.path(), Durability::Sync)).unwrap();
+    let mut waited = 0;
+    while rec.stats().indexed_seq < 7 {
+        assert!(waited < 2000, "the indexer did not catch up: {:?}", rec.stats());
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        waited += 1;
+    }
+    rec.shutdown();
     search_checks(&LogReader::open(dir.path()).unwrap());
     assert_eq!(unindexed(dir.path()), 0);
     assert!(trailing_seqs(dir.path(), "search").len() > 7);
