@@ -2,14 +2,17 @@
 //! committed events, trailing the writer.
 //!
 //! The writer's group commit holds the events, the by-session index, the session summaries and
-//! the chain head. The search indexes (about ten keys per event: time, kind, principal, target,
-//! decision, policy ids, each statement word) used to ride in the same batch, and inserting them
-//! was the largest single cost of an append. They are derived data: they can be rebuilt from the
-//! events at any time. So the writer hands each committed batch to this thread, which writes the
-//! index entries and, in the same batch, how far it got (`meta/indexed`, u64 big-endian).
+//! the chain head. The search indexes (time, kind, principal, target, decision, policy ids,
+//! each statement word) used to ride in the same batch, a key per event and term, and inserting
+//! them was the largest single cost of an append. They are derived data: they can be rebuilt
+//! from the events at any time. So the writer hands each committed batch to this thread, which
+//! gathers a few milliseconds of them into one block of posting lists (`search.rs`: a
+//! directory entry and a posting list per term and block, instead of a key per term and
+//! event) and writes it with, in the same batch, how far the indexes reach
+//! (`meta/postings_indexed`, u64 big-endian).
 //!
 //! Nothing is lost when it lags or stops:
-//! - a search covers the events past `indexed` by reading them (see `search.rs`), so an event
+//! - a search covers the events past the mark by reading them (see `search.rs`), so an event
 //!   is still searchable exactly when it is durable;
 //! - when its queue is full, the writer drops the batch instead of waiting; the indexer sees the
 //!   gap in seqs (or, when nothing follows, the writer's published head within a second) and
@@ -17,7 +20,7 @@
 //! - at start it reads back whatever a crash or a shutdown left unindexed (and builds the
 //!   indexes of a log that has none);
 //! - index writes are not fsynced: they become durable with the writer's next fsync, and what a
-//!   power loss takes is re-read at the next start, since `indexed` went with them.
+//!   power loss takes is re-read at the next start, since the mark went with them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -29,7 +32,7 @@ use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
 use crate::error::RecorderError;
 use crate::event::Event;
-use crate::search::{SESSIONS_CACHE, SessionContext};
+use crate::search::{Block, SESSIONS_CACHE, SessionContext};
 use crate::store::{self, CF_EVENTS, CF_META, META_INDEXED, seq_from_key, seq_key};
 
 /// One committed event, with what its index keys need from its session's summary.
@@ -261,8 +264,7 @@ impl Worker {
         }
         let Some(db) = self.shared.db() else { return };
         let res = (|| -> Result<(), RecorderError> {
-            let cf = store::cf(&db, crate::search::CF_SEARCH)?;
-            let mut wb = WriteBatch::default();
+            let mut block = Block::default();
             let mut upto = self.through;
             for c in &items {
                 let seq = c.ev.seq;
@@ -271,7 +273,7 @@ impl Worker {
                 }
                 if seq > upto + 1 {
                     if upto > self.through {
-                        self.write(&db, std::mem::take(&mut wb), upto)?;
+                        self.write(&db, std::mem::take(&mut block), upto)?;
                     }
                     self.catch_up(seq - 1);
                     if self.through + 1 < seq {
@@ -280,13 +282,11 @@ impl Worker {
                         return Ok(());
                     }
                 }
-                for k in crate::search::index_keys(&c.ev, c.principal.as_deref(), &c.target) {
-                    wb.put_cf(cf, k, []);
-                }
+                block.add(&c.ev, c.principal.as_deref(), &c.target);
                 upto = seq;
             }
             if upto > self.through {
-                self.write(&db, wb, upto)?;
+                self.write(&db, block, upto)?;
             }
             Ok(())
         })();
@@ -329,14 +329,11 @@ impl Worker {
         // Events retention deleted (or is deleting) are not indexed again.
         let floor = store::effective_floor(db)?;
         if floor > self.through {
-            self.write(db, WriteBatch::default(), floor.min(upto))?;
+            self.write(db, Block::default(), floor.min(upto))?;
         }
-        let (cf_events, cf_search) = (
-            store::cf(db, CF_EVENTS)?,
-            store::cf(db, crate::search::CF_SEARCH)?,
-        );
+        let cf_events = store::cf(db, CF_EVENTS)?;
         let start = seq_key(self.through.saturating_add(1));
-        let mut wb = WriteBatch::default();
+        let mut block = Block::default();
         let (mut n, mut reached) = (0usize, self.through);
         for item in db.iterator_cf(cf_events, IteratorMode::From(&start, Direction::Forward)) {
             let (k, v) = item.map_err(RecorderError::read)?;
@@ -351,19 +348,26 @@ impl Worker {
                 continue;
             };
             let (principal, target) = self.sessions.get(db, &ev.session_id)?;
-            for k in crate::search::index_keys(&ev, principal.as_deref(), target) {
-                wb.put_cf(cf_search, k, []);
-            }
+            block.add(&ev, principal.as_deref(), target);
         }
         if reached > self.through {
-            self.write(db, wb, reached)?;
+            self.write(db, block, reached)?;
         }
         Ok(())
     }
 
-    /// One index write, with how far it reaches (not fsynced; see the module docs).
-    fn write(&mut self, db: &DB, mut wb: WriteBatch, upto: u64) -> Result<(), RecorderError> {
-        wb.put_cf(store::cf(db, CF_META)?, META_INDEXED, seq_key(upto));
+    /// One index write: a block, and how far the indexes reach (not fsynced; see the module
+    /// docs).
+    fn write(&mut self, db: &DB, block: Block, upto: u64) -> Result<(), RecorderError> {
+        let mut wb = WriteBatch::default();
+        let meta = store::cf(db, CF_META)?;
+        // Searches bound their directory scans by the widest block (see `search.rs`).
+        let spread = block.spread();
+        if spread > store::index_spread(db)?.unwrap_or(0) {
+            wb.put_cf(meta, store::META_INDEX_SPREAD, spread.to_be_bytes());
+        }
+        block.write(&mut wb, store::cf(db, crate::search::CF_SEARCH)?);
+        wb.put_cf(meta, META_INDEXED, seq_key(upto));
         db.write(wb).map_err(|e| RecorderError::Write(e.to_string()))?;
         self.through = upto;
         self.shared.indexed.store(upto, Ordering::Release);

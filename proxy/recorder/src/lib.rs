@@ -28,9 +28,9 @@
 //! | `events` | seq, u64 big-endian | the event's JSON (see below) |
 //! | `by_session` | session id ‖ `0x00` ‖ seq (u64 BE) | empty |
 //! | `sessions` | session id | JSON [`SessionSummary`], updated by the writer in the same batch |
-//! | `meta` | `head` / `format` / `indexed` | `{"seq":N,"hash":"…"}` / `gatehouse-log-v1` / seq the search indexes reach (u64 BE) |
+//! | `meta` | `head` / `format` / `index_format` / `postings_indexed` / `postings_spread` | `{"seq":N,"hash":"…"}` / `gatehouse-log-v1` / `postings-v1` / seq the search indexes reach (u64 BE) / widest time range of an index block (µs, i64 BE) |
 //! | `checkpoints` | seq of the last event covered (u64 BE) | JSON [`Checkpoint`] |
-//! | `search` | field ‖ value ‖ `0x00` ‖ time ‖ seq (see `search.rs`) | empty |
+//! | `search` | per block of events: a directory entry and a posting list per term, and a manifest (see `search.rs`) | |
 //!
 //! # Chain encoding, v1
 //!

@@ -1,11 +1,13 @@
 //! Search indexes and queries (`gatehouse audit search`, `GET /v1/audit/search`).
 //!
 //! The indexer thread (`indexer.rs`) writes index entries for committed events, trailing the
-//! writer, and records how far it got (`meta/indexed`). A search reads the events past that
+//! writer, and records how far it got (`meta/postings_indexed`). A search reads the events past that
 //! mark directly (normally a few, the indexer's lag), so an event is searchable exactly when it
-//! is durable. One column family, `search`, keys only:
+//! is durable.
 //!
-//! `field ‖ value ‖ 0x00 ‖ time (u64 BE, sign bit flipped) ‖ seq (u64 BE)`
+//! ## Terms
+//!
+//! Each event has a handful of *terms*, `field ‖ value`:
 //!
 //! | field | value |
 //! |---|---|
@@ -15,15 +17,47 @@
 //! | `d` | decision outcome (`allow`, `deny`, `hold`) |
 //! | `y` | each policy id a decision cites |
 //! | `w` | each word of a statement's text (lower case, letters, digits and `_`, 2–64 long) |
-//! | `T` | (empty): every event by time |
+//! | `T` | (empty): every event |
 //!
-//! A query drives one index over its time range (the most selective condition it has, or time
-//! alone), newest first, and checks every other condition with a point lookup of its exact
-//! key; only matching events are read. Text matches events whose statement contains every word
-//! of the query, then the whole query as a case-insensitive substring.
+//! ## Blocks (index format `postings-v1`, `meta/index_format`)
+//!
+//! The indexer writes the events of one write (a few milliseconds of commits, or a catch-up
+//! chunk) as one *block*, named by the seq of its first event. Per term the block holds a
+//! posting list (and a directory entry) instead of a key per event and term. Under load a
+//! block covers hundreds of events that share most of their terms, so the index writes a
+//! fraction of the dozen keys per decision the old layout did, which made it the largest cost
+//! of recording. (At a trickle a block is about one commit, and a term costs two keys
+//! instead of one; nothing is waiting then.) One column family, `search`:
+//!
+//! | key | value |
+//! |---|---|
+//! | `D ‖ term ‖ 0x00 ‖ max time ‖ block` | min time: the directory, newest block last |
+//! | `P ‖ block ‖ term` | the posting list: (seq, time) of each event with the term |
+//! | `B ‖ block` | last seq ‖ the block's terms with their max time: what retention deletes |
+//!
+//! Times are u64 big-endian with the sign bit flipped (they sort as signed), seqs and blocks
+//! u64 big-endian. A posting list is LEB128 varints, per event in seq order: seq minus the
+//! previous one (the first: minus the block), then the zigzag time minus the previous one (the
+//! first: minus 0).
+//!
+//! A query drives one term's directory (its most selective condition, or `T`), blocks by
+//! descending max time, and intersects that block's posting lists of the other conditions
+//! (point lookups). It keeps the newest `limit + 1` matches and stops at the first block whose
+//! max time is older than all of them, so the order is exactly newest first by (time, seq)
+//! even where event times are not in seq order. It enters the directory at `to` plus the
+//! widest time range any block has spanned (`meta/postings_spread`, written with the blocks),
+//! so a window far in the past does not step over every newer block. Text matches events
+//! whose statement contains every word of the query, then the whole query as a
+//! case-insensitive substring.
+//!
+//! The indexes are derived data. A damaged block's events are read from the log instead (and
+//! a warning logged); indexes of another layout, or without a sound mark, are dropped when the
+//! log is opened for writing and built again in the background (`store.rs`).
+
+use std::collections::{BinaryHeap, HashMap};
 
 use gatehouse_core::Verdict;
-use rocksdb::{DB, Direction, IteratorMode};
+use rocksdb::{ColumnFamily, DB, Direction, IteratorMode, WriteBatch};
 use serde::Serialize;
 
 use crate::error::RecorderError;
@@ -42,22 +76,234 @@ fn time_key(time_us: i64) -> [u8; 8] {
     ((time_us as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-fn key(field: u8, value: &[u8], time_us: i64, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(value.len() + 18);
-    k.push(field);
-    k.extend_from_slice(value);
+fn time_from_key(k: &[u8]) -> Option<i64> {
+    let b: [u8; 8] = k.try_into().ok()?;
+    Some((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
+}
+
+/// `D ‖ term ‖ 0x00`: where a term's directory starts.
+fn directory_prefix(term: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(term.len() + 18);
+    k.push(b'D');
+    k.extend_from_slice(term);
     k.push(0);
-    k.extend_from_slice(&time_key(time_us));
-    k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 
-/// (time, seq) from the last 16 bytes of an index key.
-fn suffix(k: &[u8]) -> Option<(i64, u64)> {
-    let n = k.len().checked_sub(16)?;
-    let t: [u8; 8] = k.get(n..n + 8)?.try_into().ok()?;
-    let s: [u8; 8] = k.get(n + 8..)?.try_into().ok()?;
-    Some(((u64::from_be_bytes(t) ^ (1 << 63)) as i64, u64::from_be_bytes(s)))
+fn directory_key(term: &[u8], max_time: i64, block: u64) -> Vec<u8> {
+    let mut k = directory_prefix(term);
+    k.extend_from_slice(&time_key(max_time));
+    k.extend_from_slice(&block.to_be_bytes());
+    k
+}
+
+fn posting_key(block: u64, term: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(term.len() + 9);
+    k.push(b'P');
+    k.extend_from_slice(&block.to_be_bytes());
+    k.extend_from_slice(term);
+    k
+}
+
+fn block_key(block: u64) -> [u8; 9] {
+    let mut k = [b'B'; 9];
+    k[1..].copy_from_slice(&block.to_be_bytes());
+    k
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(buf: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *buf.get(*at)?;
+        *at += 1;
+        v |= u64::from(b & 0x7F) << shift;
+        if b < 0x80 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// A posting list's (time, seq) pairs, in seq order.
+fn decode_postings(block: u64, buf: &[u8]) -> Result<Vec<(i64, u64)>, RecorderError> {
+    let bad = || RecorderError::Corrupt(format!("search index block {block}: malformed posting list"));
+    let mut out = Vec::new();
+    let (mut at, mut seq, mut time) = (0usize, block, 0i64);
+    while at < buf.len() {
+        let ds = get_varint(buf, &mut at).ok_or_else(bad)?;
+        let dt = get_varint(buf, &mut at).ok_or_else(bad)?;
+        seq = seq.checked_add(ds).ok_or_else(bad)?;
+        time = time.wrapping_add(unzigzag(dt));
+        out.push((time, seq));
+    }
+    Ok(out)
+}
+
+/// One term's events within a block.
+struct Posting {
+    min: i64,
+    max: i64,
+    /// Varint-encoded (see the module docs).
+    bytes: Vec<u8>,
+    last_seq: u64,
+    last_time: i64,
+}
+
+/// The index entries of consecutive events, written as one block (see the module docs).
+#[derive(Default)]
+pub(crate) struct Block {
+    /// Seq of the first event added (the block's name) and of the last.
+    first: Option<u64>,
+    last: u64,
+    /// Oldest and newest event time.
+    min: i64,
+    max: i64,
+    /// Term → its posting in `postings`.
+    terms: HashMap<Vec<u8>, usize>,
+    postings: Vec<(Vec<u8>, Posting)>,
+    /// Scratch space for a term.
+    term: Vec<u8>,
+}
+
+impl Block {
+    /// Add `ev` (events must come in seq order), whose session has `principal` and `target`.
+    pub(crate) fn add(&mut self, ev: &Event, principal: Option<&str>, target: &str) {
+        let (time, seq) = (ev.time_us, ev.seq);
+        if self.first.is_none() {
+            (self.min, self.max) = (time, time);
+        }
+        let block = *self.first.get_or_insert(seq);
+        self.last = seq;
+        (self.min, self.max) = (self.min.min(time), self.max.max(time));
+        let mut term = std::mem::take(&mut self.term);
+        let (terms, postings) = (&mut self.terms, &mut self.postings);
+        for_each_term(ev, principal, target, |field, value| {
+            term.clear();
+            term.push(field);
+            term.extend_from_slice(value);
+            let i = match terms.get(term.as_slice()) {
+                Some(&i) => i,
+                None => {
+                    terms.insert(term.clone(), postings.len());
+                    let p = Posting {
+                        min: time,
+                        max: time,
+                        bytes: Vec::new(),
+                        last_seq: block,
+                        last_time: 0,
+                    };
+                    postings.push((term.clone(), p));
+                    postings.len() - 1
+                }
+            };
+            let Some((_, p)) = postings.get_mut(i) else { return };
+            // Seqs only grow (a term is added once per event, events come in order).
+            put_varint(&mut p.bytes, seq.saturating_sub(p.last_seq));
+            put_varint(&mut p.bytes, zigzag(time.wrapping_sub(p.last_time)));
+            p.last_seq = seq;
+            p.last_time = time;
+            p.min = p.min.min(time);
+            p.max = p.max.max(time);
+        });
+        self.term = term;
+    }
+
+    /// The time range its events span (max − min, µs; 0 when empty).
+    pub(crate) fn spread(&self) -> i64 {
+        self.max.saturating_sub(self.min)
+    }
+
+    /// Put the block's keys into `wb`.
+    pub(crate) fn write(self, wb: &mut WriteBatch, cf: &ColumnFamily) {
+        let Some(block) = self.first else { return };
+        let mut manifest = Vec::with_capacity(8 + self.postings.len() * 24);
+        manifest.extend_from_slice(&self.last.to_be_bytes());
+        for (term, p) in self.postings {
+            wb.put_cf(cf, directory_key(&term, p.max, block), time_key(p.min));
+            wb.put_cf(cf, posting_key(block, &term), &p.bytes);
+            put_varint(&mut manifest, term.len() as u64);
+            manifest.extend_from_slice(&term);
+            manifest.extend_from_slice(&time_key(p.max));
+        }
+        wb.put_cf(cf, block_key(block), manifest);
+    }
+}
+
+/// Delete, into `wb`, index blocks wholly at or below `floor`, from block `*cursor` on,
+/// until about `budget` terms' keys are deleted (at least one block); `*cursor` moves past
+/// what was looked at. A block reaching past the floor stays (searches skip its entries at or
+/// below the floor; a later retention deletes it). `true` once none is left.
+pub(crate) fn delete_blocks(
+    db: &DB,
+    floor: u64,
+    budget: usize,
+    cursor: &mut u64,
+    wb: &mut WriteBatch,
+) -> Result<bool, RecorderError> {
+    let cf = store::cf(db, CF_SEARCH)?;
+    let mut terms = 0usize;
+    for item in db.iterator_cf(cf, IteratorMode::From(&block_key(*cursor), Direction::Forward)) {
+        let (k, v) = item.map_err(RecorderError::read)?;
+        let Some(block) = k.strip_prefix(b"B").and_then(store::seq_from_key) else {
+            break;
+        };
+        if block > floor {
+            break;
+        }
+        let last = v.get(..8).and_then(store::seq_from_key);
+        if last.is_some_and(|l| l > floor) {
+            *cursor = block.saturating_add(1);
+            continue;
+        }
+        let mut keys = Vec::new();
+        let mut at = 8;
+        while at < v.len() {
+            let Some(len) = get_varint(&v, &mut at).and_then(|l| usize::try_from(l).ok()) else {
+                break;
+            };
+            let end = at.saturating_add(len);
+            let (Some(term), Some(max)) = (
+                v.get(at..end),
+                v.get(end..end.saturating_add(8)).and_then(time_from_key),
+            ) else {
+                break;
+            };
+            at = end + 8;
+            keys.push(directory_key(term, max, block));
+            keys.push(posting_key(block, term));
+        }
+        if terms > 0 && terms + keys.len() / 2 > budget {
+            return Ok(false);
+        }
+        if at < v.len() {
+            // Derived data: what the manifest no longer names is skipped by searches (its
+            // events are below the floor) and goes when the log is indexed again.
+            tracing::warn!(block, "malformed search index manifest; some entries stay");
+        }
+        terms += keys.len() / 2;
+        for key in keys {
+            wb.delete_cf(cf, key);
+        }
+        wb.delete_cf(cf, &k);
+        *cursor = block.saturating_add(1);
+    }
+    Ok(true)
 }
 
 /// The kind name of an event body, as in its JSON.
@@ -145,16 +391,14 @@ impl SessionContext {
     }
 }
 
-/// Index keys for `ev`, whose session has `principal` and `target` (from its summary).
-pub(crate) fn index_keys(ev: &Event, principal: Option<&str>, target: &str) -> Vec<Vec<u8>> {
-    let (t, s) = (ev.time_us, ev.seq);
-    let mut out = vec![
-        key(b'T', b"", t, s),
-        key(b'k', kind_name(&ev.body).as_bytes(), t, s),
-    ];
+/// Call `f` with each term (field, value) of `ev`, whose session has `principal` and `target`
+/// (from its summary); see the module docs. Each term comes once.
+pub(crate) fn for_each_term(ev: &Event, principal: Option<&str>, target: &str, mut f: impl FnMut(u8, &[u8])) {
+    f(b'T', b"");
+    f(b'k', kind_name(&ev.body).as_bytes());
     let mut add = |field: u8, value: &str| {
         if !value.is_empty() && !value.as_bytes().contains(&0) {
-            out.push(key(field, value.as_bytes(), t, s));
+            f(field, value.as_bytes());
         }
     };
     if let Some(p) = ev.principal.as_deref().or(principal) {
@@ -173,7 +417,10 @@ pub(crate) fn index_keys(ev: &Event, principal: Option<&str>, target: &str) -> V
     } = &ev.body
     {
         let (Verdict::Allow { policy_ids } | Verdict::Deny { policy_ids, .. }) = verdict;
-        for id in policy_ids {
+        let mut ids: Vec<&str> = policy_ids.iter().map(String::as_str).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
             add(b'y', id);
         }
         if let Some(st) = statement {
@@ -182,7 +429,6 @@ pub(crate) fn index_keys(ev: &Event, principal: Option<&str>, target: &str) -> V
             }
         }
     }
-    out
 }
 
 /// What to look for; every given condition must hold.
@@ -210,28 +456,33 @@ pub struct SearchResult {
     pub events: Vec<Event>,
     /// More events matched than `limit`.
     pub truncated: bool,
-    /// Index entries read to answer (for the curious and the benchmarks).
+    /// Posting list entries read to answer (for the curious and the benchmarks).
     pub scanned: u64,
     /// Events not indexed yet, read one by one (the indexer's lag).
     pub unindexed: u64,
 }
 
-/// Does `ev` (with its session's principal and target) meet every condition? The same test the
-/// indexes answer, for events they do not cover yet.
+/// Does `ev` (with its session's principal and target) meet every condition (terms)? The same
+/// test the indexes answer, for events they do not cover yet.
 fn matches_unindexed(
     ev: &Event,
     principal: Option<&str>,
     target: &str,
-    conds: &[(u8, Vec<u8>)],
+    conds: &[Vec<u8>],
     q: &SearchQuery,
 ) -> bool {
     if ev.time_us < q.from_us || ev.time_us > q.to_us {
         return false;
     }
-    let keys = index_keys(ev, principal, target);
-    conds
-        .iter()
-        .all(|(f, v)| keys.contains(&key(*f, v, ev.time_us, ev.seq)))
+    let mut has = vec![false; conds.len()];
+    for_each_term(ev, principal, target, |field, value| {
+        for (c, h) in conds.iter().zip(has.iter_mut()) {
+            if c.first() == Some(&field) && c.get(1..) == Some(value) {
+                *h = true;
+            }
+        }
+    });
+    has.into_iter().all(|h| h)
 }
 
 /// Does the statement of `ev` contain `needle` (lower case)?
@@ -240,23 +491,60 @@ fn text_hit(ev: &Event, needle: &str) -> bool {
         if s.text.to_lowercase().contains(needle))
 }
 
-/// Events past the indexes' mark that match, newest first by (time, seq); at most `keep`.
-fn unindexed_matches(
+/// The newest `keep` matches by (time, seq): a heap whose top is the oldest kept.
+struct Newest {
+    keep: usize,
+    heap: BinaryHeap<Oldest>,
+    /// Seqs in `heap`: an event reached twice (by a damaged block read from the log) is
+    /// kept once.
+    seqs: std::collections::HashSet<u64>,
+}
+
+impl Newest {
+    /// Would an event at (time, seq) be kept?
+    fn wants(&self, key: (i64, u64)) -> bool {
+        self.heap.len() < self.keep || self.heap.peek().is_some_and(|o| key > o.key())
+    }
+
+    /// Is every event older than `time` out of the running?
+    fn full_above(&self, time: i64) -> bool {
+        self.heap.len() >= self.keep && self.heap.peek().is_some_and(|o| time < o.0.time_us)
+    }
+
+    fn push(&mut self, ev: Event) {
+        if !self.wants((ev.time_us, ev.seq)) || !self.seqs.insert(ev.seq) {
+            return;
+        }
+        self.heap.push(Oldest(ev));
+        if self.heap.len() > self.keep
+            && let Some(o) = self.heap.pop()
+        {
+            self.seqs.remove(&o.0.seq);
+        }
+    }
+}
+
+/// Read the events with seqs in `range` from the log and add those that match to `found`
+/// (the events past the indexes' mark, or those of a damaged block). Returns how many were
+/// read.
+fn read_matches(
     db: &DB,
-    indexed: u64,
-    conds: &[(u8, Vec<u8>)],
+    range: std::ops::RangeInclusive<u64>,
+    conds: &[Vec<u8>],
     needle: Option<&str>,
     q: &SearchQuery,
-    keep: usize,
-    result: &mut SearchResult,
-) -> Result<Vec<Event>, RecorderError> {
+    found: &mut Newest,
+) -> Result<u64, RecorderError> {
     let cf_events = store::cf(db, CF_EVENTS)?;
     let mut sessions = SessionContext::new(SESSIONS_CACHE);
-    let mut found = std::collections::BinaryHeap::new();
-    let start = seq_key(indexed.saturating_add(1));
+    let mut read = 0;
+    let start = seq_key(*range.start());
     for item in db.iterator_cf(cf_events, IteratorMode::From(&start, Direction::Forward)) {
-        let (_, v) = item.map_err(RecorderError::read)?;
-        result.unindexed += 1;
+        let (k, v) = item.map_err(RecorderError::read)?;
+        if store::seq_from_key(&k).is_some_and(|s| s > *range.end()) {
+            break;
+        }
+        read += 1;
         // Undecodable events are `audit verify`'s to report; the indexes skip them too.
         let Ok(ev) = serde_json::from_slice::<Event>(&v) else {
             continue;
@@ -266,13 +554,10 @@ fn unindexed_matches(
             && needle.is_none_or(|n| text_hit(&ev, n))
         {
             // Only the newest `keep` are kept, however far behind the indexes are.
-            found.push(Oldest(ev));
-            if found.len() > keep {
-                found.pop();
-            }
+            found.push(ev);
         }
     }
-    Ok(found.into_sorted_vec().into_iter().map(|o| o.0).collect())
+    Ok(read)
 }
 
 /// Orders events so that a max-heap's top is the oldest by (time, seq), and a sorted vector
@@ -305,6 +590,53 @@ impl Ord for Oldest {
     }
 }
 
+/// Keep the entries of `a` whose seq is in `b` (both in seq order).
+fn intersect(a: &mut Vec<(i64, u64)>, b: &[(i64, u64)]) {
+    let mut j = 0;
+    a.retain(|(_, s)| {
+        while b.get(j).is_some_and(|(_, t)| t < s) {
+            j += 1;
+        }
+        b.get(j).is_some_and(|(_, t)| t == s)
+    });
+}
+
+/// The (time, seq) of a block's events that have the `driving` term and every term of `rest`.
+fn block_hits(
+    db: &DB,
+    cf: &ColumnFamily,
+    block: u64,
+    driving: &[u8],
+    rest: &[Vec<u8>],
+    result: &mut SearchResult,
+) -> Result<Vec<(i64, u64)>, RecorderError> {
+    let Some(p) = db
+        .get_pinned_cf(cf, posting_key(block, driving))
+        .map_err(RecorderError::read)?
+    else {
+        return Err(RecorderError::Corrupt(format!(
+            "search index block {block}: a directory entry without its posting list"
+        )));
+    };
+    let mut hits = decode_postings(block, &p)?;
+    result.scanned += hits.len() as u64;
+    for c in rest {
+        if hits.is_empty() {
+            break;
+        }
+        let Some(p) = db
+            .get_pinned_cf(cf, posting_key(block, c))
+            .map_err(RecorderError::read)?
+        else {
+            return Ok(Vec::new());
+        };
+        let other = decode_postings(block, &p)?;
+        result.scanned += other.len() as u64;
+        intersect(&mut hits, &other);
+    }
+    Ok(hits)
+}
+
 /// Run `q` against the indexes of `db`.
 pub(crate) fn search(db: &DB, q: &SearchQuery) -> Result<SearchResult, RecorderError> {
     let mut result = SearchResult {
@@ -320,103 +652,243 @@ pub(crate) fn search(db: &DB, q: &SearchQuery) -> Result<SearchResult, RecorderE
         return Ok(result);
     }
     let limit = q.limit.clamp(1, MAX_RESULTS);
-    // Conditions, most selective first (a guess: policy ids and rare words narrow most).
-    let mut conds: Vec<(u8, Vec<u8>)> = Vec::new();
+    // Conditions as terms, most selective first (a guess: policy ids and rare words narrow
+    // most).
+    let mut conds: Vec<Vec<u8>> = Vec::new();
+    let term = |field: u8, value: &str| {
+        let mut t = vec![field];
+        t.extend_from_slice(value.as_bytes());
+        t
+    };
     if let Some(p) = &q.policy {
-        conds.push((b'y', p.as_bytes().to_vec()));
+        conds.push(term(b'y', p));
     }
     let text = q.text.as_deref().map(str::trim).filter(|t| !t.is_empty());
     if let Some(t) = text {
         let mut ws = words(t);
         ws.sort_by_key(|w| std::cmp::Reverse(w.len()));
-        conds.extend(ws.into_iter().map(|w| (b'w', w.into_bytes())));
+        conds.extend(ws.iter().map(|w| term(b'w', w)));
     }
     if let Some(p) = &q.principal {
-        conds.push((b'p', p.as_bytes().to_vec()));
+        conds.push(term(b'p', p));
     }
     if let Some(t) = &q.target {
-        conds.push((b't', t.as_bytes().to_vec()));
+        conds.push(term(b't', t));
     }
     if let Some(d) = &q.decision {
-        conds.push((b'd', d.as_bytes().to_vec()));
+        conds.push(term(b'd', d));
     }
     if let Some(k) = &q.kind {
-        conds.push((b'k', k.as_bytes().to_vec()));
+        conds.push(term(b'k', k));
     }
-    if conds.iter().any(|(_, v)| v.contains(&0)) {
+    // No indexed value is empty or holds a 0 byte.
+    if conds.iter().any(|c| c.len() < 2 || c[1..].contains(&0)) {
         return Ok(result);
     }
-    let (field, value) = conds.first().cloned().unwrap_or((b'T', Vec::new()));
+    let driving = conds.first().cloned().unwrap_or_else(|| vec![b'T']);
     let rest = conds.get(1..).unwrap_or_default();
-    let low = key(field, &value, q.from_us, 0);
-    let high = key(field, &value, q.to_us, u64::MAX);
     let needle = text.map(str::to_lowercase);
     let cf_events = store::cf(db, CF_EVENTS)?;
     // Events retention deleted, or is deleting (their index entries may be half gone).
     let floor = store::effective_floor(db)?;
     // Events the indexer has not reached: read, and merged in by (time, seq).
     let indexed = store::indexed_through(db).max(floor);
-    let mut newer = unindexed_matches(db, indexed, &conds, needle.as_deref(), q, limit + 1, &mut result)?
-        .into_iter()
-        .peekable();
-    let push = |result: &mut SearchResult, ev: Event| {
-        if result.events.len() == limit {
-            result.truncated = true;
-            false
-        } else {
-            result.events.push(ev);
-            true
-        }
+    let mut found = Newest {
+        keep: limit + 1,
+        heap: BinaryHeap::new(),
+        seqs: Default::default(),
     };
-    for item in db.iterator_cf(cf, IteratorMode::From(&high, Direction::Reverse)) {
-        let (k, _) = item.map_err(RecorderError::read)?;
-        if k.as_ref() < low.as_slice() {
+    result.unindexed = read_matches(
+        db,
+        indexed.saturating_add(1)..=u64::MAX,
+        &conds,
+        needle.as_deref(),
+        q,
+        &mut found,
+    )?;
+
+    // No block spans more than `spread`: one whose max time is past `to + spread` has nothing
+    // up to `to`, so the directory is entered there (read after the mark: every block up to
+    // the mark counted in it).
+    let spread = store::index_spread(db)?.unwrap_or(i64::MAX);
+    let prefix = directory_prefix(&driving);
+    let mut top = prefix.clone();
+    top.extend_from_slice(&time_key(q.to_us.saturating_add(spread.max(0))));
+    top.extend_from_slice(&[0xFF; 8]);
+    for item in db.iterator_cf(cf, IteratorMode::From(&top, Direction::Reverse)) {
+        let (k, v) = item.map_err(RecorderError::read)?;
+        let Some(tail) = k.strip_prefix(prefix.as_slice()) else {
             break;
-        }
-        result.scanned += 1;
-        let Some((time, seq)) = suffix(&k).filter(|(_, seq)| *seq > floor && *seq <= indexed) else {
+        };
+        let (Some(max), Some(block)) = (
+            tail.get(..8).and_then(time_from_key),
+            tail.get(8..).and_then(store::seq_from_key),
+        ) else {
             continue;
         };
-        let mut all = true;
-        for (f, v) in rest {
-            if db
-                .get_pinned_cf(cf, key(*f, v, time, seq))
+        // Blocks come by descending max time: nothing further is in the window, or newer
+        // than every match kept.
+        if max < q.from_us || found.full_above(max) {
+            break;
+        }
+        if time_from_key(&v).is_some_and(|min| min > q.to_us) {
+            continue;
+        }
+        let mut hits = match block_hits(db, cf, block, &driving, rest, &mut result) {
+            Ok(h) => h,
+            Err(e) => {
+                // Derived data: a damaged block's events are read from the log instead.
+                let last = db
+                    .get_pinned_cf(cf, block_key(block))
+                    .map_err(RecorderError::read)?
+                    .and_then(|v| v.get(..8).and_then(store::seq_from_key))
+                    .ok_or(e)?;
+                tracing::warn!(
+                    block,
+                    last,
+                    "damaged search index block: its events are read from the log"
+                );
+                let range = block.max(floor.saturating_add(1))..=last.min(indexed);
+                read_matches(db, range, &conds, needle.as_deref(), q, &mut found)?;
+                continue;
+            }
+        };
+        hits.retain(|&(t, s)| {
+            t >= q.from_us && t <= q.to_us && s > floor && s <= indexed && found.wants((t, s))
+        });
+        // Newest first, so that older candidates are dropped without being read.
+        hits.sort_unstable_by(|a, b| b.cmp(a));
+        for (time, seq) in hits {
+            if !found.wants((time, seq)) {
+                break;
+            }
+            let Some(stored) = db
+                .get_pinned_cf(cf_events, seq_key(seq))
                 .map_err(RecorderError::read)?
-                .is_none()
-            {
-                all = false;
-                break;
+            else {
+                continue;
+            };
+            let ev: Event = serde_json::from_slice(&stored)
+                .map_err(|e| RecorderError::Corrupt(format!("event {seq} is undecodable: {e}")))?;
+            if needle.as_deref().is_some_and(|n| !text_hit(&ev, n)) {
+                continue;
             }
-        }
-        if !all {
-            continue;
-        }
-        let Some(stored) = db
-            .get_pinned_cf(cf_events, seq_key(seq))
-            .map_err(RecorderError::read)?
-        else {
-            continue;
-        };
-        let ev: Event = serde_json::from_slice(&stored)
-            .map_err(|e| RecorderError::Corrupt(format!("event {seq} is undecodable: {e}")))?;
-        if needle.as_deref().is_some_and(|n| !text_hit(&ev, n)) {
-            continue;
-        }
-        let mut full = false;
-        while let Some(n) = newer.next_if(|n| (n.time_us, n.seq) > (time, seq)) {
-            if !push(&mut result, n) {
-                full = true;
-                break;
-            }
-        }
-        if full || !push(&mut result, ev) {
-            break;
+            found.push(ev);
         }
     }
-    for n in newer {
-        if !push(&mut result, n) {
-            break;
-        }
+    let mut events: Vec<Event> = found.heap.into_sorted_vec().into_iter().map(|o| o.0).collect();
+    if events.len() > limit {
+        result.truncated = true;
+        events.truncate(limit);
     }
+    result.events = events;
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+    use super::*;
+
+    fn notice(seq: u64, time_us: i64, principal: &str) -> Event {
+        Event {
+            seq,
+            time_us,
+            session_id: "s".into(),
+            principal: Some(principal.into()),
+            on_behalf_of: None,
+            actor_chain: Vec::new(),
+            body: EventBody::Notice {
+                level: "info".into(),
+                message: "m".into(),
+            },
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn posting_lists_round_trip_any_seq_and_time() {
+        let times = [i64::MIN, -5, 0, 1, i64::MAX, 1_700_000_000_000_000, 3];
+        let mut block = Block::default();
+        let mut want = Vec::new();
+        for (i, t) in times.iter().enumerate() {
+            let seq = 10 + (i as u64) * 1000;
+            block.add(&notice(seq, *t, "user:a"), None, "");
+            want.push((*t, seq));
+        }
+        let (term, p) = block
+            .postings
+            .iter()
+            .find(|(t, _)| t.as_slice() == b"puser:a")
+            .unwrap();
+        assert_eq!(term.as_slice(), b"puser:a");
+        assert_eq!(decode_postings(10, &p.bytes).unwrap(), want);
+        assert_eq!((p.min, p.max), (i64::MIN, i64::MAX));
+        // A truncated list is an error, not a wrong answer.
+        assert!(decode_postings(10, &p.bytes[..p.bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn intersection_keeps_common_seqs() {
+        let mut a = vec![(5, 1), (1, 3), (9, 4), (2, 8)];
+        intersect(&mut a, &[(0, 2), (1, 3), (2, 8), (3, 9)]);
+        assert_eq!(a, [(1, 3), (2, 8)]);
+    }
+
+    /// Retention deletes whole blocks at or below its floor, every key of them; the block
+    /// reaching past the floor stays; a step stops at its budget.
+    #[test]
+    fn retention_deletes_whole_blocks_below_the_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = store::open_rw(dir.path()).unwrap();
+        let cf = store::cf(&db, CF_SEARCH).unwrap();
+        let mut wb = WriteBatch::default();
+        for first in [1u64, 4, 7] {
+            let mut block = Block::default();
+            for seq in first..first + 3 {
+                block.add(&notice(seq, seq as i64, &format!("user:u{seq}")), None, "db");
+            }
+            block.write(&mut wb, cf);
+        }
+        db.write(wb).unwrap();
+        let blocks = |db: &DB| {
+            let mut out: Vec<u64> = db
+                .iterator_cf(store::cf(db, CF_SEARCH).unwrap(), IteratorMode::Start)
+                .map(|i| {
+                    let (k, _) = i.unwrap();
+                    let b = match k[0] {
+                        b'D' => &k[k.len() - 8..],
+                        b'P' | b'B' => &k[1..9],
+                        other => panic!("unexpected key kind {other}"),
+                    };
+                    store::seq_from_key(b).unwrap()
+                })
+                .collect();
+            out.dedup();
+            out.sort();
+            out.dedup();
+            out
+        };
+        assert_eq!(blocks(&db), [1, 4, 7]);
+        // Floor 7: blocks 1 and 4 go (one per step: a budget of one term still deletes a
+        // block), 7 (events 7 to 9) stays.
+        let step = |floor: u64, budget: usize, cursor: &mut u64| {
+            let mut wb = WriteBatch::default();
+            let done = delete_blocks(&db, floor, budget, cursor, &mut wb).unwrap();
+            db.write(wb).unwrap();
+            done
+        };
+        let mut cursor = 0;
+        assert!(!step(7, 1, &mut cursor));
+        assert_eq!((blocks(&db), cursor), (vec![4, 7], 2));
+        assert!(step(7, 1, &mut cursor));
+        assert_eq!((blocks(&db), cursor), (vec![7], 8));
+        // A later job (its own cursor): block 7 goes once the floor passes its last event.
+        assert!(step(8, 100, &mut 0));
+        assert_eq!(blocks(&db), [7]);
+        assert!(step(9, 100, &mut 0));
+        assert!(blocks(&db).is_empty());
+    }
 }

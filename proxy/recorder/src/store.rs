@@ -35,9 +35,20 @@ pub(crate) const META_FLOOR: &[u8] = b"floor";
 /// A retention deletion in progress: JSON [`Floor`] of its target (unsigned), removed when
 /// the floor reaches it.
 pub(crate) const META_RETAINING: &[u8] = b"retaining";
-/// Seq through which the search indexes are written (u64 BE; see `indexer.rs`).
-pub(crate) const META_INDEXED: &[u8] = b"indexed";
+/// Seq through which the search indexes are written (u64 BE; see `indexer.rs`). Not the key
+/// the earlier layout used (`indexed`): an older version run on the log moves that one, and
+/// its progress says nothing about these indexes.
+pub(crate) const META_INDEXED: &[u8] = b"postings_indexed";
+/// The earlier layout's mark, removed when its indexes are.
+const META_OLD_INDEXED: &[u8] = b"indexed";
+/// The widest time range (max − min, µs, i64 BE) of any index block written: a search of an
+/// old window skips the directory entries of newer blocks by it (see `search.rs`).
+pub(crate) const META_INDEX_SPREAD: &[u8] = b"postings_spread";
 pub(crate) const META_FORMAT: &[u8] = b"format";
+/// The layout of the `search` column family (see `search.rs`); a log whose indexes have
+/// another (or none) is re-indexed.
+pub(crate) const META_INDEX_FORMAT: &[u8] = b"index_format";
+pub(crate) const INDEX_FORMAT: &[u8] = b"postings-v1";
 pub(crate) const FORMAT_VALUE: &[u8] = b"gatehouse-log-v1";
 
 pub(crate) fn seq_key(seq: u64) -> [u8; 8] {
@@ -106,46 +117,84 @@ pub(crate) fn open_rw(dir: &Path) -> Result<DB, RecorderError> {
                 .map_err(|e| open_err(e.to_string()))?;
         }
     }
-    // A log from before the indexer had every event indexed in its own batch (or, older
-    // still, had no indexes: the indexer builds them from 0).
-    if db
-        .get_cf(cf(&db, CF_META)?, META_INDEXED)
-        .map_err(|e| open_err(e.to_string()))?
-        .is_none()
-        && let Some(last) = last_event(&db)?
-        && db
-            .iterator_cf(cf(&db, crate::search::CF_SEARCH)?, IteratorMode::Start)
-            .next()
-            .is_some()
-    {
-        db.put_cf(cf(&db, CF_META)?, META_INDEXED, seq_key(last.seq))
-            .map_err(|e| open_err(e.to_string()))?;
-    }
+    reset_index_if_unsound(&db).map_err(|e| open_err(e.to_string()))?;
     Ok(db)
 }
 
+/// Drop the search indexes unless they are this layout's with a sound mark: another layout
+/// (an earlier version's, a key per event and term), none, or a mark that is missing,
+/// malformed or past the log's head. The indexer builds them again in the background (from
+/// a mark of 0; blocks it wrote before would otherwise be indexed twice); searches read what
+/// is not indexed meanwhile, so they stay complete.
+fn reset_index_if_unsound(db: &DB) -> Result<(), RecorderError> {
+    let (meta, search) = (cf(db, CF_META)?, cf(db, crate::search::CF_SEARCH)?);
+    let get = |k: &[u8]| db.get_cf(meta, k).map_err(RecorderError::read);
+    let layout_ok = get(META_INDEX_FORMAT)?.is_some_and(|f| f == INDEX_FORMAT);
+    let mark = get(META_INDEXED)?.as_deref().and_then(seq_from_key);
+    let head = meta_head(db)?.map(|h| h.seq).unwrap_or(0);
+    if layout_ok && mark.is_some_and(|m| m <= head) {
+        return Ok(());
+    }
+    if db.iterator_cf(search, IteratorMode::Start).next().is_some() {
+        tracing::info!(
+            "search indexes of another layout, or without a sound mark: built again in the background"
+        );
+    }
+    let mut wb = rocksdb::WriteBatch::default();
+    let (all_from, all_to) = (b"".as_slice(), [0xFFu8; 8]);
+    wb.delete_range_cf(search, all_from, all_to.as_slice());
+    wb.delete_cf(meta, META_OLD_INDEXED);
+    wb.delete_cf(meta, META_INDEX_SPREAD);
+    wb.put_cf(meta, META_INDEXED, seq_key(0));
+    wb.put_cf(meta, META_INDEX_FORMAT, INDEX_FORMAT);
+    db.write(wb).map_err(|e| RecorderError::Write(e.to_string()))?;
+    // The space back now, not at some later compaction (an old index can outweigh the events).
+    if let Err(e) = db.delete_file_in_range_cf(search, all_from, all_to.as_slice()) {
+        tracing::warn!(error = %e, "the old search indexes stay on disk until compaction");
+    }
+    Ok(())
+}
+
 /// Seq through which the search indexes are written: events after it are found by reading
-/// them. A log from before the indexer kept no such mark: complete if it has indexes at all.
-/// The mark is derived data: one that cannot be read counts as 0 (everything is read, and
-/// indexed again).
+/// them. Indexes in another layout (a log not yet reopened for writing since an upgrade) count
+/// for nothing. The mark is derived data: one that cannot be read counts as 0 (everything is
+/// read, and indexed again).
 pub(crate) fn indexed_through(db: &DB) -> u64 {
-    let (Ok(meta), Ok(search)) = (cf(db, CF_META), cf(db, crate::search::CF_SEARCH)) else {
+    let Ok(meta) = cf(db, CF_META) else {
         return 0;
     };
+    match db.get_cf(meta, META_INDEX_FORMAT) {
+        Ok(Some(f)) if f == INDEX_FORMAT => {}
+        Ok(_) => return 0,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the search index format");
+            return 0;
+        }
+    }
     match db.get_cf(meta, META_INDEXED) {
         Ok(Some(v)) => seq_from_key(&v).unwrap_or_else(|| {
             tracing::warn!("malformed search index mark: searches read every event until re-indexed");
             0
         }),
-        Ok(None) => {
-            let any = db.iterator_cf(search, IteratorMode::Start).next().is_some();
-            if any { u64::MAX } else { 0 }
-        }
+        Ok(None) => 0,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the search index mark");
             0
         }
     }
+}
+
+/// [`META_INDEX_SPREAD`]: none before the first block; a malformed one counts as unbounded.
+pub(crate) fn index_spread(db: &DB) -> Result<Option<i64>, RecorderError> {
+    Ok(db
+        .get_cf(cf(db, CF_META)?, META_INDEX_SPREAD)
+        .map_err(RecorderError::read)?
+        .map(|v| {
+            v.as_slice()
+                .try_into()
+                .map(i64::from_be_bytes)
+                .unwrap_or(i64::MAX)
+        }))
 }
 
 /// Open the database read-only; needs no lock, so it works while a gateway writes to it.

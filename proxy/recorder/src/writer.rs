@@ -51,6 +51,9 @@ struct RetainRequest {
 /// Events whose index entries one retention step deletes: small enough that a step never
 /// holds up a waiting append for long.
 const RETAIN_STEP_EVENTS: u64 = 500;
+/// Search index terms (a directory entry and a posting list each) one retention step
+/// deletes, in whole blocks (see `search.rs`); at least one block.
+const RETAIN_STEP_TERMS: usize = 4096;
 /// Under load, at most one retention step this often (when idle, steps run back to back).
 const RETAIN_STEP_EVERY: Duration = Duration::from_millis(5);
 
@@ -62,17 +65,18 @@ struct RetainJob {
     floor: Floor,
     /// The next event whose index entries to delete.
     next: u64,
+    /// The next search index block to look at.
+    next_block: u64,
     /// Previous floor (0: none).
     from: u64,
-    /// Sessions met, with what their index keys need (principal, target); a cache, cleared
-    /// past [`RETAIN_SESSIONS_CACHE`].
-    sessions: HashMap<String, (Option<String>, String)>,
+    /// Sessions whose summary was checked; a cache, cleared past [`RETAIN_SESSIONS_CACHE`].
+    sessions: std::collections::HashSet<String>,
     last_step: Instant,
     /// Who waits for the outcome (none for a job resumed after a restart).
     done: Option<oneshot::Sender<Result<u64, RecorderError>>>,
 }
 
-/// Most sessions a retention job remembers the index details of.
+/// Most sessions a retention job remembers having checked.
 const RETAIN_SESSIONS_CACHE: usize = 10_000;
 
 /// Counters, readable at any time (e.g. for `/metrics`).
@@ -604,8 +608,9 @@ impl Writer {
                 self.retain = Some(RetainJob {
                     floor,
                     next: from + 1,
+                    next_block: 0,
                     from,
-                    sessions: HashMap::new(),
+                    sessions: Default::default(),
                     last_step: Instant::now(),
                     done,
                 });
@@ -664,19 +669,30 @@ impl Writer {
         }
     }
 
-    /// Delete the index entries of the next few events. `true` once all are done.
+    /// Delete the index entries of the next few events (by session, and summaries), then the
+    /// next few search index blocks. `true` once all are done.
     fn retain_indexes(&mut self, job: &mut RetainJob) -> Result<bool, RecorderError> {
         let Some(db) = self.db.as_ref() else {
             return Err(RecorderError::Write("the database is not open".to_string()));
         };
+        let mut wb = WriteBatch::default();
+        if job.next > job.floor.seq {
+            let done = crate::search::delete_blocks(
+                db,
+                job.floor.seq,
+                RETAIN_STEP_TERMS,
+                &mut job.next_block,
+                &mut wb,
+            )?;
+            db.write(wb).map_err(|e| RecorderError::Write(e.to_string()))?;
+            return Ok(done);
+        }
         let end = job.next.saturating_add(RETAIN_STEP_EVENTS - 1).min(job.floor.seq);
-        let (cf_events, cf_by_session, cf_sessions, cf_search) = (
+        let (cf_events, cf_by_session, cf_sessions) = (
             store::cf(db, CF_EVENTS)?,
             store::cf(db, CF_BY_SESSION)?,
             store::cf(db, CF_SESSIONS)?,
-            store::cf(db, crate::search::CF_SEARCH)?,
         );
-        let mut wb = WriteBatch::default();
         let start = seq_key(job.next);
         for item in db.iterator_cf(
             cf_events,
@@ -687,7 +703,7 @@ impl Writer {
             if seq > end {
                 break;
             }
-            // An event that does not decode keeps its index entries (searches skip entries
+            // An event that does not decode keeps its by-session entry (listings skip entries
             // whose event is gone).
             let Ok(ev) = serde_json::from_slice::<Event>(&v) else {
                 continue;
@@ -697,7 +713,7 @@ impl Writer {
                 ev.body,
                 EventBody::SessionEnd { .. } | EventBody::AuthFailure { .. }
             );
-            if ends || !job.sessions.contains_key(&ev.session_id) {
+            if ends || !job.sessions.contains(&ev.session_id) {
                 let summary = db
                     .get_cf(cf_sessions, ev.session_id.as_bytes())
                     .map_err(RecorderError::read)?
@@ -715,18 +731,12 @@ impl Writer {
                 if job.sessions.len() >= RETAIN_SESSIONS_CACHE {
                     job.sessions.clear();
                 }
-                let known = summary.map(|s| (s.principal, s.target)).unwrap_or_default();
-                job.sessions.insert(ev.session_id.clone(), known);
-            }
-            if let Some((principal, target)) = job.sessions.get(&ev.session_id) {
-                for k in crate::search::index_keys(&ev, principal.as_deref(), target) {
-                    wb.delete_cf(cf_search, k);
-                }
+                job.sessions.insert(ev.session_id.clone());
             }
         }
         db.write(wb).map_err(|e| RecorderError::Write(e.to_string()))?;
         job.next = end.saturating_add(1);
-        Ok(job.next > job.floor.seq)
+        Ok(false)
     }
 
     /// The atomic end of a retention job: events and older checkpoints deleted, the floor

@@ -1299,8 +1299,9 @@ async fn search_finds_events_by_every_field_from_the_indexes() {
 
     assert_eq!(unindexed(dir.path()), 0);
 
-    // A log from before the indexes (no entries, no mark): searches read every event, and the
-    // indexes are built when it is next opened for writing.
+    // A log from an earlier version: its indexes in another layout (here a key per event and
+    // term), no index format. Searches read every event; the indexes are dropped and built
+    // again when it is next opened for writing.
     {
         let db = raw_db(dir.path());
         let cf = db.cf_handle("search").unwrap();
@@ -1308,35 +1309,53 @@ async fn search_finds_events_by_every_field_from_the_indexes() {
             .iterator_cf(cf, rocksdb::IteratorMode::Start)
             .map(|i| i.unwrap().0)
             .collect();
-        assert!(keys.len() > 7);
+        assert!(!keys.is_empty());
         for k in keys {
             db.delete_cf(cf, k).unwrap();
         }
-        db.delete_cf(db.cf_handle("meta").unwrap(), b"indexed").unwrap();
+        let mut old = b"puser:bob\0".to_vec();
+        old.extend_from_slice(&[0x80, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 3]);
+        db.put_cf(cf, old, b"").unwrap();
+        db.delete_cf(db.cf_handle("meta").unwrap(), b"index_format")
+            .unwrap();
     }
     search_checks(&LogReader::open(dir.path()).unwrap());
     assert_eq!(unindexed(dir.path()), 7);
     // The indexer builds them in the background; a shutdown before it gets to them would
     // leave them for the start after (searches read them meanwhile), so wait for it here.
     let rec = Recorder::open(&cfg(dir.path(), Durability::Sync)).unwrap();
-    let mut waited = 0;
-    while rec.stats().indexed_seq < 7 {
-        assert!(waited < 2000, "the indexer did not catch up: {:?}", rec.stats());
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        waited += 1;
-    }
+    indexed_through(&rec, 7).await;
     rec.shutdown();
     search_checks(&LogReader::open(dir.path()).unwrap());
     assert_eq!(unindexed(dir.path()), 0);
-    assert!(trailing_seqs(dir.path(), "search").len() > 7);
+    let kinds: std::collections::BTreeSet<u8> = search_keys(dir.path()).iter().map(|(k, _)| *k).collect();
+    assert_eq!(kinds, [b'B', b'D', b'P'].into(), "the old layout's keys are gone");
 
-    // A log from the synchronous indexes (entries, no mark) is taken as fully indexed.
+    // A malformed mark: everything is read, and the indexes are dropped and built again at
+    // the next open (not built over the old blocks: no event is found twice).
     {
         let db = raw_db(dir.path());
-        db.delete_cf(db.cf_handle("meta").unwrap(), b"indexed").unwrap();
+        db.put_cf(db.cf_handle("meta").unwrap(), b"postings_indexed", b"bad")
+            .unwrap();
     }
     search_checks(&LogReader::open(dir.path()).unwrap());
+    assert_eq!(unindexed(dir.path()), 7);
+    let rec = Recorder::open(&cfg(dir.path(), Durability::Sync)).unwrap();
+    indexed_through(&rec, 7).await;
+    rec.shutdown();
+    search_checks(&LogReader::open(dir.path()).unwrap());
     assert_eq!(unindexed(dir.path()), 0);
+}
+
+/// Wait until the indexer has indexed through `seq`.
+async fn indexed_through(rec: &Recorder, seq: u64) {
+    for _ in 0..2000 {
+        if rec.stats().indexed_seq >= seq {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("the indexer did not reach {seq}: {:?}", rec.stats());
 }
 
 /// Events a search over everything had to read because the indexes did not reach them.
@@ -1344,7 +1363,7 @@ fn unindexed(dir: &Path) -> u64 {
     LogReader::open(dir).unwrap().search(&q()).unwrap().unindexed
 }
 
-/// The keys of one column family, as seqs where the key ends with one (search, by_session).
+/// The keys of one column family, as seqs where the key ends with one (by_session).
 fn trailing_seqs(dir: &Path, cf_name: &str) -> Vec<u64> {
     let db = raw_db(dir);
     let cf = db.cf_handle(cf_name).unwrap();
@@ -1352,6 +1371,23 @@ fn trailing_seqs(dir: &Path, cf_name: &str) -> Vec<u64> {
         .map(|i| {
             let (k, _) = i.unwrap();
             u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap())
+        })
+        .collect()
+}
+
+/// The search column family's keys as (kind, block): `D` directory entries, `P` posting
+/// lists, `B` block manifests, each naming the block (its first event's seq).
+fn search_keys(dir: &Path) -> Vec<(u8, u64)> {
+    let db = raw_db(dir);
+    let cf = db.cf_handle("search").unwrap();
+    db.iterator_cf(cf, rocksdb::IteratorMode::Start)
+        .map(|i| {
+            let (k, _) = i.unwrap();
+            let block = match k[0] {
+                b'D' => &k[k.len() - 8..],
+                _ => &k[1..9],
+            };
+            (k[0], u64::from_be_bytes(block.try_into().unwrap()))
         })
         .collect()
 }
@@ -1423,7 +1459,11 @@ async fn local_retention_deletes_only_what_the_sink_holds_and_the_rest_verifies_
         "{left:?}"
     );
     // Index entries went with the events: search and session listings find nothing of them.
-    assert!(trailing_seqs(&l.log(), "search").iter().all(|s| *s > 7));
+    let blocks = search_keys(&l.log());
+    assert!(
+        !blocks.is_empty() && blocks.iter().all(|(_, b)| *b > 7),
+        "{blocks:?}"
+    );
     assert!(trailing_seqs(&l.log(), "by_session").iter().all(|s| *s > 7));
     assert!(r.session_events("s1").unwrap().is_empty());
     let found = r
