@@ -23,7 +23,7 @@
 //!   power loss takes is re-read at the next start, since the mark went with them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,8 +48,9 @@ const QUEUE_BATCHES: usize = 1024;
 /// Most events one index write covers.
 const WRITE_EVENTS: usize = 4096;
 /// How long the indexer gathers committed batches before writing: fewer, larger index writes
-/// get in the way of the writer's fsynced commits less often (RocksDB queues the two).
-/// Searches do not wait for it; they read what is not indexed yet.
+/// get in the way of the writer's fsynced commits less often (RocksDB queues the two), and
+/// a block's terms are shared by more events. Searches do not wait for it; they read what is
+/// not indexed yet.
 const LINGER: Duration = Duration::from_millis(5);
 /// Events read back from the log per write when catching up.
 const CATCH_UP_EVENTS: usize = 2048;
@@ -231,13 +232,16 @@ impl Worker {
             let paused = self.paused();
             let mut items = first;
             let mut closed = false;
-            let until = Instant::now() + LINGER;
+            // Sleep, then take what came: a receiver waiting on the queue is woken by every
+            // send, and that wake-up is paid on the writer's thread, once per commit.
+            if !self.shared.stopping.load(Ordering::Relaxed) {
+                std::thread::sleep(LINGER);
+            }
             while items.len() < WRITE_EVENTS {
-                let left = until.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left) {
+                match rx.try_recv() {
                     Ok(mut more) => items.append(&mut more),
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => {
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
                         closed = true;
                         break;
                     }
