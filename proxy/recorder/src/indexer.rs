@@ -32,7 +32,7 @@ use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
 use crate::error::RecorderError;
 use crate::event::Event;
-use crate::search::{Block, SESSIONS_CACHE, SessionContext};
+use crate::search::{Blocks, SESSIONS_CACHE, SessionContext};
 use crate::store::{self, CF_EVENTS, CF_META, META_INDEXED, seq_from_key, seq_key};
 
 /// One committed event, with what its index keys need from its session's summary.
@@ -216,6 +216,7 @@ impl Worker {
     fn run(mut self, rx: Receiver<Vec<Committed>>) {
         // Whatever a crash, a shutdown or an older version left unindexed.
         self.catch_up(self.head());
+        let mut backlog = false;
         loop {
             let first = match rx.recv_timeout(RETRY) {
                 Ok(b) => b,
@@ -233,8 +234,9 @@ impl Worker {
             let mut items = first;
             let mut closed = false;
             // Sleep, then take what came: a receiver waiting on the queue is woken by every
-            // send, and that wake-up is paid on the writer's thread, once per commit.
-            if !self.shared.stopping.load(Ordering::Relaxed) {
+            // send, and that wake-up is paid on the writer's thread, once per commit. (Not
+            // while a backlog is queued: the last window stopped at its size.)
+            if !backlog && !self.shared.stopping.load(Ordering::Relaxed) {
                 std::thread::sleep(LINGER);
             }
             while items.len() < WRITE_EVENTS {
@@ -247,6 +249,7 @@ impl Worker {
                     }
                 }
             }
+            backlog = items.len() >= WRITE_EVENTS;
             // (Test hook: paused at either end of the window throws it all away.)
             if !paused && !self.paused() {
                 self.index(items);
@@ -268,7 +271,7 @@ impl Worker {
         }
         let Some(db) = self.shared.db() else { return };
         let res = (|| -> Result<(), RecorderError> {
-            let mut block = Block::default();
+            let mut block = Blocks::default();
             let mut upto = self.through;
             for c in &items {
                 let seq = c.ev.seq;
@@ -333,11 +336,11 @@ impl Worker {
         // Events retention deleted (or is deleting) are not indexed again.
         let floor = store::effective_floor(db)?;
         if floor > self.through {
-            self.write(db, Block::default(), floor.min(upto))?;
+            self.write(db, Blocks::default(), floor.min(upto))?;
         }
         let cf_events = store::cf(db, CF_EVENTS)?;
         let start = seq_key(self.through.saturating_add(1));
-        let mut block = Block::default();
+        let mut block = Blocks::default();
         let (mut n, mut reached) = (0usize, self.through);
         for item in db.iterator_cf(cf_events, IteratorMode::From(&start, Direction::Forward)) {
             let (k, v) = item.map_err(RecorderError::read)?;
@@ -362,7 +365,7 @@ impl Worker {
 
     /// One index write: a block, and how far the indexes reach (not fsynced; see the module
     /// docs).
-    fn write(&mut self, db: &DB, block: Block, upto: u64) -> Result<(), RecorderError> {
+    fn write(&mut self, db: &DB, block: Blocks, upto: u64) -> Result<(), RecorderError> {
         let mut wb = WriteBatch::default();
         let meta = store::cf(db, CF_META)?;
         // Searches bound their directory scans by the widest block (see `search.rs`).

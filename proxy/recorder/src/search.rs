@@ -165,9 +165,51 @@ struct Posting {
     last_time: i64,
 }
 
+/// Widest time range (µs) one block spans: an event further from the block's others starts
+/// a new block, so one out-of-order time (a backlog committed after an outage, a clock step,
+/// a catch-up over a quiet spell) cannot widen `meta/postings_spread` for good.
+const MAX_BLOCK_SPAN_US: i64 = 60_000_000;
+
+/// The index entries of one indexer write: consecutive blocks (see the module docs).
+#[derive(Default)]
+pub(crate) struct Blocks {
+    done: Vec<Block>,
+    current: Block,
+}
+
+impl Blocks {
+    /// Add `ev` (events must come in seq order), whose session has `principal` and `target`.
+    pub(crate) fn add(&mut self, ev: &Event, principal: Option<&str>, target: &str) {
+        let c = &self.current;
+        if c.first.is_some()
+            && c.max.max(ev.time_us).saturating_sub(c.min.min(ev.time_us)) > MAX_BLOCK_SPAN_US
+        {
+            self.done.push(std::mem::take(&mut self.current));
+        }
+        self.current.add(ev, principal, target);
+    }
+
+    /// The widest time range one of them spans (µs).
+    pub(crate) fn spread(&self) -> i64 {
+        self.done
+            .iter()
+            .chain([&self.current])
+            .map(Block::spread)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Put their keys into `wb`.
+    pub(crate) fn write(self, wb: &mut WriteBatch, cf: &ColumnFamily) {
+        for b in self.done.into_iter().chain([self.current]) {
+            b.write(wb, cf);
+        }
+    }
+}
+
 /// The index entries of consecutive events, written as one block (see the module docs).
 #[derive(Default)]
-pub(crate) struct Block {
+struct Block {
     /// Seq of the first event added (the block's name) and of the last.
     first: Option<u64>,
     last: u64,
@@ -182,8 +224,7 @@ pub(crate) struct Block {
 }
 
 impl Block {
-    /// Add `ev` (events must come in seq order), whose session has `principal` and `target`.
-    pub(crate) fn add(&mut self, ev: &Event, principal: Option<&str>, target: &str) {
+    fn add(&mut self, ev: &Event, principal: Option<&str>, target: &str) {
         let (time, seq) = (ev.time_us, ev.seq);
         if self.first.is_none() {
             (self.min, self.max) = (time, time);
@@ -225,12 +266,12 @@ impl Block {
     }
 
     /// The time range its events span (max − min, µs; 0 when empty).
-    pub(crate) fn spread(&self) -> i64 {
+    fn spread(&self) -> i64 {
         self.max.saturating_sub(self.min)
     }
 
     /// Put the block's keys into `wb`.
-    pub(crate) fn write(self, wb: &mut WriteBatch, cf: &ColumnFamily) {
+    fn write(self, wb: &mut WriteBatch, cf: &ColumnFamily) {
         let Some(block) = self.first else { return };
         let mut manifest = Vec::with_capacity(8 + self.postings.len() * 24);
         manifest.extend_from_slice(&self.last.to_be_bytes());
@@ -267,6 +308,9 @@ pub(crate) fn delete_blocks(
             break;
         }
         let last = v.get(..8).and_then(store::seq_from_key);
+        if last.is_none() {
+            tracing::warn!(block, "malformed search index manifest; the block's entries stay");
+        }
         if last.is_some_and(|l| l > floor) {
             *cursor = block.saturating_add(1);
             continue;
@@ -495,8 +539,8 @@ fn text_hit(ev: &Event, needle: &str) -> bool {
 struct Newest {
     keep: usize,
     heap: BinaryHeap<Oldest>,
-    /// Seqs in `heap`: an event reached twice (by a damaged block read from the log) is
-    /// kept once.
+    /// Seqs in `heap`: a safeguard, so that an event reached twice (overlapping blocks, which
+    /// a sound index does not have) is kept once.
     seqs: std::collections::HashSet<u64>,
 }
 
@@ -599,6 +643,37 @@ fn intersect(a: &mut Vec<(i64, u64)>, b: &[(i64, u64)]) {
         }
         b.get(j).is_some_and(|(_, t)| t == s)
     });
+}
+
+/// The last seq of `block`: from its manifest, else (damaged too) the seq before the next
+/// block, else `indexed`.
+fn block_end(db: &DB, cf: &ColumnFamily, block: u64, indexed: u64) -> Result<u64, RecorderError> {
+    if let Some(last) = db
+        .get_pinned_cf(cf, block_key(block))
+        .map_err(RecorderError::read)?
+        .and_then(|v| v.get(..8).and_then(store::seq_from_key))
+    {
+        return Ok(last);
+    }
+    let next = block_key(block.saturating_add(1));
+    let after = db
+        .iterator_cf(cf, IteratorMode::From(&next, Direction::Forward))
+        .next()
+        .transpose()
+        .map_err(RecorderError::read)?
+        .and_then(|(k, _)| k.strip_prefix(b"B").and_then(store::seq_from_key));
+    Ok(after.map_or(indexed, |b| b.saturating_sub(1)))
+}
+
+/// Log a damaged index block, at most once a minute (every search that reaches it would).
+fn warn_damaged(block: u64, e: &RecorderError) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = u64::try_from(gatehouse_core::time::now_micros()).unwrap_or(0) / 1_000_000;
+    let last = LAST.load(Relaxed);
+    if now >= last.saturating_add(60) && LAST.compare_exchange(last, now, Relaxed, Relaxed).is_ok() {
+        tracing::warn!(block, error = %e, "damaged search index block: its events are read from the log");
+    }
 }
 
 /// The (time, seq) of a block's events that have the `driving` term and every term of `rest`.
@@ -738,16 +813,8 @@ pub(crate) fn search(db: &DB, q: &SearchQuery) -> Result<SearchResult, RecorderE
             Ok(h) => h,
             Err(e) => {
                 // Derived data: a damaged block's events are read from the log instead.
-                let last = db
-                    .get_pinned_cf(cf, block_key(block))
-                    .map_err(RecorderError::read)?
-                    .and_then(|v| v.get(..8).and_then(store::seq_from_key))
-                    .ok_or(e)?;
-                tracing::warn!(
-                    block,
-                    last,
-                    "damaged search index block: its events are read from the log"
-                );
+                let last = block_end(db, cf, block, indexed)?;
+                warn_damaged(block, &e);
                 let range = block.max(floor.saturating_add(1))..=last.min(indexed);
                 read_matches(db, range, &conds, needle.as_deref(), q, &mut found)?;
                 continue;
@@ -828,6 +895,24 @@ mod tests {
         assert_eq!((p.min, p.max), (i64::MIN, i64::MAX));
         // A truncated list is an error, not a wrong answer.
         assert!(decode_postings(10, &p.bytes[..p.bytes.len() - 1]).is_err());
+    }
+
+    /// An event further than a minute from a block's others starts a new block, so one odd
+    /// time cannot widen the spread searches rely on.
+    #[test]
+    fn blocks_span_at_most_a_minute() {
+        let mut blocks = Blocks::default();
+        for (seq, t) in [(1, 0), (2, 1_000_000), (3, 3_600_000_000), (4, 2_000_000)] {
+            blocks.add(&notice(seq, t, "user:a"), None, "");
+        }
+        let firsts: Vec<_> = blocks
+            .done
+            .iter()
+            .chain([&blocks.current])
+            .map(|b| b.first)
+            .collect();
+        assert_eq!(firsts, [Some(1), Some(3), Some(4)]);
+        assert_eq!(blocks.spread(), 1_000_000);
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub(crate) const META_RETAINING: &[u8] = b"retaining";
 /// the earlier layout used (`indexed`): an older version run on the log moves that one, and
 /// its progress says nothing about these indexes.
 pub(crate) const META_INDEXED: &[u8] = b"postings_indexed";
-/// The earlier layout's mark, removed when its indexes are.
+/// The earlier layout's mark, kept at 0 (see [`reset_index_if_unsound`]).
 const META_OLD_INDEXED: &[u8] = b"indexed";
 /// The widest time range (max − min, µs, i64 BE) of any index block written: a search of an
 /// old window skips the directory entries of newer blocks by it (see `search.rs`).
@@ -117,7 +117,6 @@ pub(crate) fn open_rw(dir: &Path) -> Result<DB, RecorderError> {
                 .map_err(|e| open_err(e.to_string()))?;
         }
     }
-    reset_index_if_unsound(&db).map_err(|e| open_err(e.to_string()))?;
     Ok(db)
 }
 
@@ -126,13 +125,39 @@ pub(crate) fn open_rw(dir: &Path) -> Result<DB, RecorderError> {
 /// malformed or past the log's head. The indexer builds them again in the background (from
 /// a mark of 0; blocks it wrote before would otherwise be indexed twice); searches read what
 /// is not indexed meanwhile, so they stay complete.
-fn reset_index_if_unsound(db: &DB) -> Result<(), RecorderError> {
+///
+/// Only when the recorder starts, before its indexer does (whose idea of how far it got would
+/// otherwise outlive the reset).
+///
+/// Old-layout keys an older version wrote after a rollback (their first byte sorts after `P`)
+/// are deleted even from sound indexes, and the old mark (`indexed`) is kept at 0, so that
+/// such a version rebuilds its own indexes rather than trusting these.
+pub(crate) fn reset_index_if_unsound(db: &DB) -> Result<(), RecorderError> {
     let (meta, search) = (cf(db, CF_META)?, cf(db, crate::search::CF_SEARCH)?);
     let get = |k: &[u8]| db.get_cf(meta, k).map_err(RecorderError::read);
     let layout_ok = get(META_INDEX_FORMAT)?.is_some_and(|f| f == INDEX_FORMAT);
     let mark = get(META_INDEXED)?.as_deref().and_then(seq_from_key);
     let head = meta_head(db)?.map(|h| h.seq).unwrap_or(0);
     if layout_ok && mark.is_some_and(|m| m <= head) {
+        let (old_from, old_to) = (b"Q".as_slice(), [0xFFu8; 8]);
+        let old_keys = db
+            .iterator_cf(search, IteratorMode::From(old_from, rocksdb::Direction::Forward))
+            .next()
+            .transpose()
+            .map_err(RecorderError::read)?
+            .is_some();
+        if old_keys {
+            tracing::info!("removing search index entries an older version wrote");
+            db.delete_range_cf(search, old_from, old_to.as_slice())
+                .map_err(|e| RecorderError::Write(e.to_string()))?;
+            if let Err(e) = db.delete_file_in_range_cf(search, old_from, old_to.as_slice()) {
+                tracing::warn!(error = %e, "the old search indexes stay on disk until compaction");
+            }
+        }
+        if get(META_OLD_INDEXED)?.is_none_or(|m| m != seq_key(0)) {
+            db.put_cf(meta, META_OLD_INDEXED, seq_key(0))
+                .map_err(|e| RecorderError::Write(e.to_string()))?;
+        }
         return Ok(());
     }
     if db.iterator_cf(search, IteratorMode::Start).next().is_some() {
@@ -143,7 +168,7 @@ fn reset_index_if_unsound(db: &DB) -> Result<(), RecorderError> {
     let mut wb = rocksdb::WriteBatch::default();
     let (all_from, all_to) = (b"".as_slice(), [0xFFu8; 8]);
     wb.delete_range_cf(search, all_from, all_to.as_slice());
-    wb.delete_cf(meta, META_OLD_INDEXED);
+    wb.put_cf(meta, META_OLD_INDEXED, seq_key(0));
     wb.delete_cf(meta, META_INDEX_SPREAD);
     wb.put_cf(meta, META_INDEXED, seq_key(0));
     wb.put_cf(meta, META_INDEX_FORMAT, INDEX_FORMAT);
@@ -184,15 +209,17 @@ pub(crate) fn indexed_through(db: &DB) -> u64 {
     }
 }
 
-/// [`META_INDEX_SPREAD`]: none before the first block; a malformed one counts as unbounded.
+/// [`META_INDEX_SPREAD`]: none before the first block; a malformed or negative one counts as
+/// unbounded (searches then scan more of the directory, never less).
 pub(crate) fn index_spread(db: &DB) -> Result<Option<i64>, RecorderError> {
     Ok(db
         .get_cf(cf(db, CF_META)?, META_INDEX_SPREAD)
         .map_err(RecorderError::read)?
         .map(|v| {
-            v.as_slice()
-                .try_into()
+            <[u8; 8]>::try_from(v.as_slice())
                 .map(i64::from_be_bytes)
+                .ok()
+                .filter(|s| *s >= 0)
                 .unwrap_or(i64::MAX)
         }))
 }

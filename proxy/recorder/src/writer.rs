@@ -48,8 +48,8 @@ struct RetainRequest {
     done: oneshot::Sender<Result<u64, RecorderError>>,
 }
 
-/// Events whose index entries one retention step deletes: small enough that a step never
-/// holds up a waiting append for long.
+/// Events whose by-session entries (and summaries) one retention step deletes: small enough
+/// that a step never holds up a waiting append for long.
 const RETAIN_STEP_EVENTS: u64 = 500;
 /// Search index terms (a directory entry and a posting list each) one retention step
 /// deletes, in whole blocks (see `search.rs`); at least one block.
@@ -164,6 +164,7 @@ impl Recorder {
             }
         };
         let db = Arc::new(store::open_rw(&cfg.dir)?);
+        store::reset_index_if_unsound(&db)?;
         let head = store::recover_head(&db)?;
         let index = Arc::new(indexer::Shared::new(
             db.clone(),
