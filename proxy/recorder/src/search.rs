@@ -52,7 +52,7 @@
 //!
 //! The indexes are derived data. A damaged block's events are read from the log instead (and
 //! a warning logged); indexes of another layout, or without a sound mark, are dropped when the
-//! log is opened for writing and built again in the background (`store.rs`).
+//! recorder starts and built again in the background (`store.rs`).
 
 use std::collections::{BinaryHeap, HashMap};
 

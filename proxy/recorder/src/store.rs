@@ -181,7 +181,7 @@ pub(crate) fn reset_index_if_unsound(db: &DB) -> Result<(), RecorderError> {
 }
 
 /// Seq through which the search indexes are written: events after it are found by reading
-/// them. Indexes in another layout (a log not yet reopened for writing since an upgrade) count
+/// them. Indexes in another layout (a log no recorder has started on since an upgrade) count
 /// for nothing. The mark is derived data: one that cannot be read counts as 0 (everything is
 /// read, and indexed again).
 pub(crate) fn indexed_through(db: &DB) -> u64 {

@@ -374,8 +374,8 @@ async fn indexed_search_answers_as_reading_every_event_does() {
     );
     assert!(live.iter().any(|(s, t)| s.len() > 10 && !*t), "some are not");
 
-    // Indexes of another layout are dropped when the log is opened for writing: every event is
-    // read, and must give the same answers.
+    // Indexes of another layout count for nothing (and are dropped when the recorder next
+    // starts): every event is read, and must give the same answers.
     {
         let db = crate::store::open_rw(dir.path()).unwrap();
         db.delete_cf(

@@ -1301,7 +1301,7 @@ async fn search_finds_events_by_every_field_from_the_indexes() {
 
     // A log from an earlier version: its indexes in another layout (here a key per event and
     // term), no index format. Searches read every event; the indexes are dropped and built
-    // again when it is next opened for writing.
+    // again at the next start.
     {
         let db = raw_db(dir.path());
         let cf = db.cf_handle("search").unwrap();
@@ -1321,15 +1321,12 @@ async fn search_finds_events_by_every_field_from_the_indexes() {
     }
     search_checks(&LogReader::open(dir.path()).unwrap());
     assert_eq!(unindexed(dir.path()), 7);
-    // The indexer builds them in the background; a shutdown before it gets to them would
-    // leave them for the start after (searches read them meanwhile), so wait for it here.
-    let rec = Recorder::open(&cfg(dir.path(), Durability::Sync)).unwrap();
-    indexed_through(&rec, 7).await;
-    rec.shutdown();
-    search_checks(&LogReader::open(dir.path()).unwrap());
-    assert_eq!(unindexed(dir.path()), 0);
-    let kinds: std::collections::BTreeSet<u8> = search_keys(dir.path()).iter().map(|(k, _)| *k).collect();
-    assert_eq!(kinds, [b'B', b'D', b'P'].into(), "the old layout's keys are gone");
+    reindexed_at_next_start(dir.path()).await;
+    assert_eq!(
+        search_key_kinds(dir.path()),
+        [b'B', b'D', b'P'].into(),
+        "the old layout's keys are gone"
+    );
 
     // An older version run on the log again (a rollback) writes its keys and moves its own
     // mark: at the next start its keys go and its mark is 0 again; these indexes stay.
@@ -1343,8 +1340,7 @@ async fn search_finds_events_by_every_field_from_the_indexes() {
     Recorder::open(&cfg(dir.path(), Durability::Sync))
         .unwrap()
         .shutdown();
-    let kinds: std::collections::BTreeSet<u8> = search_keys(dir.path()).iter().map(|(k, _)| *k).collect();
-    assert_eq!(kinds, [b'B', b'D', b'P'].into());
+    assert_eq!(search_key_kinds(dir.path()), [b'B', b'D', b'P'].into());
     {
         let db = raw_db(dir.path());
         let meta = db.cf_handle("meta").unwrap();
@@ -1357,7 +1353,7 @@ async fn search_finds_events_by_every_field_from_the_indexes() {
     assert_eq!(unindexed(dir.path()), 0);
 
     // A malformed mark: everything is read, and the indexes are dropped and built again at
-    // the next open (not built over the old blocks: no event is found twice).
+    // the next start (not built over the old blocks: no event is found twice).
     {
         let db = raw_db(dir.path());
         db.put_cf(db.cf_handle("meta").unwrap(), b"postings_indexed", b"bad")
@@ -1365,11 +1361,23 @@ async fn search_finds_events_by_every_field_from_the_indexes() {
     }
     search_checks(&LogReader::open(dir.path()).unwrap());
     assert_eq!(unindexed(dir.path()), 7);
-    let rec = Recorder::open(&cfg(dir.path(), Durability::Sync)).unwrap();
+    reindexed_at_next_start(dir.path()).await;
+}
+
+/// Start the recorder on the test log of [`search_checks`] (7 events) and stop it once the
+/// indexer has reached the end (a shutdown before that would leave the rest to the start
+/// after); then every search is answered from the indexes alone.
+async fn reindexed_at_next_start(dir: &Path) {
+    let rec = Recorder::open(&cfg(dir, Durability::Sync)).unwrap();
     indexed_through(&rec, 7).await;
     rec.shutdown();
-    search_checks(&LogReader::open(dir.path()).unwrap());
-    assert_eq!(unindexed(dir.path()), 0);
+    search_checks(&LogReader::open(dir).unwrap());
+    assert_eq!(unindexed(dir), 0);
+}
+
+/// The kinds of key (`D`, `P`, `B`, or an old layout's) in the search column family.
+fn search_key_kinds(dir: &Path) -> std::collections::BTreeSet<u8> {
+    search_keys(dir).iter().map(|(k, _)| *k).collect()
 }
 
 /// Wait until the indexer has indexed through `seq`.
