@@ -5,7 +5,7 @@
 //! | `session_start` | Authentication (3002) | Logon (1), success |
 //! | `auth_failure` | Authentication (3002) | Logon (1), failure, the reason in `status_detail` |
 //! | `session_end` | Authentication (3002) | Logoff (2) |
-//! | `decision` of a statement | Datastore Activity (6005) | Query (4) for SELECT, Create (6) INSERT, Update (2) UPDATE/MERGE, Delete (7) DELETE, Other (99) DDL and the rest; disposition Allowed (1) / Blocked (2), or Other (99) "held for approval" |
+//! | `decision` of a statement | Datastore Activity (6005) | Query (4) for SELECT, Create (6) INSERT, Update (2) UPDATE/MERGE, Delete (7) DELETE, Other (99) DDL and the rest; disposition Allowed (1) / Blocked (2), or Delayed (14) while held for approval (its request in `status_detail`) |
 //! | `decision` of a connection | Datastore Activity (6005) | Connect (3) |
 //! | `access` `granted` / `expired` | User Access Management (3005) | Assign Privileges (1) / Revoke Privileges (2) |
 //!
@@ -193,7 +193,9 @@ pub fn to_ocsf(ev: &Event, session: Option<&SessionSummary>) -> Option<Value> {
             };
             let mut v = base(ev, 6005, "Datastore Activity", APP, activity);
             let (disposition, status) = match (verdict.is_allow(), hold.is_some()) {
-                (_, true) => ((99, "Held for approval"), (99, "Other")),
+                // OCSF's "Delayed": the operation waits (for approvers) and is neither allowed
+                // nor blocked yet; the decision that ends the hold is a second event.
+                (_, true) => ((14, "Delayed"), (99, "Other")),
                 (true, false) => ((1, "Allowed"), (1, "Success")),
                 (false, false) => ((2, "Blocked"), (2, "Failure")),
             };
@@ -201,7 +203,13 @@ pub fn to_ocsf(ev: &Event, session: Option<&SessionSummary>) -> Option<Value> {
             set(&mut v, "disposition", json!(disposition.1));
             set(&mut v, "status_id", json!(status.0));
             set(&mut v, "status", json!(status.1));
-            if let gatehouse_core::Verdict::Deny { reason, .. } = verdict {
+            if let Some(h) = hold {
+                set(
+                    &mut v,
+                    "status_detail",
+                    json!(format!("held for approval: request {}", h.request)),
+                );
+            } else if let gatehouse_core::Verdict::Deny { reason, .. } = verdict {
                 set(&mut v, "status_detail", json!(reason));
                 set(&mut v, "severity_id", json!(2));
                 set(&mut v, "severity", json!("Low"));
@@ -323,6 +331,67 @@ mod tests {
         assert_eq!(v["policy"]["uid"], "agents-no-delete");
         assert_eq!(v["query_info"]["query_string"], "DELETE FROM orders");
         assert_eq!(v["actor"]["user"]["name"], "copilot");
+    }
+
+    #[test]
+    fn a_held_statement_is_delayed_and_its_approval_allowed() {
+        let stmt = SqlStatement {
+            text: "DELETE FROM orders WHERE id = 1".into(),
+            kind: Some(StatementKind::Delete),
+            ..SqlStatement::default()
+        };
+        let decision = |hold, approval, verdict| {
+            event(EventBody::Decision {
+                op: 3,
+                action: "query".into(),
+                statement: Some(stmt.clone()),
+                verdict,
+                policy_generation: 1,
+                errors: Vec::new(),
+                plugins: Vec::new(),
+                hold,
+                approval,
+                unheld: None,
+            })
+        };
+        let held = decision(
+            Some(Box::new(crate::event::HoldRecord {
+                request: "ap-7".into(),
+                approvers: vec!["dba".into()],
+                min_approvals: 1,
+                timeout_secs: 60,
+                reason: "deletes need a DBA".into(),
+                parameters: Vec::new(),
+            })),
+            None,
+            Verdict::Deny {
+                reason: "deletes need a DBA".into(),
+                policy_ids: vec!["deletes-need-approval".into()],
+            },
+        );
+        let v = to_ocsf(&held, None).unwrap();
+        common(&v, 6005, 7);
+        assert_eq!(v["disposition_id"], 14);
+        assert_eq!(v["disposition"], "Delayed");
+        assert_eq!(v["status_id"], 99);
+        assert_eq!(v["status_detail"], "held for approval: request ap-7");
+        assert_eq!(v["unmapped"]["gatehouse"]["approval_request"], "ap-7");
+        let approved = decision(
+            None,
+            Some(Box::new(crate::event::ApprovalRecord {
+                request: "ap-7".into(),
+                state: "approved".into(),
+                votes: Vec::new(),
+                end_reason: None,
+            })),
+            Verdict::Allow {
+                policy_ids: vec!["approved-deletes".into()],
+            },
+        );
+        let v = to_ocsf(&approved, None).unwrap();
+        assert_eq!(v["disposition_id"], 1);
+        assert_eq!(v["status_id"], 1);
+        assert_eq!(v["unmapped"]["gatehouse"]["approval"]["state"], "approved");
     }
 
     #[test]
