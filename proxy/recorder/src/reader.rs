@@ -1,6 +1,8 @@
 //! The read side: listing, per-session events, paging and verification.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::checkpoint::{Checkpoint, PublicKeys};
 use crate::error::RecorderError;
@@ -11,10 +13,15 @@ use crate::store::{
 use crate::verify::{RecordedHead, VerifyReport, Walk};
 use rocksdb::{DB, Direction, IteratorMode};
 
+/// Session summaries with the events past their mark applied.
+type Pending = Arc<HashMap<String, SessionSummary>>;
+
 /// A read-only view of a log, safe to open while a gateway process is writing to it (it takes
 /// no lock). It sees the events committed when it was opened; open a new one to see more.
 pub struct LogReader {
     db: DB,
+    /// Summaries with the events past their mark applied (see `summaries.rs`), read once.
+    pending: Mutex<Option<Pending>>,
 }
 
 impl LogReader {
@@ -22,15 +29,39 @@ impl LogReader {
     pub fn open(dir: &Path) -> Result<LogReader, RecorderError> {
         Ok(LogReader {
             db: store::open_ro(dir)?,
+            pending: Mutex::new(None),
         })
+    }
+
+    /// Summaries whose counters the writer had not written when this view was opened, as
+    /// they are (computed at first use; the view does not change).
+    fn pending(&self) -> Result<Pending, RecorderError> {
+        let mut g = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(p) = g.as_ref() {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(crate::summaries::pending_summaries(&self.db)?);
+        *g = Some(p.clone());
+        Ok(p)
     }
 
     /// All sessions, newest first (by start time, then by first seq).
     pub fn sessions(&self) -> Result<Vec<SessionSummary>, RecorderError> {
         let cf = store::cf(&self.db, CF_SESSIONS)?;
+        // Counters the writer has not written yet: the events past the mark, applied.
+        let pending = self.pending()?;
+        let mut left: HashSet<&str> = pending.keys().map(String::as_str).collect();
         let mut out = Vec::new();
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
             let (k, v) = item.map_err(RecorderError::read)?;
+            if let Some((id, s)) = std::str::from_utf8(&k)
+                .ok()
+                .and_then(|id| pending.get_key_value(id))
+            {
+                left.remove(id.as_str());
+                out.push(s.clone());
+                continue;
+            }
             let s: SessionSummary = serde_json::from_slice(&v).map_err(|e| {
                 RecorderError::Corrupt(format!(
                     "unreadable summary of session `{}`: {e}",
@@ -39,6 +70,9 @@ impl LogReader {
             })?;
             out.push(s);
         }
+        // Sessions whose first events are past the mark (normally written at once; after a
+        // crash, perhaps not).
+        out.extend(left.into_iter().filter_map(|id| pending.get(id)).cloned());
         out.sort_by(|a, b| {
             b.start_us
                 .cmp(&a.start_us)
@@ -49,6 +83,9 @@ impl LogReader {
 
     /// The summary of one session.
     pub fn session(&self, id: &str) -> Result<Option<SessionSummary>, RecorderError> {
+        if let Some(s) = self.pending()?.get(id) {
+            return Ok(Some(s.clone()));
+        }
         let cf = store::cf(&self.db, CF_SESSIONS)?;
         match self.db.get_cf(cf, id.as_bytes()).map_err(RecorderError::read)? {
             None => Ok(None),

@@ -13,7 +13,7 @@ use crate::event::{canonical_from_stored, decode_hash};
 pub(crate) const CF_EVENTS: &str = "events";
 /// key = session id ‖ 0x00 ‖ seq (u64 big-endian), empty value.
 pub(crate) const CF_BY_SESSION: &str = "by_session";
-/// key = session id, value = JSON [`SessionSummary`].
+/// key = session id, value = JSON [`SessionSummary`] (see `summaries.rs`).
 pub(crate) const CF_SESSIONS: &str = "sessions";
 /// Chain head and format marker.
 pub(crate) const CF_META: &str = "meta";
@@ -178,6 +178,15 @@ pub(crate) fn reset_index_if_unsound(db: &DB) -> Result<(), RecorderError> {
         tracing::warn!(error = %e, "the old search indexes stay on disk until compaction");
     }
     Ok(())
+}
+
+/// Whether an earlier version has run on the log since this one last started: it moves its
+/// own index mark, which [`reset_index_if_unsound`] holds at 0.
+pub(crate) fn old_index_mark_moved(db: &DB) -> Result<bool, RecorderError> {
+    Ok(db
+        .get_cf(cf(db, CF_META)?, META_OLD_INDEXED)
+        .map_err(RecorderError::read)?
+        .is_some_and(|m| m != seq_key(0)))
 }
 
 /// Seq through which the search indexes are written: events after it are found by reading
@@ -475,8 +484,9 @@ pub(crate) fn last_checkpoint_seq(db: &DB) -> Result<u64, RecorderError> {
     }
 }
 
-/// One session as listed by `gatehouse audit sessions`; maintained by the writer at every
-/// session event, so listing never scans events.
+/// One session as listed by `gatehouse audit sessions`; maintained by the writer (its counters
+/// at most 100 ms late, the events past that applied by readers: `summaries.rs`), so listing
+/// never scans the log.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct SessionSummary {
     pub session_id: String,

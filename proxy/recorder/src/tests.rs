@@ -407,3 +407,154 @@ async fn indexed_search_answers_as_reading_every_event_does() {
     }
     assert_eq!(answers(0), live);
 }
+
+/// Every session's summary as if each event were applied in order from the first (what a
+/// summary is defined to be), newest session first as listed.
+fn summaries_from_scratch(r: &LogReader) -> Vec<crate::SessionSummary> {
+    let mut all: std::collections::HashMap<String, Option<crate::SessionSummary>> = Default::default();
+    for ev in r.events(1, usize::MAX).unwrap() {
+        crate::summaries::apply_event(all.entry(ev.session_id.clone()).or_default(), &ev);
+    }
+    let mut out: Vec<crate::SessionSummary> = all.into_values().flatten().collect();
+    out.sort_by(|a, b| b.start_us.cmp(&a.start_us).then(b.first_seq.cmp(&a.first_seq)));
+    out
+}
+
+/// The summary as stored, and the mark (not what readers see).
+fn stored_summary(dir: &std::path::Path, id: &str) -> (Option<crate::SessionSummary>, Option<u64>) {
+    let db = crate::store::open_ro(dir).unwrap();
+    let cf = crate::store::cf(&db, crate::store::CF_SESSIONS).unwrap();
+    let s = db
+        .get_cf(cf, id.as_bytes())
+        .unwrap()
+        .map(|v| serde_json::from_slice(&v).unwrap());
+    (s, crate::summaries::mark(&db).unwrap())
+}
+
+fn session_start(session: &str, who: &str) -> NewEvent {
+    NewEvent {
+        time_us: 5,
+        session_id: session.into(),
+        principal: Some(who.into()),
+        on_behalf_of: None,
+        actor_chain: Vec::new(),
+        body: EventBody::SessionStart {
+            protocol: "postgres".into(),
+            source: "127.0.0.1:50000".into(),
+            target: "app".into(),
+            client_app: Some("psql".into()),
+            auth_method: "scram-sha-256".into(),
+            principal: gatehouse_core::Principal {
+                kind: gatehouse_core::PrincipalKind::User,
+                id: who.trim_start_matches("user:").into(),
+                groups: Vec::new(),
+                attrs: Default::default(),
+                on_behalf_of: None,
+                actor_chain: Vec::new(),
+            },
+            target_tags: Default::default(),
+            auth: None,
+            grant: None,
+        },
+    }
+}
+
+fn session_end(session: &str) -> NewEvent {
+    NewEvent {
+        body: EventBody::SessionEnd {
+            reason: "client closed".into(),
+            ops: 0,
+            duration_us: 1,
+        },
+        ..notice(session, "")
+    }
+}
+
+/// Decisions and results only move a summary's counters, and the writer writes those at most
+/// `SUMMARY_FLUSH` later; readers apply the events past the mark meanwhile. Listings are exact
+/// at every moment: while counters are unwritten, after a crash left them so, once the next
+/// start wrote them, and after an idle flush.
+#[tokio::test]
+async fn session_summaries_are_exact_before_their_counters_are_written_and_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = Recorder::open(&buffered(dir.path())).unwrap();
+    let check = |when: &str| {
+        let r = LogReader::open(dir.path()).unwrap();
+        let exact = summaries_from_scratch(&r);
+        assert_eq!(r.sessions().unwrap(), exact, "{when}");
+        for s in &exact {
+            assert_eq!(r.session(&s.session_id).unwrap().as_ref(), Some(s), "{when}");
+        }
+        exact
+    };
+    rec.hold_summaries(true);
+    rec.append(session_start("a", "user:ann")).await.unwrap();
+    rec.append(session_start("b", "user:bob")).await.unwrap();
+    // A session the gateway's own notices opened, whose principal comes later.
+    rec.append(notice("c", "first")).await.unwrap();
+    for i in 0..30 {
+        rec.append(decision("a", "user:ann", 10 + i, "SELECT 1", i % 7 == 0))
+            .await
+            .unwrap();
+        rec.append_nowait(notice("a", "result"));
+        if i % 3 == 0 {
+            rec.append(decision("b", "user:bob", 10 + i, "DELETE FROM t", true))
+                .await
+                .unwrap();
+        }
+        if i == 20 {
+            rec.append(decision("c", "agent:late", 10 + i, "SELECT 2", false))
+                .await
+                .unwrap();
+        }
+    }
+    rec.append(session_end("b")).await.unwrap();
+    let exact = check("counters unwritten");
+    let a = exact.iter().find(|s| s.session_id == "a").unwrap().clone();
+    assert_eq!((a.ops, a.denied), (30, 5));
+    let (stored_a, mark) = stored_summary(dir.path(), "a");
+    let stored_a = stored_a.unwrap();
+    assert!(
+        stored_a.ops < a.ops,
+        "the test covers unwritten counters: {stored_a:?}"
+    );
+    assert_eq!(mark, Some(0));
+    // Ended, and named late: written in their own batches.
+    let (stored_b, _) = stored_summary(dir.path(), "b");
+    assert_eq!(stored_b.as_ref(), exact.iter().find(|s| s.session_id == "b"));
+    let (stored_c, _) = stored_summary(dir.path(), "c");
+    assert_eq!(stored_c.unwrap().principal.as_deref(), Some("agent:late"));
+
+    // A crash: what was unwritten stays so (the hook skips the flush at shutdown too).
+    rec.shutdown();
+    check("after a crash");
+    assert!(stored_summary(dir.path(), "a").0.unwrap().ops < a.ops);
+
+    // The next start writes them and moves the mark to the head.
+    let rec = Recorder::open(&buffered(dir.path())).unwrap();
+    let head = rec.stats().last_seq;
+    assert_eq!(stored_summary(dir.path(), "a"), (Some(a.clone()), Some(head)));
+    check("after the restart");
+
+    // Unheld: an idle writer writes pending counters within `SUMMARY_FLUSH`.
+    for i in 0..5 {
+        rec.append(decision("a", "user:ann", 100 + i, "SELECT 3", false))
+            .await
+            .unwrap();
+    }
+    let head = rec.stats().last_seq;
+    let mut flushed = false;
+    for _ in 0..500 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let (s, mark) = stored_summary(dir.path(), "a");
+        if mark == Some(head) {
+            assert_eq!(s.unwrap().ops, a.ops + 5);
+            flushed = true;
+            break;
+        }
+    }
+    assert!(flushed, "pending summaries written when idle");
+    check("after an idle flush");
+    rec.shutdown();
+    check("after a clean shutdown");
+}

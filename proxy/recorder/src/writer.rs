@@ -1,6 +1,6 @@
 //! The write side: [`Recorder`] and its group-commit writer thread.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
@@ -20,6 +20,7 @@ use crate::store::{
     self, CF_BY_SESSION, CF_CHECKPOINTS, CF_EVENTS, CF_META, CF_SESSIONS, Floor, Head, META_FLOOR, META_HEAD,
     META_RETAINING, SessionSummary, StoredHead, by_session_key, seq_from_key, seq_key,
 };
+use crate::summaries::{self, META_SUMMARIES, SUMMARY_FLUSH};
 
 /// Open sessions whose summaries the writer keeps in memory; past this it starts over
 /// (summaries are re-read from the database on demand).
@@ -111,6 +112,10 @@ struct Counters {
     /// Test hook: fail this many upcoming batches as if the write had failed.
     #[cfg(test)]
     fail_batches: AtomicU64,
+    /// Test hook: counters-only summary changes are not flushed (as if the writer crashed
+    /// before their flush), not even at shutdown.
+    #[cfg(test)]
+    hold_summaries: AtomicBool,
 }
 
 struct Inner {
@@ -164,8 +169,11 @@ impl Recorder {
             }
         };
         let db = Arc::new(store::open_rw(&cfg.dir)?);
+        // Before the reset below holds it at 0 again.
+        let older_version_ran = store::old_index_mark_moved(&db)?;
         store::reset_index_if_unsound(&db)?;
         let head = store::recover_head(&db)?;
+        summaries::catch_up(&db, head.seq, older_version_ran)?;
         let index = Arc::new(indexer::Shared::new(
             db.clone(),
             store::indexed_through(&db).min(head.seq),
@@ -186,6 +194,8 @@ impl Recorder {
             max_batch: cfg.max_batch.max(1),
             counters: counters.clone(),
             summaries: HashMap::new(),
+            dirty: HashSet::new(),
+            summaries_flushed: Instant::now(),
             outage: None,
             backlog: VecDeque::new(),
             unsynced: None,
@@ -308,6 +318,12 @@ impl Recorder {
         self.inner.index.drop_seq.store(seq, Ordering::SeqCst);
     }
 
+    /// Test hook: see `Counters::hold_summaries`.
+    #[cfg(test)]
+    pub(crate) fn hold_summaries(&self, hold: bool) {
+        self.inner.counters.hold_summaries.store(hold, Ordering::SeqCst);
+    }
+
     /// Test hook: while paused, the indexer throws away what the writer hands it.
     #[cfg(test)]
     pub(crate) fn pause_indexer(&self, paused: bool) {
@@ -353,6 +369,11 @@ struct Writer {
     counters: Arc<Counters>,
     /// Summaries of open sessions, as committed.
     summaries: HashMap<String, SessionSummary>,
+    /// Sessions whose summary changed since it was last written, in counters only (see
+    /// `summaries.rs`); always in `summaries`.
+    dirty: HashSet<String>,
+    /// When every pending summary was last written (with the mark).
+    summaries_flushed: Instant,
     /// Outage bookkeeping, so a persistent failure is logged once (plus a periodic reminder),
     /// not once per batch.
     outage: Option<Outage>,
@@ -444,9 +465,11 @@ impl Writer {
                     Duration::from_millis(10)
                 }
             });
-            let wait = match (sync_in, checkpoint_in, retain_in) {
-                (None, None, None) => None,
-                (a, b, c) => a.into_iter().chain(b).chain(c).min(),
+            let summaries_in = (!self.dirty.is_empty())
+                .then(|| SUMMARY_FLUSH.saturating_sub(self.summaries_flushed.elapsed()));
+            let wait = match (sync_in, checkpoint_in, retain_in, summaries_in) {
+                (None, None, None, None) => None,
+                (a, b, c, d) => a.into_iter().chain(b).chain(c).chain(d).min(),
             };
             let msg = match wait {
                 None => match rx.recv() {
@@ -467,6 +490,9 @@ impl Writer {
                         {
                             // Idle with unsigned events: sign the head on its own.
                             self.checkpoint_now();
+                        }
+                        if !self.dirty.is_empty() && self.summaries_flushed.elapsed() >= SUMMARY_FLUSH {
+                            self.flush_summaries();
                         }
                         if self.unsynced.is_some_and(|t| t.elapsed() >= UNSYNCED_MAX) {
                             self.sync_wal();
@@ -510,6 +536,9 @@ impl Writer {
         self.indexer.shared.set_db(None);
         if let Some(d) = self.retain.take().and_then(|j| j.done) {
             let _ = d.send(Err(RecorderError::Closed));
+        }
+        if !self.dirty.is_empty() {
+            self.flush_summaries();
         }
         // Sign whatever the last checkpoint does not cover yet, so a cleanly closed log is
         // signed to its end.
@@ -758,16 +787,72 @@ impl Writer {
         let v = serde_json::to_vec(&job.floor).map_err(|e| RecorderError::Encode(e.to_string()))?;
         wb.put_cf(cf_meta, META_FLOOR, v);
         wb.delete_cf(cf_meta, META_RETAINING);
+        // Readers apply the events past the summaries' mark: write what is pending first, so
+        // the mark is past the events deleted here.
+        self.put_pending_summaries(db, &mut wb, &HashSet::new(), self.head.seq)?;
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         db.write_opt(wb, &wo)
             .map_err(|e| RecorderError::Write(e.to_string()))?;
+        self.dirty.clear();
+        self.summaries_flushed = Instant::now();
         // Give the space back now: files holding only deleted events are dropped at once (the
         // rest goes with compaction).
         if let Err(e) = db.delete_file_in_range_cf(cf_events, seq_key(0), seq_key(floor)) {
             tracing::warn!(error = %e, "retention: deleted events stay on disk until compaction");
         }
         Ok(floor - job.from)
+    }
+
+    /// Add the summaries of `dirty` sessions (except `skip`, whose newer versions the caller
+    /// writes) and the mark at `head` to `wb`.
+    fn put_pending_summaries(
+        &self,
+        db: &DB,
+        wb: &mut WriteBatch,
+        skip: &HashSet<&str>,
+        head: u64,
+    ) -> Result<(), RecorderError> {
+        let cf_sessions = store::cf(db, CF_SESSIONS)?;
+        for id in &self.dirty {
+            if skip.contains(id.as_str()) {
+                continue;
+            }
+            let s = self.summaries.get(id).ok_or_else(|| {
+                RecorderError::Corrupt(format!("the summary of session `{id}` is not in memory"))
+            })?;
+            let v = serde_json::to_vec(s).map_err(|e| RecorderError::Encode(e.to_string()))?;
+            wb.put_cf(cf_sessions, id.as_bytes(), v);
+        }
+        wb.put_cf(store::cf(db, CF_META)?, META_SUMMARIES, seq_key(head));
+        Ok(())
+    }
+
+    /// Write every pending summary and the mark (when idle, and at shutdown). Not fsynced: a
+    /// power loss takes the mark with them, and the next start applies the events again.
+    fn flush_summaries(&mut self) {
+        self.summaries_flushed = Instant::now();
+        if self.summaries_held() {
+            return;
+        }
+        let Some(db) = self.db.as_ref() else { return };
+        let mut wb = WriteBatch::default();
+        let res = self
+            .put_pending_summaries(db, &mut wb, &HashSet::new(), self.head.seq)
+            .and_then(|()| db.write(wb).map_err(|e| RecorderError::Write(e.to_string())));
+        match res {
+            Ok(()) => self.dirty.clear(),
+            // Readers apply the events past the mark meanwhile; retried at the next flush.
+            Err(e) => tracing::warn!(error = %e, "cannot write session summaries"),
+        }
+    }
+
+    /// Test hook: see `Counters::hold_summaries`.
+    fn summaries_held(&self) -> bool {
+        #[cfg(test)]
+        return self.counters.hold_summaries.load(Ordering::SeqCst);
+        #[cfg(not(test))]
+        false
     }
 
     /// Fsync what was written without one.
@@ -860,7 +945,11 @@ impl Writer {
                 c.seq = store::last_checkpoint_seq(&db)?;
             }
             self.counters.last_seq.store(self.head.seq, Ordering::Relaxed);
+            // What the failed batches did not write is not in these; the stored summaries,
+            // with the events past their mark applied, are exact.
             self.summaries.clear();
+            self.dirty.clear();
+            summaries::catch_up(&db, self.head.seq, false)?;
             self.indexer.shared.head.store(self.head.seq, Ordering::Release);
             self.indexer.shared.set_db(Some(db.clone()));
             self.db = Some(db);
@@ -1043,8 +1132,10 @@ impl Writer {
 
         let mut head = self.head;
         let mut committed = Vec::with_capacity(events.len());
-        let mut wb = WriteBatch::default();
-        let mut staged: HashMap<String, SessionSummary> = HashMap::new();
+        let mut wb = WriteBatch::with_capacity_bytes(events.len() * 768);
+        // Per session of the batch: its summary after the batch (`None` only before its
+        // first event is applied), and whether it is written now (see `summaries.rs`).
+        let mut staged: HashMap<String, (Option<SessionSummary>, bool)> = HashMap::new();
         let mut results = Vec::with_capacity(events.len());
         let mut written = 0u64;
         for new in events {
@@ -1072,17 +1163,14 @@ impl Writer {
                         .map_err(|e| RecorderError::Write(format!("reading session summary: {e}")))?
                         .and_then(|v| serde_json::from_slice::<SessionSummary>(&v).ok()),
                 };
-                let s = known.unwrap_or_else(|| {
-                    SessionSummary::stub(&ev.session_id, ev.principal.clone(), ev.time_us, seq)
-                });
-                staged.insert(ev.session_id.clone(), s);
+                staged.insert(ev.session_id.clone(), (known, false));
             }
-            if let Some(s) = staged.get_mut(&ev.session_id) {
-                update_summary(s, &ev.body, ev.principal.as_deref(), ev.time_us, seq);
+            if let Some((s, write)) = staged.get_mut(&ev.session_id) {
+                *write |= summaries::apply_event(s, &ev);
                 // The search indexes are the indexer's, once the batch is committed.
                 committed.push(Committed {
-                    principal: s.principal.clone(),
-                    target: s.target.clone(),
+                    principal: s.as_ref().and_then(|s| s.principal.clone()),
+                    target: s.as_ref().map(|s| s.target.clone()).unwrap_or_default(),
                     ev,
                 });
             }
@@ -1093,9 +1181,28 @@ impl Writer {
         if written == 0 {
             return Ok(results);
         }
-        for (id, s) in &staged {
-            let v = serde_json::to_vec(s).map_err(|e| RecorderError::Encode(e.to_string()))?;
-            wb.put_cf(cf_sessions, id.as_bytes(), v);
+        // Counter-only changes wait for a flush of every pending summary, at most
+        // `SUMMARY_FLUSH` apart (and before the in-memory summaries are dropped).
+        let mut flush_all = !self.summaries_held()
+            && (self.summaries.len() > SUMMARY_CACHE_MAX
+                || ((!self.dirty.is_empty() || staged.values().any(|(_, w)| !w))
+                    && self.summaries_flushed.elapsed() >= SUMMARY_FLUSH));
+        for (id, (s, write)) in &staged {
+            if let Some(s) = s
+                && (*write || flush_all)
+            {
+                let v = serde_json::to_vec(s).map_err(|e| RecorderError::Encode(e.to_string()))?;
+                wb.put_cf(cf_sessions, id.as_bytes(), v);
+            }
+        }
+        if flush_all {
+            let skip: HashSet<&str> = staged.keys().map(String::as_str).collect();
+            if let Err(e) = self.put_pending_summaries(db, &mut wb, &skip, head.seq) {
+                // The events are what matters: they go on; readers apply them past the mark.
+                tracing::error!(error = %e, "cannot write pending session summaries");
+                flush_all = false;
+                self.summaries_flushed = Instant::now();
+            }
         }
         let stored_head = serde_json::to_vec(&StoredHead::from_head(&head))
             .map_err(|e| RecorderError::Encode(e.to_string()))?;
@@ -1146,10 +1253,20 @@ impl Writer {
         c.appended.fetch_add(written, Ordering::Relaxed);
         c.batches.fetch_add(1, Ordering::Relaxed);
         c.last_seq.store(head.seq, Ordering::Relaxed);
-        if self.summaries.len() > SUMMARY_CACHE_MAX {
-            self.summaries.clear();
+        if flush_all {
+            self.dirty.clear();
+            self.summaries_flushed = Instant::now();
+            if self.summaries.len() > SUMMARY_CACHE_MAX {
+                self.summaries.clear();
+            }
         }
-        for (id, s) in staged {
+        for (id, (s, write)) in staged {
+            let Some(s) = s else { continue };
+            if write || flush_all {
+                self.dirty.remove(&id);
+            } else {
+                self.dirty.insert(id.clone());
+            }
             if s.is_ended() {
                 self.summaries.remove(&id);
             } else {
@@ -1157,82 +1274,5 @@ impl Writer {
             }
         }
         Ok(results)
-    }
-}
-
-fn update_summary(s: &mut SessionSummary, body: &EventBody, principal: Option<&str>, time_us: i64, seq: u64) {
-    s.last_seq = seq;
-    // An auth failure names no verified identity, whatever the caller passed.
-    let failed_auth = matches!(body, EventBody::AuthFailure { .. });
-    if s.principal.is_none()
-        && !failed_auth
-        && let Some(p) = principal
-    {
-        s.principal = Some(p.to_string());
-    }
-    match body {
-        EventBody::SessionStart {
-            protocol,
-            source,
-            target,
-            client_app,
-            auth_method,
-            principal,
-            ..
-        } => {
-            s.principal = Some(principal.display());
-            s.protocol.clone_from(protocol);
-            s.source.clone_from(source);
-            s.target.clone_from(target);
-            s.client_app.clone_from(client_app);
-            s.auth_method = Some(auth_method.clone());
-            s.start_us = time_us;
-        }
-        EventBody::AuthFailure {
-            protocol,
-            source,
-            user,
-            target,
-            reason,
-        } => {
-            s.protocol.clone_from(protocol);
-            s.source.clone_from(source);
-            s.target.clone_from(target);
-            s.user = Some(user.clone());
-            s.auth_failed = true;
-            s.end_us = Some(time_us);
-            s.end_reason = Some(format!("authentication failed: {reason}"));
-        }
-        // A held operation is decided twice (the hold, then its outcome): one op, denied only
-        // by the outcome.
-        EventBody::Decision {
-            verdict,
-            hold,
-            approval,
-            ..
-        } => {
-            if approval.is_none() {
-                s.ops += 1;
-            }
-            if !verdict.is_allow() && hold.is_none() {
-                s.denied += 1;
-            }
-        }
-        EventBody::SessionEnd { reason, .. } => {
-            s.end_us = Some(time_us);
-            s.end_reason = Some(reason.clone());
-        }
-        EventBody::OpResult { .. }
-        | EventBody::Notice { .. }
-        | EventBody::Masking { .. }
-        | EventBody::ApprovalVote { .. } => {}
-        EventBody::Access { target, .. } => {
-            if s.target.is_empty() {
-                s.target = target.clone();
-            }
-            if s.protocol.is_empty() {
-                s.protocol = "access".to_string();
-            }
-        }
     }
 }
