@@ -6,8 +6,8 @@
 //! random place of the memtable), which was the largest single cost of the writer thread after
 //! the events themselves. So the writer now writes a session's summary:
 //! - in the batch of any event that changes more than its counters: the session's first
-//!   event, its start, end, failed authentication, access steps, a principal filled in
-//!   ([`apply_event`] says which);
+//!   event, its start, end, failed authentication, access steps, a principal filled in, and
+//!   any event of an ended session ([`apply_event`] says which);
 //! - otherwise (decisions, results, notices, masking, votes: `last_seq`, `ops`, `denied`) with
 //!   the next flush of every pending summary, at most [`SUMMARY_FLUSH`] later, at shutdown, or
 //!   before retention deletes events. A flush writes, in the same batch, the mark
@@ -51,7 +51,10 @@ pub(crate) fn apply_event(s: &mut Option<SessionSummary>, ev: &Event) -> bool {
     };
     let had_principal = summary.principal.is_some();
     update(summary, &ev.body, ev.principal.as_deref(), ev.time_us, ev.seq);
-    (!had_principal && summary.principal.is_some())
+    // An ended session's late events (a result after the end) are written at once too: the
+    // writer keeps no ended session in memory to flush later.
+    summary.is_ended()
+        || (!had_principal && summary.principal.is_some())
         || matches!(
             ev.body,
             EventBody::SessionStart { .. }

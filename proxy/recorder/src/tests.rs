@@ -509,6 +509,10 @@ async fn session_summaries_are_exact_before_their_counters_are_written_and_after
         }
     }
     rec.append(session_end("b")).await.unwrap();
+    // A late event of an ended session (a result recorded after the end).
+    rec.append(decision("b", "user:bob", 90, "SELECT 9", false))
+        .await
+        .unwrap();
     let exact = check("counters unwritten");
     let a = exact.iter().find(|s| s.session_id == "a").unwrap().clone();
     assert_eq!((a.ops, a.denied), (30, 5));
