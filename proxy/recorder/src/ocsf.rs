@@ -207,7 +207,7 @@ pub fn to_ocsf(ev: &Event, session: Option<&SessionSummary>) -> Option<Value> {
                 set(
                     &mut v,
                     "status_detail",
-                    json!(format!("held for approval: request {}", h.request)),
+                    json!(format!("held for approval (request {}): {}", h.request, h.reason)),
                 );
             } else if let gatehouse_core::Verdict::Deny { reason, .. } = verdict {
                 set(&mut v, "status_detail", json!(reason));
@@ -374,7 +374,10 @@ mod tests {
         assert_eq!(v["disposition_id"], 14);
         assert_eq!(v["disposition"], "Delayed");
         assert_eq!(v["status_id"], 99);
-        assert_eq!(v["status_detail"], "held for approval: request ap-7");
+        assert_eq!(
+            v["status_detail"],
+            "held for approval (request ap-7): deletes need a DBA"
+        );
         assert_eq!(v["unmapped"]["gatehouse"]["approval_request"], "ap-7");
         let approved = decision(
             None,

@@ -10,7 +10,8 @@
 //!   any event of an ended session ([`apply_event`] says which);
 //! - otherwise (decisions, results, notices, masking, votes: `last_seq`, `ops`, `denied`) with
 //!   the next flush of every pending summary, at most [`SUMMARY_FLUSH`] later, at shutdown, or
-//!   before retention deletes events. A flush writes, in the same batch, the mark
+//!   when retention starts (with its marker). A batch that leaves nothing pending moves the
+//!   mark too. A flush writes, in the same batch, the mark
 //!   `meta/summaries_through` (u64 BE): every summary holds every event up to it.
 //!
 //! Readers ([`pending_summaries`]) apply the events past the mark to the stored summaries, so
@@ -76,7 +77,14 @@ pub(crate) fn mark(db: &DB) -> Result<Option<u64>, RecorderError> {
 /// The summaries of the sessions with events past the mark, with those events applied (the
 /// others are exact as stored).
 pub(crate) fn pending_summaries(db: &DB) -> Result<HashMap<String, SessionSummary>, RecorderError> {
-    let mut out: HashMap<String, Option<SessionSummary>> = HashMap::new();
+    apply_past_mark(db, true)
+}
+
+/// [`pending_summaries`]; `strict`: an unreadable stored summary is an error (readers), or is
+/// rebuilt from the events past the mark with a warning (the writer, which must start).
+fn apply_past_mark(db: &DB, strict: bool) -> Result<HashMap<String, SessionSummary>, RecorderError> {
+    // Per session: its summary, and whether an event was applied to it.
+    let mut out: HashMap<String, (Option<SessionSummary>, bool)> = HashMap::new();
     let Some(mark) = mark(db)? else {
         return Ok(HashMap::new());
     };
@@ -101,36 +109,40 @@ pub(crate) fn pending_summaries(db: &DB) -> Result<HashMap<String, SessionSummar
             let stored = db
                 .get_cf(cf_sessions, ev.session_id.as_bytes())
                 .map_err(RecorderError::read)?
-                .map(|v| {
-                    serde_json::from_slice::<SessionSummary>(&v).map_err(|e| {
-                        RecorderError::Corrupt(format!(
-                            "unreadable summary of session `{}`: {e}",
-                            ev.session_id
-                        ))
-                    })
+                .and_then(|v| match serde_json::from_slice::<SessionSummary>(&v) {
+                    Ok(s) => Some(Ok(s)),
+                    Err(e) => {
+                        let why = format!("unreadable summary of session `{}`: {e}", ev.session_id);
+                        if strict {
+                            Some(Err(RecorderError::Corrupt(why)))
+                        } else {
+                            tracing::warn!("{why}; rebuilt from its events past the summaries' mark");
+                            None
+                        }
+                    }
                 })
                 .transpose()?;
-            out.insert(ev.session_id.clone(), stored);
+            out.insert(ev.session_id.clone(), (stored, false));
         }
-        if let Some(s) = out.get_mut(&ev.session_id) {
+        if let Some((s, applied)) = out.get_mut(&ev.session_id) {
             if s.as_ref().is_some_and(|s| s.last_seq >= seq) {
                 continue;
             }
             apply_event(s, &ev);
+            *applied = true;
         }
     }
-    Ok(out.into_iter().filter_map(|(id, s)| s.map(|s| (id, s))).collect())
+    Ok(out
+        .into_iter()
+        .filter_map(|(id, (s, applied))| s.filter(|_| applied).map(|s| (id, s)))
+        .collect())
 }
 
 /// Bring the stored summaries up to the log's head (after a crash) and set the mark there.
-/// Called by the writer before it takes events. `older_version_ran`: an earlier version wrote
-/// the log since the mark (and every summary at every event), so the stored ones are exact.
-pub(crate) fn catch_up(db: &DB, head: u64, older_version_ran: bool) -> Result<(), RecorderError> {
-    let pending = if older_version_ran {
-        HashMap::new()
-    } else {
-        pending_summaries(db)?
-    };
+/// Called by the writer before it takes events. Also after an earlier version ran on the log
+/// (which does not move the mark): applying is idempotent, so its summaries stay as written.
+pub(crate) fn catch_up(db: &DB, head: u64) -> Result<(), RecorderError> {
+    let pending = apply_past_mark(db, false)?;
     if !pending.is_empty() {
         tracing::info!(
             sessions = pending.len(),

@@ -522,7 +522,9 @@ async fn session_summaries_are_exact_before_their_counters_are_written_and_after
         stored_a.ops < a.ops,
         "the test covers unwritten counters: {stored_a:?}"
     );
-    assert_eq!(mark, Some(0));
+    // It followed the first three events (each written at once), then stopped at the first
+    // counter-only change.
+    assert_eq!(mark, Some(3));
     // Ended, and named late: written in their own batches.
     let (stored_b, _) = stored_summary(dir.path(), "b");
     assert_eq!(stored_b.as_ref(), exact.iter().find(|s| s.session_id == "b"));
@@ -539,6 +541,9 @@ async fn session_summaries_are_exact_before_their_counters_are_written_and_after
     let head = rec.stats().last_seq;
     assert_eq!(stored_summary(dir.path(), "a"), (Some(a.clone()), Some(head)));
     check("after the restart");
+    // A batch whose changes are all written at once moves the mark with it.
+    rec.append(session_start("d", "user:dee")).await.unwrap();
+    assert_eq!(stored_summary(dir.path(), "d").1, Some(head + 1));
 
     // Unheld: an idle writer writes pending counters within `SUMMARY_FLUSH`.
     for i in 0..5 {

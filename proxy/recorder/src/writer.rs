@@ -169,11 +169,9 @@ impl Recorder {
             }
         };
         let db = Arc::new(store::open_rw(&cfg.dir)?);
-        // Before the reset below holds it at 0 again.
-        let older_version_ran = store::old_index_mark_moved(&db)?;
         store::reset_index_if_unsound(&db)?;
         let head = store::recover_head(&db)?;
-        summaries::catch_up(&db, head.seq, older_version_ran)?;
+        summaries::catch_up(&db, head.seq)?;
         let index = Arc::new(indexer::Shared::new(
             db.clone(),
             store::indexed_through(&db).min(head.seq),
@@ -626,15 +624,22 @@ impl Writer {
             // Readers leave the events out from now on (their index entries are about to go),
             // and a restart resumes the job.
             let v = serde_json::to_vec(&floor).map_err(|e| RecorderError::Encode(e.to_string()))?;
+            let mut wb = WriteBatch::default();
+            wb.put_cf(store::cf(db, CF_META)?, META_RETAINING, v);
+            // Readers start applying events past the summaries' mark at the floor from now
+            // on: what is pending goes with the marker, so the mark is at or past the floor.
+            self.put_pending_summaries(db, &mut wb, &HashSet::new(), self.head.seq)?;
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
-            db.put_cf_opt(store::cf(db, CF_META)?, META_RETAINING, v, &wo)
+            db.write_opt(wb, &wo)
                 .map_err(|e| RecorderError::Write(e.to_string()))?;
             Ok(Some((floor, from)))
         })();
         match res {
             Ok(None) => answer(done, Ok(0)),
             Ok(Some((floor, from))) => {
+                self.dirty.clear();
+                self.summaries_flushed = Instant::now();
                 self.retain = Some(RetainJob {
                     floor,
                     next: from + 1,
@@ -949,7 +954,7 @@ impl Writer {
             // with the events past their mark applied, are exact.
             self.summaries.clear();
             self.dirty.clear();
-            summaries::catch_up(&db, self.head.seq, false)?;
+            summaries::catch_up(&db, self.head.seq)?;
             self.indexer.shared.head.store(self.head.seq, Ordering::Release);
             self.indexer.shared.set_db(Some(db.clone()));
             self.db = Some(db);
@@ -1132,7 +1137,8 @@ impl Writer {
 
         let mut head = self.head;
         let mut committed = Vec::with_capacity(events.len());
-        let mut wb = WriteBatch::with_capacity_bytes(events.len() * 768);
+        // A drained backlog can be 100k events: reserve for a usual batch, not for that.
+        let mut wb = WriteBatch::with_capacity_bytes(events.len().min(4096) * 768);
         // Per session of the batch: its summary after the batch (`None` only before its
         // first event is applied), and whether it is written now (see `summaries.rs`).
         let mut staged: HashMap<String, (Option<SessionSummary>, bool)> = HashMap::new();
@@ -1203,6 +1209,15 @@ impl Writer {
                 flush_all = false;
                 self.summaries_flushed = Instant::now();
             }
+        } else if staged.values().all(|(_, w)| *w)
+            && self
+                .dirty
+                .iter()
+                .all(|id| staged.get(id).is_some_and(|(_, w)| *w))
+        {
+            // Nothing stays pending after this batch (every change in it is written now): the
+            // mark follows, so readers do not re-read a long run of such events.
+            wb.put_cf(cf_meta, META_SUMMARIES, seq_key(head.seq));
         }
         let stored_head = serde_json::to_vec(&StoredHead::from_head(&head))
             .map_err(|e| RecorderError::Encode(e.to_string()))?;
