@@ -792,15 +792,11 @@ impl Writer {
         let v = serde_json::to_vec(&job.floor).map_err(|e| RecorderError::Encode(e.to_string()))?;
         wb.put_cf(cf_meta, META_FLOOR, v);
         wb.delete_cf(cf_meta, META_RETAINING);
-        // Readers apply the events past the summaries' mark: write what is pending first, so
-        // the mark is past the events deleted here.
-        self.put_pending_summaries(db, &mut wb, &HashSet::new(), self.head.seq)?;
+        // (The summaries' mark is at or past the floor since the job started.)
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         db.write_opt(wb, &wo)
             .map_err(|e| RecorderError::Write(e.to_string()))?;
-        self.dirty.clear();
-        self.summaries_flushed = Instant::now();
         // Give the space back now: files holding only deleted events are dropped at once (the
         // rest goes with compaction).
         if let Err(e) = db.delete_file_in_range_cf(cf_events, seq_key(0), seq_key(floor)) {
