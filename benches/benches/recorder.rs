@@ -366,6 +366,16 @@ fn bench_search(c: &mut Criterion) {
             })
         });
     }
+    // Replay's lookup: every event of one session (one in a thousand of the log's, spread
+    // over all of it).
+    g.bench_function("session_events", |b| {
+        b.iter(|| {
+            let events = reader
+                .session_events("search-session-0421")
+                .unwrap_or_else(|e| fail("session events", e));
+            events.len()
+        })
+    });
     g.finish();
 }
 

@@ -424,6 +424,7 @@ impl AdminApi {
             };
             let time = |v: &str| gatehouse_core::time::parse_instant(v);
             match name {
+                "session" => q.session = Some(value),
                 "principal" => q.principal = Some(value),
                 "target" => q.target = Some(value),
                 "kind" => q.kind = Some(value),

@@ -195,6 +195,9 @@ enum AuditCmd {
     Search {
         #[arg(long)]
         log: PathBuf,
+        /// One session's events (its id, as `audit sessions` lists it).
+        #[arg(long)]
+        session: Option<String>,
         /// `user:alice`, `agent:etl`.
         #[arg(long)]
         principal: Option<String>,
@@ -783,6 +786,7 @@ fn audit(cmd: AuditCmd) -> Result<ExitCode> {
         }
         AuditCmd::Search {
             log,
+            session,
             principal,
             target,
             kind,
@@ -796,6 +800,7 @@ fn audit(cmd: AuditCmd) -> Result<ExitCode> {
             let (from_us, to_us) = window.resolve()?;
             let r = LogReader::open(&log)?;
             let found = r.search(&gatehouse_recorder::SearchQuery {
+                session,
                 principal,
                 target,
                 kind,

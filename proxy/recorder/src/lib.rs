@@ -4,10 +4,10 @@
 //!
 //! [`Recorder::append`] hands an event to one dedicated writer thread and waits until it is
 //! durable. The writer drains everything queued (up to `max_batch` events), assigns each event
-//! its `seq`, `prev_hash` and `hash`, writes the whole group — events, the by-session index,
-//! the chain head and the session summaries that changed in more than their counters (the
-//! counters follow within 100 ms; readers apply the events past them: `summaries.rs`) — as
-//! **one** `WriteBatch` (WAL fsync for
+//! its `seq`, `prev_hash` and `hash`, writes the whole group — events, the chain head and
+//! the session summaries that changed in more than their counters (the counters follow
+//! within 100 ms; readers apply the events past them: `summaries.rs`) — as **one**
+//! `WriteBatch` (WAL fsync for
 //! [`Durability::Sync`](gatehouse_core::config::Durability::Sync), WAL write without fsync for
 //! `Buffered`) and then answers every waiter. If the write fails, every event of the batch is
 //! refused, the chain head does not move, and the next batch reopens the database and recomputes
@@ -28,9 +28,9 @@
 //! | column family | key | value |
 //! |---|---|---|
 //! | `events` | seq, u64 big-endian | the event's JSON (see below) |
-//! | `by_session` | session id ‖ `0x00` ‖ seq (u64 BE) | empty |
+//! | `by_session` | session id ‖ `0x00` ‖ seq (u64 BE) | empty; written by earlier versions only (kept for a rollback, deleted with their events): a session's events are found through the search indexes' session term (`s`) and, past their mark, by reading the log |
 //! | `sessions` | session id | JSON [`SessionSummary`], written by the writer (counters at most 100 ms late; see `summaries.rs`) |
-//! | `meta` | `head` / `format` / `index_format` / `postings_indexed` / `postings_spread` / `summaries_through` | `{"seq":N,"hash":"…"}` / `gatehouse-log-v1` / `postings-v1` / seq the search indexes reach (u64 BE) / widest time range of an index block (µs, i64 BE) / seq every stored summary holds (u64 BE) |
+//! | `meta` | `head` / `format` / `index_format` / `postings_indexed` / `postings_spread` / `summaries_through` | `{"seq":N,"hash":"…"}` / `gatehouse-log-v1` / `postings-v2` / seq the search indexes reach (u64 BE) / widest time range of an index block (µs, i64 BE) / seq every stored summary holds (u64 BE) |
 //! | `checkpoints` | seq of the last event covered (u64 BE) | JSON [`Checkpoint`] |
 //! | `search` | per block of events: a directory entry and a posting list per term, and a manifest (see `search.rs`) | |
 //!

@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::checkpoint::{Checkpoint, PublicKeys};
 use crate::error::RecorderError;
 use crate::event::Event;
-use crate::store::{
-    self, CF_BY_SESSION, CF_EVENTS, CF_SESSIONS, SessionSummary, seq_from_key, seq_key, session_prefix,
-};
+use crate::store::{self, CF_EVENTS, CF_SESSIONS, SessionSummary, seq_from_key, seq_key};
 use crate::verify::{RecordedHead, VerifyReport, Walk};
 use rocksdb::{DB, Direction, IteratorMode};
 
@@ -96,28 +94,20 @@ impl LogReader {
     }
 
     /// Every event of one session, in log order (empty when the session is unknown).
+    ///
+    /// Its events are found through the search indexes' session term, and the events past
+    /// their mark by reading them (normally a few milliseconds of them; the whole log while
+    /// the indexes are rebuilt after an upgrade).
     pub fn session_events(&self, id: &str) -> Result<Vec<Event>, RecorderError> {
-        let prefix = session_prefix(id);
-        let cf = store::cf(&self.db, CF_BY_SESSION)?;
-        let mut seqs = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward))
-        {
-            let (k, _) = item.map_err(RecorderError::read)?;
-            let Some(rest) = k.strip_prefix(prefix.as_slice()) else {
-                break;
-            };
-            // A longer key sharing the prefix would belong to an id containing NUL, which the
-            // writer refuses; skip rather than misattribute.
-            if let Some(seq) = seq_from_key(rest) {
-                seqs.push(seq);
-            }
-        }
         // Events at or below the floor (or a retention deletion in progress) are gone or
         // going: skipped, not reported.
         let floor = store::effective_floor(&self.db)?;
-        seqs.retain(|s| *s > floor);
+        let indexed = store::indexed_through(&self.db).max(floor);
+        let mut seqs = Vec::new();
+        crate::search::session_seqs(&self.db, id, floor, indexed, &mut seqs)?;
+        crate::search::session_seqs_in(&self.db, id, indexed.saturating_add(1)..=u64::MAX, &mut seqs)?;
+        seqs.sort_unstable();
+        seqs.dedup();
         let cf_events = store::cf(&self.db, CF_EVENTS)?;
         let keys: Vec<[u8; 8]> = seqs.iter().map(|s| seq_key(*s)).collect();
         let mut out = Vec::with_capacity(seqs.len());

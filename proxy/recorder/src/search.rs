@@ -17,9 +17,13 @@
 //! | `d` | decision outcome (`allow`, `deny`, `hold`) |
 //! | `y` | each policy id a decision cites |
 //! | `w` | each word of a statement's text (lower case, letters, digits and `_`, 2–64 long) |
+//! | `s` | the session id (may be empty): a session's events for replay, transcripts, bundles |
 //! | `T` | (empty): every event |
 //!
-//! ## Blocks (index format `postings-v1`, `meta/index_format`)
+//! ## Blocks (index format `postings-v2`, `meta/index_format`)
+//!
+//! (`postings-v1`, the previous layout, had no session term: a log indexed by it is indexed
+//! again when this version starts on it.)
 //!
 //! The indexer writes the events of one write (a few milliseconds of commits, or a catch-up
 //! chunk) as one *block*, named by the seq of its first event. Per term the block holds a
@@ -440,6 +444,10 @@ impl SessionContext {
 pub(crate) fn for_each_term(ev: &Event, principal: Option<&str>, target: &str, mut f: impl FnMut(u8, &[u8])) {
     f(b'T', b"");
     f(b'k', kind_name(&ev.body).as_bytes());
+    // The writer refuses ids with a NUL; an empty one is a session too.
+    if !ev.session_id.as_bytes().contains(&0) {
+        f(b's', ev.session_id.as_bytes());
+    }
     let mut add = |field: u8, value: &str| {
         if !value.is_empty() && !value.as_bytes().contains(&0) {
             f(field, value.as_bytes());
@@ -478,6 +486,8 @@ pub(crate) fn for_each_term(ev: &Event, principal: Option<&str>, target: &str, m
 /// What to look for; every given condition must hold.
 #[derive(Debug, Clone, Default)]
 pub struct SearchQuery {
+    /// One session's events.
+    pub session: Option<String>,
     pub principal: Option<String>,
     pub target: Option<String>,
     /// Event kind (`decision`, `session_start`, …).
@@ -712,6 +722,104 @@ fn block_hits(
     Ok(hits)
 }
 
+/// Add to `out` the seqs of session `id`'s events in the index blocks, those above `floor`
+/// and up to `indexed` (the indexes' mark): from the posting lists of its `s` term, one per
+/// block the session had events in. A damaged block's events are read from the log instead.
+/// (Events past `indexed`: [`session_seqs_in`].)
+pub(crate) fn session_seqs(
+    db: &DB,
+    id: &str,
+    floor: u64,
+    indexed: u64,
+    out: &mut Vec<u64>,
+) -> Result<(), RecorderError> {
+    if id.as_bytes().contains(&0) {
+        return Ok(());
+    }
+    let Some(cf) = db.cf_handle(CF_SEARCH) else {
+        return Ok(());
+    };
+    let mut term = Vec::with_capacity(id.len() + 1);
+    term.push(b's');
+    term.extend_from_slice(id.as_bytes());
+    let prefix = directory_prefix(&term);
+    let mut blocks = Vec::new();
+    for item in db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+        let (k, _) = item.map_err(RecorderError::read)?;
+        let Some(tail) = k.strip_prefix(prefix.as_slice()) else {
+            break;
+        };
+        if let Some(block) = tail.get(8..).and_then(store::seq_from_key) {
+            blocks.push(block);
+        }
+    }
+    blocks.sort_unstable();
+    blocks.dedup();
+    for block in blocks {
+        if block > indexed {
+            continue;
+        }
+        let listed = db
+            .get_pinned_cf(cf, posting_key(block, &term))
+            .map_err(RecorderError::read)?
+            .ok_or_else(|| {
+                RecorderError::Corrupt(format!(
+                    "search index block {block}: a directory entry without its posting list"
+                ))
+            })
+            .and_then(|p| decode_postings(block, &p));
+        match listed {
+            Ok(hits) => out.extend(
+                hits.into_iter()
+                    .map(|(_, s)| s)
+                    .filter(|s| *s > floor && *s <= indexed),
+            ),
+            Err(e) => {
+                // Derived data: a damaged block's events are read from the log instead.
+                warn_damaged(block, &e);
+                let last = block_end(db, cf, block, indexed)?.min(indexed);
+                session_seqs_in(db, id, block.max(floor.saturating_add(1))..=last, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Add to `out` the seqs in `range` of session `id`'s events, by reading them from the log
+/// (the events past the indexes' mark, or those of a damaged block).
+pub(crate) fn session_seqs_in(
+    db: &DB,
+    id: &str,
+    range: std::ops::RangeInclusive<u64>,
+    out: &mut Vec<u64>,
+) -> Result<(), RecorderError> {
+    /// Only the field that matters, borrowed where it needs no unescaping.
+    #[derive(serde::Deserialize)]
+    struct Session<'a> {
+        #[serde(borrow)]
+        session_id: std::borrow::Cow<'a, str>,
+    }
+    if range.is_empty() {
+        return Ok(());
+    }
+    let cf_events = store::cf(db, CF_EVENTS)?;
+    let start = seq_key(*range.start());
+    for item in db.iterator_cf(cf_events, IteratorMode::From(&start, Direction::Forward)) {
+        let (k, v) = item.map_err(RecorderError::read)?;
+        let Some(seq) = store::seq_from_key(&k) else {
+            continue;
+        };
+        if seq > *range.end() {
+            break;
+        }
+        // Undecodable events are `audit verify`'s to report; the indexes skip them too.
+        if serde_json::from_slice::<Session>(&v).is_ok_and(|e| e.session_id == id) {
+            out.push(seq);
+        }
+    }
+    Ok(())
+}
+
 /// Run `q` against the indexes of `db`.
 pub(crate) fn search(db: &DB, q: &SearchQuery) -> Result<SearchResult, RecorderError> {
     let mut result = SearchResult {
@@ -735,6 +843,9 @@ pub(crate) fn search(db: &DB, q: &SearchQuery) -> Result<SearchResult, RecorderE
         t.extend_from_slice(value.as_bytes());
         t
     };
+    if let Some(s) = &q.session {
+        conds.push(term(b's', s));
+    }
     if let Some(p) = &q.policy {
         conds.push(term(b'y', p));
     }
@@ -756,8 +867,11 @@ pub(crate) fn search(db: &DB, q: &SearchQuery) -> Result<SearchResult, RecorderE
     if let Some(k) = &q.kind {
         conds.push(term(b'k', k));
     }
-    // No indexed value is empty or holds a 0 byte.
-    if conds.iter().any(|c| c.len() < 2 || c[1..].contains(&0)) {
+    // No indexed value holds a 0 byte, and only a session id may be empty.
+    if conds.iter().any(|c| {
+        c.get(1..)
+            .is_none_or(|v| v.contains(&0) || (v.is_empty() && c[0] != b's'))
+    }) {
         return Ok(result);
     }
     let driving = conds.first().cloned().unwrap_or_else(|| vec![b'T']);

@@ -11,7 +11,11 @@ use crate::event::{canonical_from_stored, decode_hash};
 
 /// key = seq (u64 big-endian), value = the event's JSON.
 pub(crate) const CF_EVENTS: &str = "events";
-/// key = session id ‖ 0x00 ‖ seq (u64 big-endian), empty value.
+/// key = session id ‖ 0x00 ‖ seq (u64 big-endian), empty value: the by-session index earlier
+/// versions (through commit `5b7db4f`) wrote with every event. This one finds a session's
+/// events through the search indexes' session term; it leaves their entries (a rollback to
+/// such a version still finds the sessions recorded before) and deletes them with their
+/// events.
 pub(crate) const CF_BY_SESSION: &str = "by_session";
 /// key = session id, value = JSON [`SessionSummary`] (see `summaries.rs`).
 pub(crate) const CF_SESSIONS: &str = "sessions";
@@ -48,7 +52,7 @@ pub(crate) const META_FORMAT: &[u8] = b"format";
 /// The layout of the `search` column family (see `search.rs`); a log whose indexes have
 /// another (or none) is re-indexed.
 pub(crate) const META_INDEX_FORMAT: &[u8] = b"index_format";
-pub(crate) const INDEX_FORMAT: &[u8] = b"postings-v1";
+pub(crate) const INDEX_FORMAT: &[u8] = b"postings-v2";
 pub(crate) const FORMAT_VALUE: &[u8] = b"gatehouse-log-v1";
 
 pub(crate) fn seq_key(seq: u64) -> [u8; 8] {

@@ -352,9 +352,29 @@ async fn indexed_search_answers_as_reading_every_event_does() {
             q.from_us = 10_100;
             q.to_us = 100_200;
         }));
+        queries.push(q(&|q| {
+            q.limit = limit;
+            q.session = Some(format!("s{}", limit % 5));
+        }));
+        queries.push(q(&|q| {
+            q.limit = limit;
+            q.session = Some("s2".into());
+            q.decision = Some("deny".into());
+            q.from_us = 10_100;
+        }));
     }
+    queries.push(q(&|q| q.session = Some(String::new())));
+    queries.push(q(&|q| q.session = Some("s".into())));
     let answers = |expect_unindexed: u64| {
         let r = LogReader::open(dir.path()).unwrap();
+        // A session's events (replay, transcripts, bundles) come through the same indexes:
+        // exactly those reading every event finds, in log order.
+        let all = r.events(1, usize::MAX).unwrap();
+        for id in ["s0", "s1", "s2", "s3", "s4", "s", ""] {
+            let want: Vec<u64> = all.iter().filter(|e| e.session_id == id).map(|e| e.seq).collect();
+            let got: Vec<u64> = r.session_events(id).unwrap().iter().map(|e| e.seq).collect();
+            assert_eq!(got, want, "session {id:?}");
+        }
         queries
             .iter()
             .map(|q| {
@@ -374,13 +394,15 @@ async fn indexed_search_answers_as_reading_every_event_does() {
     );
     assert!(live.iter().any(|(s, t)| s.len() > 10 && !*t), "some are not");
 
-    // Indexes of another layout count for nothing (and are dropped when the recorder next
-    // starts): every event is read, and must give the same answers.
+    // Indexes of another layout (here the previous one, without session terms) count for
+    // nothing, and are dropped when the recorder next starts: every event is read, and must
+    // give the same answers.
     {
         let db = crate::store::open_rw(dir.path()).unwrap();
-        db.delete_cf(
+        db.put_cf(
             crate::store::cf(&db, "meta").unwrap(),
             crate::store::META_INDEX_FORMAT,
+            b"postings-v1",
         )
         .unwrap();
     }
@@ -563,7 +585,42 @@ async fn session_summaries_are_exact_before_their_counters_are_written_and_after
         }
     }
     assert!(flushed, "pending summaries written when idle");
+    let a_ops_before = a.ops + 5;
     check("after an idle flush");
+
+    // A failed write: the writer reopens the log before the next batch, and the reopening
+    // writes what was pending (held or not); the failed batch's event is nowhere.
+    rec.hold_summaries(true);
+    for i in 0..4 {
+        rec.append(decision("a", "user:ann", 200 + i, "SELECT 4", i == 0))
+            .await
+            .unwrap();
+    }
+    let head = rec.stats().last_seq;
+    let (s, mark) = stored_summary(dir.path(), "a");
+    assert!(
+        mark < Some(head) && s.unwrap().last_seq < head,
+        "counters pending"
+    );
+    rec.fail_next_batches(1);
+    assert!(
+        rec.append(decision("a", "user:ann", 300, "SELECT 5", false))
+            .await
+            .is_err()
+    );
+    check("after a failed write");
+    rec.append(decision("a", "user:ann", 301, "SELECT 6", false))
+        .await
+        .unwrap();
+    let exact = check("after the reopen");
+    let a = exact.iter().find(|s| s.session_id == "a").unwrap();
+    assert_eq!((a.ops, a.last_seq), (a_ops_before + 5, head + 1));
+    let (s, mark) = stored_summary(dir.path(), "a");
+    // Everything up to the reopen written; the event after it (held) not yet.
+    assert_eq!(mark, Some(head));
+    assert_eq!(s.unwrap().ops, a.ops - 1);
+    rec.hold_summaries(false);
+
     rec.shutdown();
     check("after a clean shutdown");
 }

@@ -49,8 +49,8 @@ struct RetainRequest {
     done: oneshot::Sender<Result<u64, RecorderError>>,
 }
 
-/// Events whose by-session entries (and summaries) one retention step deletes: small enough
-/// that a step never holds up a waiting append for long.
+/// Events whose summaries (and by-session entries of earlier versions) one retention step
+/// deletes: small enough that a step never holds up a waiting append for long.
 const RETAIN_STEP_EVENTS: u64 = 500;
 /// Search index terms (a directory entry and a posting list each) one retention step
 /// deletes, in whole blocks (see `search.rs`); at least one block.
@@ -704,8 +704,8 @@ impl Writer {
         }
     }
 
-    /// Delete the index entries of the next few events (by session, and summaries), then the
-    /// next few search index blocks. `true` once all are done.
+    /// Delete the index entries of the next few events (summaries, and the by-session entries
+    /// of earlier versions), then the next few search index blocks. `true` once all are done.
     fn retain_indexes(&mut self, job: &mut RetainJob) -> Result<bool, RecorderError> {
         let Some(db) = self.db.as_ref() else {
             return Err(RecorderError::Write("the database is not open".to_string()));
@@ -728,6 +728,14 @@ impl Writer {
             store::cf(db, CF_BY_SESSION)?,
             store::cf(db, CF_SESSIONS)?,
         );
+        // The by-session index earlier versions wrote (this one does not): its entries go with
+        // their events, while there are any.
+        let legacy = db
+            .iterator_cf(cf_by_session, rocksdb::IteratorMode::Start)
+            .next()
+            .transpose()
+            .map_err(RecorderError::read)?
+            .is_some();
         let start = seq_key(job.next);
         for item in db.iterator_cf(
             cf_events,
@@ -743,7 +751,9 @@ impl Writer {
             let Ok(ev) = serde_json::from_slice::<Event>(&v) else {
                 continue;
             };
-            wb.delete_cf(cf_by_session, by_session_key(&ev.session_id, seq));
+            if legacy {
+                wb.delete_cf(cf_by_session, by_session_key(&ev.session_id, seq));
+            }
             let ends = matches!(
                 ev.body,
                 EventBody::SessionEnd { .. } | EventBody::AuthFailure { .. }
@@ -1124,9 +1134,8 @@ impl Writer {
         let Some(db) = self.db.as_ref() else {
             return Err(RecorderError::Write("the database is not open".to_string()));
         };
-        let (cf_events, cf_by_session, cf_sessions, cf_meta) = (
+        let (cf_events, cf_sessions, cf_meta) = (
             store::cf(db, CF_EVENTS)?,
-            store::cf(db, CF_BY_SESSION)?,
             store::cf(db, CF_SESSIONS)?,
             store::cf(db, CF_META)?,
         );
@@ -1155,8 +1164,9 @@ impl Writer {
                     continue;
                 }
             };
+            // (A session's events are found through the search indexes' session term, which
+            // the indexer writes; see `LogReader::session_events`.)
             wb.put_cf(cf_events, seq_key(seq), &stored);
-            wb.put_cf(cf_by_session, by_session_key(&ev.session_id, seq), []);
             if !staged.contains_key(&ev.session_id) {
                 let known = match self.summaries.get(&ev.session_id) {
                     Some(s) => Some(s.clone()),

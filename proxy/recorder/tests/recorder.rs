@@ -1437,7 +1437,11 @@ fn segment_names(sink: &Path) -> Vec<String> {
 /// The signed test log, reopened with a filesystem sink and retention deleting whatever the
 /// sink holds (`keep_local_secs = 0`): the log, the sink's directory, the config, the
 /// recorder and its shipper.
-async fn retaining_log() -> (
+/// `earlier_version`: the log also has the by-session index versions before `postings-v2`
+/// wrote with every event.
+async fn retaining_log(
+    earlier_version: bool,
+) -> (
     SignedLog,
     std::path::PathBuf,
     RecorderConfig,
@@ -1445,6 +1449,21 @@ async fn retaining_log() -> (
     gatehouse_recorder::Shipper,
 ) {
     let l = signed_log().await;
+    if earlier_version {
+        let events = LogReader::open(&l.log()).unwrap().events(1, 100).unwrap();
+        let n = events.len();
+        {
+            let db = raw_db(&l.log());
+            let cf = db.cf_handle("by_session").unwrap();
+            for ev in events {
+                let mut k = ev.session_id.into_bytes();
+                k.push(0);
+                k.extend_from_slice(&ev.seq.to_be_bytes());
+                db.put_cf(cf, k, []).unwrap();
+            }
+        }
+        assert_eq!(trailing_seqs(&l.log(), "by_session").len(), n);
+    }
     let sink_dir = l.dir.path().join("sink");
     let mut c = cfg(&l.log(), Durability::Sync);
     c.checkpoints = Some(CheckpointConfig {
@@ -1464,7 +1483,7 @@ async fn retaining_log() -> (
 
 #[tokio::test]
 async fn local_retention_deletes_only_what_the_sink_holds_and_the_rest_verifies_from_its_floor() {
-    let (l, sink_dir, c, rec, shipper) = retaining_log().await;
+    let (l, sink_dir, c, rec, shipper) = retaining_log(true).await;
 
     // Nothing acknowledged by the sink: nothing deleted, however old.
     let pass = shipper.retention_pass().await.unwrap();
@@ -1497,7 +1516,8 @@ async fn local_retention_deletes_only_what_the_sink_holds_and_the_rest_verifies_
         !blocks.is_empty() && blocks.iter().all(|(_, b)| *b > 7),
         "{blocks:?}"
     );
-    assert!(trailing_seqs(&l.log(), "by_session").iter().all(|s| *s > 7));
+    // (The by-session entries of an earlier version too.)
+    assert!(trailing_seqs(&l.log(), "by_session").is_empty());
     assert!(r.session_events("s1").unwrap().is_empty());
     let found = r
         .search(&gatehouse_recorder::SearchQuery {
@@ -1689,7 +1709,7 @@ async fn local_retention_deletes_only_what_the_sink_holds_and_the_rest_verifies_
 
 #[tokio::test]
 async fn retention_deletes_nothing_when_the_sink_holds_another_segment_under_the_name() {
-    let (l, sink_dir, _, rec, shipper) = retaining_log().await;
+    let (l, sink_dir, _, rec, shipper) = retaining_log(false).await;
     shipper.ship_sealed().await.unwrap();
     // The object named for the last segment now holds something else (same name, another
     // writer): its checkpoint is not this log's.

@@ -623,6 +623,25 @@ async fn the_openapi_description_matches_the_server() {
         .await;
     let v = &found.body;
     assert_eq!(v["events"][0]["session_id"], "sess-1", "{v}");
+    // One session's events, newest first; a session nobody had, none.
+    let found = f
+        .call("GET", "/v1/audit/search?session=sess-1", Some("erin"), Some(b""))
+        .await;
+    let events = found.body["events"].as_array().cloned().unwrap_or_default();
+    assert!(!events.is_empty(), "{}", found.body);
+    assert!(
+        events.iter().all(|e| e["session_id"] == "sess-1"),
+        "{}",
+        found.body
+    );
+    assert_eq!(
+        events.last().map(|e| e["body"]["kind"].clone()),
+        Some("session_start".into())
+    );
+    let found = f
+        .call("GET", "/v1/audit/search?session=no-such", Some("erin"), Some(b""))
+        .await;
+    assert_eq!(found.body["events"], serde_json::json!([]), "{}", found.body);
     for expected in [
         ("/v1/whoami", 401),
         ("/v1/approvals", 400),
