@@ -753,14 +753,13 @@ pub(crate) fn session_seqs(
             blocks.push(block);
         }
     }
+    blocks.retain(|b| *b <= indexed);
     blocks.sort_unstable();
     blocks.dedup();
-    for block in blocks {
-        if block > indexed {
-            continue;
-        }
-        let listed = db
-            .get_pinned_cf(cf, posting_key(block, &term))
+    // One batched read of every posting list (keys in order: `P ‖ block ‖ term`).
+    let keys: Vec<Vec<u8>> = blocks.iter().map(|b| posting_key(*b, &term)).collect();
+    for (&block, got) in blocks.iter().zip(db.batched_multi_get_cf(cf, &keys, true)) {
+        let listed = got
             .map_err(RecorderError::read)?
             .ok_or_else(|| {
                 RecorderError::Corrupt(format!(
