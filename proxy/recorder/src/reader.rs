@@ -14,12 +14,18 @@ use rocksdb::{DB, Direction, IteratorMode};
 /// Session summaries with the events past their mark applied.
 type Pending = Arc<HashMap<String, SessionSummary>>;
 
+/// The events past the search indexes' mark, by session: their seqs.
+type Unindexed = Arc<HashMap<String, Vec<u64>>>;
+
 /// A read-only view of a log, safe to open while a gateway process is writing to it (it takes
 /// no lock). It sees the events committed when it was opened; open a new one to see more.
 pub struct LogReader {
     db: DB,
     /// Summaries with the events past their mark applied (see `summaries.rs`), read once.
     pending: Mutex<Option<Pending>>,
+    /// The events past the search indexes' mark by session, read once (a bundle lists many
+    /// sessions; right after an upgrade, the mark is 0 until the indexes are rebuilt).
+    unindexed: Mutex<Option<Unindexed>>,
 }
 
 impl LogReader {
@@ -28,6 +34,7 @@ impl LogReader {
         Ok(LogReader {
             db: store::open_ro(dir)?,
             pending: Mutex::new(None),
+            unindexed: Mutex::new(None),
         })
     }
 
@@ -41,6 +48,29 @@ impl LogReader {
         let p = Arc::new(crate::summaries::pending_summaries(&self.db)?);
         *g = Some(p.clone());
         Ok(p)
+    }
+
+    /// The events past `indexed` (the indexes' mark, at least the floor) by session
+    /// (computed at first use; the view does not change).
+    fn unindexed(&self, indexed: u64) -> Result<Unindexed, RecorderError> {
+        let mut g = self.unindexed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(u) = g.as_ref() {
+            return Ok(u.clone());
+        }
+        let mut by_session: HashMap<String, Vec<u64>> = HashMap::new();
+        crate::search::sessions_in(
+            &self.db,
+            indexed.saturating_add(1)..=u64::MAX,
+            |id, seq| match by_session.get_mut(id) {
+                Some(seqs) => seqs.push(seq),
+                None => {
+                    by_session.insert(id.to_string(), vec![seq]);
+                }
+            },
+        )?;
+        let u = Arc::new(by_session);
+        *g = Some(u.clone());
+        Ok(u)
     }
 
     /// All sessions, newest first (by start time, then by first seq).
@@ -96,8 +126,8 @@ impl LogReader {
     /// Every event of one session, in log order (empty when the session is unknown).
     ///
     /// Its events are found through the search indexes' session term, and the events past
-    /// their mark by reading them (normally a few milliseconds of them; the whole log while
-    /// the indexes are rebuilt after an upgrade).
+    /// their mark by reading them, once per view (normally a few milliseconds of them; the
+    /// whole log while the indexes are rebuilt after an upgrade).
     pub fn session_events(&self, id: &str) -> Result<Vec<Event>, RecorderError> {
         // Events at or below the floor (or a retention deletion in progress) are gone or
         // going: skipped, not reported.
@@ -105,7 +135,9 @@ impl LogReader {
         let indexed = store::indexed_through(&self.db).max(floor);
         let mut seqs = Vec::new();
         crate::search::session_seqs(&self.db, id, floor, indexed, &mut seqs)?;
-        crate::search::session_seqs_in(&self.db, id, indexed.saturating_add(1)..=u64::MAX, &mut seqs)?;
+        if let Some(past) = self.unindexed(indexed)?.get(id) {
+            seqs.extend_from_slice(past);
+        }
         seqs.sort_unstable();
         seqs.dedup();
         let cf_events = store::cf(&self.db, CF_EVENTS)?;
@@ -115,10 +147,27 @@ impl LogReader {
             .iter()
             .zip(self.db.batched_multi_get_cf(cf_events, &keys, true))
         {
-            let v = v
-                .map_err(RecorderError::read)?
-                .ok_or_else(|| RecorderError::Corrupt(format!("indexed event {seq} is missing")))?;
-            out.push(decode_event(*seq, &v)?);
+            // The indexes are derived data: an entry whose event is gone, or is another
+            // session's (a damaged posting list that still decodes), is skipped, as searches
+            // skip it; `audit verify` judges the log itself.
+            let Some(v) = v.map_err(RecorderError::read)? else {
+                tracing::warn!(
+                    seq = *seq,
+                    session = id,
+                    "a session index entry names a missing event"
+                );
+                continue;
+            };
+            let ev = decode_event(*seq, &v)?;
+            if ev.session_id != id {
+                tracing::warn!(
+                    seq = *seq,
+                    session = id,
+                    "a session index entry names another session's event"
+                );
+                continue;
+            }
+            out.push(ev);
         }
         Ok(out)
     }

@@ -1,4 +1,5 @@
-//! Search indexes and queries (`gatehouse audit search`, `GET /v1/audit/search`).
+//! Search indexes and queries (`gatehouse audit search`, `GET /v1/audit/search`), and the
+//! lookup of one session's events (replay, transcripts, bundles: [`session_seqs`]).
 //!
 //! The indexer thread (`indexer.rs`) writes index entries for committed events, trailing the
 //! writer, and records how far it got (`meta/postings_indexed`). A search reads the events past that
@@ -725,7 +726,7 @@ fn block_hits(
 /// Add to `out` the seqs of session `id`'s events in the index blocks, those above `floor`
 /// and up to `indexed` (the indexes' mark): from the posting lists of its `s` term, one per
 /// block the session had events in. A damaged block's events are read from the log instead.
-/// (Events past `indexed`: [`session_seqs_in`].)
+/// (Events past `indexed`: [`sessions_in`].)
 pub(crate) fn session_seqs(
     db: &DB,
     id: &str,
@@ -777,27 +778,25 @@ pub(crate) fn session_seqs(
                 // Derived data: a damaged block's events are read from the log instead.
                 warn_damaged(block, &e);
                 let last = block_end(db, cf, block, indexed)?.min(indexed);
-                session_seqs_in(db, id, block.max(floor.saturating_add(1))..=last, out)?;
+                sessions_in(db, block.max(floor.saturating_add(1))..=last, |sid, seq| {
+                    if sid == id {
+                        out.push(seq);
+                    }
+                })?;
             }
         }
     }
     Ok(())
 }
 
-/// Add to `out` the seqs in `range` of session `id`'s events, by reading them from the log
-/// (the events past the indexes' mark, or those of a damaged block).
-pub(crate) fn session_seqs_in(
+/// Call `f` with the session id and seq of each event in `range`, read from the log (the
+/// events past the indexes' mark, or those of a damaged block). Events that do not decode are
+/// skipped, as the indexer skips them (`audit verify` reports them).
+pub(crate) fn sessions_in(
     db: &DB,
-    id: &str,
     range: std::ops::RangeInclusive<u64>,
-    out: &mut Vec<u64>,
+    mut f: impl FnMut(&str, u64),
 ) -> Result<(), RecorderError> {
-    /// Only the field that matters, borrowed where it needs no unescaping.
-    #[derive(serde::Deserialize)]
-    struct Session<'a> {
-        #[serde(borrow)]
-        session_id: std::borrow::Cow<'a, str>,
-    }
     if range.is_empty() {
         return Ok(());
     }
@@ -811,9 +810,8 @@ pub(crate) fn session_seqs_in(
         if seq > *range.end() {
             break;
         }
-        // Undecodable events are `audit verify`'s to report; the indexes skip them too.
-        if serde_json::from_slice::<Session>(&v).is_ok_and(|e| e.session_id == id) {
-            out.push(seq);
+        if let Ok(ev) = serde_json::from_slice::<Event>(&v) {
+            f(&ev.session_id, seq);
         }
     }
     Ok(())

@@ -133,6 +133,9 @@ pub(crate) fn open_rw(dir: &Path) -> Result<DB, RecorderError> {
 /// Only when the recorder starts, before its indexer does (whose idea of how far it got would
 /// otherwise outlive the reset).
 ///
+/// Other layouts: a key per event and term (versions before the posting lists), and
+/// `postings-v1` (posting lists without the session term).
+///
 /// Old-layout keys an older version wrote after a rollback (their first byte sorts after `P`)
 /// are deleted even from sound indexes, and the old mark (`indexed`) is kept at 0, so that
 /// such a version rebuilds its own indexes rather than trusting these.

@@ -72,6 +72,9 @@ struct RetainJob {
     from: u64,
     /// Sessions whose summary was checked; a cache, cleared past [`RETAIN_SESSIONS_CACHE`].
     sessions: std::collections::HashSet<String>,
+    /// Whether the by-session index of earlier versions has entries (looked at once per job:
+    /// once emptied, only tombstones are left to step over until compaction).
+    legacy_by_session: Option<bool>,
     last_step: Instant,
     /// Who waits for the outcome (none for a job resumed after a restart).
     done: Option<oneshot::Sender<Result<u64, RecorderError>>>,
@@ -646,6 +649,7 @@ impl Writer {
                     next_block: 0,
                     from,
                     sessions: Default::default(),
+                    legacy_by_session: None,
                     last_step: Instant::now(),
                     done,
                 });
@@ -730,12 +734,19 @@ impl Writer {
         );
         // The by-session index earlier versions wrote (this one does not): its entries go with
         // their events, while there are any.
-        let legacy = db
-            .iterator_cf(cf_by_session, rocksdb::IteratorMode::Start)
-            .next()
-            .transpose()
-            .map_err(RecorderError::read)?
-            .is_some();
+        let legacy = match job.legacy_by_session {
+            Some(l) => l,
+            None => {
+                let l = db
+                    .iterator_cf(cf_by_session, rocksdb::IteratorMode::Start)
+                    .next()
+                    .transpose()
+                    .map_err(RecorderError::read)?
+                    .is_some();
+                job.legacy_by_session = Some(l);
+                l
+            }
+        };
         let start = seq_key(job.next);
         for item in db.iterator_cf(
             cf_events,
@@ -746,8 +757,8 @@ impl Writer {
             if seq > end {
                 break;
             }
-            // An event that does not decode keeps its by-session entry (listings skip entries
-            // whose event is gone).
+            // An event that does not decode keeps its by-session entry of an earlier version
+            // (that version's listings skip entries whose event is gone).
             let Ok(ev) = serde_json::from_slice::<Event>(&v) else {
                 continue;
             };
