@@ -256,6 +256,18 @@ fn decision(session: &str, who: &str, time_us: i64, text: &str, deny: bool) -> N
     }
 }
 
+/// Mark the log's indexes as the previous layout's (`postings-v1`, no session terms): they
+/// count for nothing, and the next start builds them again.
+fn previous_index_layout(dir: &std::path::Path) {
+    let db = crate::store::open_rw(dir).unwrap();
+    db.put_cf(
+        crate::store::cf(&db, "meta").unwrap(),
+        crate::store::META_INDEX_FORMAT,
+        b"postings-v1",
+    )
+    .unwrap();
+}
+
 /// The blocks of posting lists answer every query exactly as reading every event does:
 /// newest first by (time, seq) with times out of seq order across blocks, limits, windows,
 /// conditions together; whether the blocks came from live commits of every size or from a
@@ -398,15 +410,7 @@ async fn indexed_search_answers_as_reading_every_event_does() {
     // Indexes of another layout (here the previous one, without session terms) count for
     // nothing, and are dropped when the recorder next starts: every event is read, and must
     // give the same answers.
-    {
-        let db = crate::store::open_rw(dir.path()).unwrap();
-        db.put_cf(
-            crate::store::cf(&db, "meta").unwrap(),
-            crate::store::META_INDEX_FORMAT,
-            b"postings-v1",
-        )
-        .unwrap();
-    }
+    previous_index_layout(dir.path());
     assert_eq!(answers(n), live);
     // Rebuilt by the indexer's catch-up (other block boundaries): the same again.
     let rec = Recorder::open(&buffered(dir.path())).unwrap();
@@ -432,15 +436,7 @@ async fn indexed_search_answers_as_reading_every_event_does() {
 
     // Some events indexed, the last ones not (the indexer stopped): a session's events come
     // from both. (Clean indexes first: the damaged ones above are rebuilt.)
-    {
-        let db = crate::store::open_rw(dir.path()).unwrap();
-        db.put_cf(
-            crate::store::cf(&db, "meta").unwrap(),
-            crate::store::META_INDEX_FORMAT,
-            b"postings-v1",
-        )
-        .unwrap();
-    }
+    previous_index_layout(dir.path());
     let rec = Recorder::open(&buffered(dir.path())).unwrap();
     indexed_through(&rec, n).await;
     rec.pause_indexer(true);
