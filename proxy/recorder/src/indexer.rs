@@ -4,8 +4,8 @@
 //! The writer's group commit holds the events, the session summaries and the chain head. The
 //! search indexes (time, kind, principal, target, decision, policy ids, each statement word,
 //! and the session, through which replay finds a session's events) used to ride in the same
-//! batch, a key per event and term, and inserting
-//! them was the largest single cost of an append. They are derived data: they can be rebuilt
+//! batch, a key per event and term, and inserting them was the largest single cost of an
+//! append. They are derived data: they can be rebuilt
 //! from the events at any time. So the writer hands each committed batch to this thread, which
 //! gathers a few milliseconds of them into one block of posting lists (`search.rs`: a
 //! directory entry and a posting list per term and block, instead of a key per term and

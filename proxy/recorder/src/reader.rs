@@ -58,16 +58,10 @@ impl LogReader {
             return Ok(u.clone());
         }
         let mut by_session: HashMap<String, Vec<u64>> = HashMap::new();
-        crate::search::sessions_in(
-            &self.db,
-            indexed.saturating_add(1)..=u64::MAX,
-            |id, seq| match by_session.get_mut(id) {
-                Some(seqs) => seqs.push(seq),
-                None => {
-                    by_session.insert(id.to_string(), vec![seq]);
-                }
-            },
-        )?;
+        crate::search::events_in(&self.db, indexed.saturating_add(1)..=u64::MAX, |seq, ev| {
+            by_session.entry(ev.session_id).or_default().push(seq);
+            Ok(())
+        })?;
         let u = Arc::new(by_session);
         *g = Some(u.clone());
         Ok(u)

@@ -590,20 +590,8 @@ fn read_matches(
     q: &SearchQuery,
     found: &mut Newest,
 ) -> Result<u64, RecorderError> {
-    let cf_events = store::cf(db, CF_EVENTS)?;
     let mut sessions = SessionContext::new(SESSIONS_CACHE);
-    let mut read = 0;
-    let start = seq_key(*range.start());
-    for item in db.iterator_cf(cf_events, IteratorMode::From(&start, Direction::Forward)) {
-        let (k, v) = item.map_err(RecorderError::read)?;
-        if store::seq_from_key(&k).is_some_and(|s| s > *range.end()) {
-            break;
-        }
-        read += 1;
-        // Undecodable events are `audit verify`'s to report; the indexes skip them too.
-        let Ok(ev) = serde_json::from_slice::<Event>(&v) else {
-            continue;
-        };
+    events_in(db, range, |_, ev| {
         let (principal, target) = sessions.get(db, &ev.session_id)?;
         if matches_unindexed(&ev, principal.as_deref(), target, conds, q)
             && needle.is_none_or(|n| text_hit(&ev, n))
@@ -611,8 +599,8 @@ fn read_matches(
             // Only the newest `keep` are kept, however far behind the indexes are.
             found.push(ev);
         }
-    }
-    Ok(read)
+        Ok(())
+    })
 }
 
 /// Orders events so that a max-heap's top is the oldest by (time, seq), and a sorted vector
@@ -726,7 +714,7 @@ fn block_hits(
 /// Add to `out` the seqs of session `id`'s events in the index blocks, those above `floor`
 /// and up to `indexed` (the indexes' mark): from the posting lists of its `s` term, one per
 /// block the session had events in. A damaged block's events are read from the log instead.
-/// (Events past `indexed`: [`sessions_in`].)
+/// (Events past `indexed`: [`events_in`].)
 pub(crate) fn session_seqs(
     db: &DB,
     id: &str,
@@ -778,10 +766,11 @@ pub(crate) fn session_seqs(
                 // Derived data: a damaged block's events are read from the log instead.
                 warn_damaged(block, &e);
                 let last = block_end(db, cf, block, indexed)?.min(indexed);
-                sessions_in(db, block.max(floor.saturating_add(1))..=last, |sid, seq| {
-                    if sid == id {
+                events_in(db, block.max(floor.saturating_add(1))..=last, |seq, ev| {
+                    if ev.session_id == id {
                         out.push(seq);
                     }
+                    Ok(())
                 })?;
             }
         }
@@ -789,19 +778,21 @@ pub(crate) fn session_seqs(
     Ok(())
 }
 
-/// Call `f` with the session id and seq of each event in `range`, read from the log (the
+/// Call `f` with the seq and the event of each event in `range`, read from the log (the
 /// events past the indexes' mark, or those of a damaged block). Events that do not decode are
-/// skipped, as the indexer skips them (`audit verify` reports them).
-pub(crate) fn sessions_in(
+/// skipped, as the indexer skips them (`audit verify` reports them). Returns how many were
+/// read.
+pub(crate) fn events_in(
     db: &DB,
     range: std::ops::RangeInclusive<u64>,
-    mut f: impl FnMut(&str, u64),
-) -> Result<(), RecorderError> {
+    mut f: impl FnMut(u64, Event) -> Result<(), RecorderError>,
+) -> Result<u64, RecorderError> {
     if range.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let cf_events = store::cf(db, CF_EVENTS)?;
     let start = seq_key(*range.start());
+    let mut read = 0;
     for item in db.iterator_cf(cf_events, IteratorMode::From(&start, Direction::Forward)) {
         let (k, v) = item.map_err(RecorderError::read)?;
         let Some(seq) = store::seq_from_key(&k) else {
@@ -810,11 +801,12 @@ pub(crate) fn sessions_in(
         if seq > *range.end() {
             break;
         }
+        read += 1;
         if let Ok(ev) = serde_json::from_slice::<Event>(&v) {
-            f(&ev.session_id, seq);
+            f(seq, ev)?;
         }
     }
-    Ok(())
+    Ok(read)
 }
 
 /// Run `q` against the indexes of `db`.
