@@ -289,6 +289,8 @@ async fn metrics_endpoint_reports_the_gateway_and_speaks_just_enough_http() {
     m.get("gatehouse_recorder_events_pending", &[]);
     // The search indexes trail the log by a batch or so; what they lag is read, not lost.
     assert!(m.get("gatehouse_recorder_index_lag_events", &[]) >= 0.0);
+    // Results are written without waiting; their fsync follows within 100 ms.
+    assert!(m.get("gatehouse_recorder_unsynced_events", &[]) >= 0.0);
     assert!(m.get("gatehouse_policy_generation", &[]) >= 1.0);
     assert_eq!(m.get("gatehouse_pg_active_sessions", &[("listener", "pg")]), 1.0);
     for t in ["app", "app_staging"] {

@@ -249,7 +249,7 @@ impl GatewayMetrics {
         out.extend([
             Family::counter(
                 "gatehouse_recorder_events_appended_total",
-                "Audit events made durable since start.",
+                "Audit events written to the log since start.",
             )
             .single(r.appended),
             Family::counter(
@@ -269,9 +269,14 @@ impl GatewayMetrics {
             .single(r.pending),
             Family::gauge(
                 "gatehouse_recorder_last_seq",
-                "Sequence number of the last durable audit event (0: empty log).",
+                "Sequence number of the last audit event written (0: empty log).",
             )
             .single(r.last_seq),
+            Family::gauge(
+                "gatehouse_recorder_unsynced_events",
+                "Audit events written and not fsynced yet (sync durability; always 0 when buffered). Awaited appends among them wait for the fsync in flight.",
+            )
+            .single(r.last_seq.saturating_sub(r.durable_seq)),
             Family::gauge(
                 "gatehouse_recorder_index_lag_events",
                 "Durable audit events the search indexer has not indexed yet (searches read them one by one).",

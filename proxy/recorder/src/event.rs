@@ -226,6 +226,20 @@ pub struct NewEvent {
     pub body: EventBody,
 }
 
+impl From<Event> for NewEvent {
+    /// The event as it was appended (a sealed event that could not be written, to try again).
+    fn from(ev: Event) -> NewEvent {
+        NewEvent {
+            time_us: ev.time_us,
+            session_id: ev.session_id,
+            principal: ev.principal,
+            on_behalf_of: ev.on_behalf_of,
+            actor_chain: ev.actor_chain,
+            body: ev.body,
+        }
+    }
+}
+
 impl NewEvent {
     /// The same event, saying whom its principal acted for and the actors that instructed it.
     pub fn acting_for(mut self, on_behalf_of: Option<String>, actor_chain: Vec<String>) -> Self {

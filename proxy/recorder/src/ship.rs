@@ -379,12 +379,17 @@ struct Segment {
 }
 
 /// Cut the next sealed segment after `cursor`, checking its chain; `None` when no checkpoint
-/// covers anything after the cursor yet.
-fn next_segment(reader: &LogReader, cursor: &Cursor) -> Result<Option<Segment>, RecorderError> {
+/// covers anything after the cursor yet, or none that is durable (at most `durable`): an
+/// event whose fsync is in flight could still be lost to a power cut, and the log would then
+/// record another event at its seq than the sink holds.
+fn next_segment(reader: &LogReader, cursor: &Cursor, durable: u64) -> Result<Option<Segment>, RecorderError> {
     let first = cursor.seq + 1;
     let Some(cp) = reader.checkpoint_at_or_after(first)? else {
         return Ok(None);
     };
+    if cp.seq > durable {
+        return Ok(None);
+    }
     let last = cp.seq.min(first + MAX_SEGMENT_EVENTS - 1);
     let checkpoint = (last == cp.seq).then_some(cp);
     let header = SegmentHeader {
@@ -590,10 +595,12 @@ impl Shipper {
         let mut shipped = 0;
         loop {
             let dir = self.log_dir.clone();
+            // Read before the log is opened: what it shows through this seq is durable.
+            let durable = self.recorder.stats().durable_seq;
             let cut = tokio::task::spawn_blocking(move || -> Result<_, RecorderError> {
                 let cursor = load_cursor(&dir)?;
                 let reader = LogReader::open(&dir)?;
-                Ok((next_segment(&reader, &cursor)?, cursor))
+                Ok((next_segment(&reader, &cursor, durable)?, cursor))
             })
             .await
             .map_err(|e| format!("segment task: {e}"))?;
@@ -827,7 +834,8 @@ impl Shipper {
             let dir = self.log_dir.clone();
             let c = cursor.clone();
             let seg = tokio::task::spawn_blocking(move || -> Result<_, RecorderError> {
-                next_segment(&LogReader::open(&dir)?, &c)
+                // Segments the sink acknowledged before: durable.
+                next_segment(&LogReader::open(&dir)?, &c, u64::MAX)
             })
             .await
             .map_err(|e| format!("segment task: {e}"))?

@@ -651,3 +651,146 @@ async fn session_summaries_are_exact_before_their_counters_are_written_and_after
     rec.shutdown();
     check("after a clean shutdown");
 }
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// Sync durability's second stage: a decision is acknowledged only after the fsync that
+/// covers it, the writer goes on writing while that fsync is in flight, the shipper ships
+/// nothing past what is durable, and a failed fsync refuses the appends waiting on it and is
+/// itself recorded.
+#[tokio::test]
+async fn awaited_appends_wait_for_their_fsync_while_the_writer_goes_on() {
+    use crate::checkpoint::{CheckpointSigner, PublicKeys};
+    use crate::verify::{Outcome, TailPolicy};
+    use gatehouse_core::config::{CheckpointConfig, SecretRef, ShippingConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public, _) = CheckpointSigner::generate().unwrap();
+    let key_file = dir.path().join("signing.pem");
+    std::fs::write(&key_file, &private).unwrap();
+    let log = dir.path().join("log");
+    let c = RecorderConfig {
+        dir: log.clone(),
+        durability: Durability::Sync,
+        max_batch: 16,
+        // Every batch carries a checkpoint, so each could be shipped as soon as it is written.
+        checkpoints: Some(CheckpointConfig {
+            key: SecretRef::File(key_file),
+            every_events: 1,
+            every_secs: 3600,
+        }),
+        shipping: Some(ShippingConfig {
+            sink: format!("file://{}", dir.path().join("sink").display()),
+            endpoint: None,
+            region: "us-east-1".into(),
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+            interval_secs: 1,
+            backlog_alert_events: 100,
+            encryption_key: None,
+            keep_local_secs: None,
+            retention_interval_secs: 300,
+        }),
+        literals: Default::default(),
+        results: Default::default(),
+    };
+    let rec = Recorder::open(&c).unwrap();
+    let shipper = crate::Shipper::from_config(&c, rec.clone()).unwrap().unwrap();
+    assert_eq!(rec.append(notice("s", "a")).await.unwrap(), 1);
+    assert_eq!(rec.stats().durable_seq, 1);
+    assert_eq!(shipper.ship_sealed().await.unwrap(), 1);
+
+    rec.hold_sync(true);
+    let r = rec.clone();
+    let b = tokio::spawn(async move { r.append(notice("s", "b")).await });
+    wait_until("b is written", || rec.stats().last_seq == 2).await;
+    rec.append_nowait(notice("s", "c"));
+    let r = rec.clone();
+    let d = tokio::spawn(async move { r.append(notice("s", "d")).await });
+    // The fsync in flight does not hold up the writer...
+    wait_until("c and d are written", || rec.stats().last_seq == 4).await;
+    // ...but it holds up every acknowledgement, and the shipper.
+    assert!(!b.is_finished() && !d.is_finished());
+    assert_eq!(rec.stats().durable_seq, 1);
+    assert_eq!(
+        LogReader::open(&log)
+            .unwrap()
+            .checkpoint_at_or_after(2)
+            .unwrap()
+            .map(|c| c.seq),
+        Some(2),
+        "written and signed"
+    );
+    assert_eq!(shipper.ship_sealed().await.unwrap(), 0, "nothing durable to ship");
+    rec.hold_sync(false);
+    assert_eq!(b.await.unwrap().unwrap(), 2);
+    assert_eq!(d.await.unwrap().unwrap(), 4);
+    assert_eq!(rec.stats().durable_seq, 4);
+    assert!(shipper.ship_sealed().await.unwrap() >= 1);
+    assert_eq!(crate::ship::load_cursor(&log).unwrap().seq, 4);
+
+    // A failed fsync: the append waiting on it is refused (its operation is not forwarded);
+    // the event stays written, and the log says which events were not confirmed durable.
+    // First done by the writer itself (nothing else to write and no fsync in flight)...
+    rec.fail_next_syncs(1);
+    let err = rec.append(notice("s", "e")).await.unwrap_err();
+    assert!(
+        matches!(&err, RecorderError::Write(m) if m.contains("cannot fsync")),
+        "{err}"
+    );
+    assert_eq!(rec.stats().failed, 1);
+    assert_eq!(rec.stats().durable_seq, 4);
+    assert_eq!(rec.append(notice("s", "f")).await.unwrap(), 7);
+    assert_eq!(rec.stats().durable_seq, 7);
+    // ...then by the syncer.
+    rec.hold_sync(true);
+    rec.fail_next_syncs(1);
+    let r = rec.clone();
+    let g = tokio::spawn(async move { r.append(notice("s", "g")).await });
+    wait_until("g is written", || rec.stats().last_seq == 8).await;
+    rec.hold_sync(false);
+    assert!(g.await.unwrap().is_err());
+    assert_eq!(rec.stats().failed, 2);
+    assert_eq!(rec.stats().durable_seq, 7);
+    assert_eq!(rec.append(notice("s", "h")).await.unwrap(), 10);
+    assert_eq!(rec.stats().durable_seq, 10);
+    rec.shutdown();
+
+    let r = LogReader::open(&log).unwrap();
+    let events = r.events(5, 10).unwrap();
+    let texts: Vec<String> = events
+        .iter()
+        .map(|e| match &e.body {
+            EventBody::Notice { message, .. } => message.clone(),
+            other => panic!("unexpected event {other:?}"),
+        })
+        .collect();
+    assert_eq!(texts.len(), 6, "{texts:?}");
+    for (i, text, failed) in [(0, "e", 5), (3, "g", 8)] {
+        assert_eq!(
+            (texts[i].as_str(), texts[i + 2].as_str()),
+            (text, ["f", "h"][i / 3])
+        );
+        let notice = &texts[i + 1];
+        assert!(
+            notice.contains("fsync of the event log failed")
+                && notice.contains(&format!("events {failed} to {failed}"))
+                && notice.contains("1 operations waiting on them were refused"),
+            "{notice}"
+        );
+        assert_eq!(events[i + 1].session_id, crate::GATEWAY_SESSION);
+    }
+    let mut keys = PublicKeys::default();
+    keys.add_pem(&public).unwrap();
+    let report = r.verify(&keys).unwrap();
+    assert_eq!(report.outcome(TailPolicy::Strict), Outcome::Intact, "{report:?}");
+}

@@ -3,8 +3,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -92,8 +92,12 @@ pub struct RecorderStats {
     pub failed: u64,
     /// Successful group commits (one WriteBatch each).
     pub batches: u64,
-    /// Seq of the last durable event (0: empty log).
+    /// Seq of the last event written (0: empty log).
     pub last_seq: u64,
+    /// Seq through which the log is durable: fsynced (sync durability; it trails `last_seq`
+    /// by the batches whose fsync is in flight) or written (buffered). The shipper ships no
+    /// further.
+    pub durable_seq: u64,
     /// Events enqueued and not yet committed or failed.
     pub pending: u64,
     /// Seq through which the search indexes are written (they trail `last_seq`; searches read
@@ -110,8 +114,14 @@ struct Counters {
     failed: AtomicU64,
     batches: AtomicU64,
     last_seq: AtomicU64,
+    durable_seq: AtomicU64,
+    /// Sync jobs queued or in flight (the syncer is idle at 0).
+    sync_jobs: AtomicU64,
     pending: AtomicU64,
     closed_logged: AtomicBool,
+    /// Set with `sync_failure` by the syncer; the writer records it in the log.
+    sync_failed: AtomicBool,
+    sync_failure: Mutex<Option<SyncFailure>>,
     /// Test hook: fail this many upcoming batches as if the write had failed.
     #[cfg(test)]
     fail_batches: AtomicU64,
@@ -119,6 +129,13 @@ struct Counters {
     /// before their flush), not even at shutdown.
     #[cfg(test)]
     hold_summaries: AtomicBool,
+    /// Test hook: the syncer waits before each fsync while this is set (and the writer
+    /// always hands fsyncs to it).
+    #[cfg(test)]
+    hold_sync: AtomicBool,
+    /// Test hook: fail this many upcoming fsyncs.
+    #[cfg(test)]
+    fail_syncs: AtomicU64,
 }
 
 struct Inner {
@@ -186,12 +203,19 @@ impl Recorder {
         }
         let counters = Arc::new(Counters::default());
         counters.last_seq.store(head.seq, Ordering::Relaxed);
+        counters.durable_seq.store(head.seq, Ordering::Relaxed);
+        let sync = cfg.durability == Durability::Sync;
+        let syncer = if sync {
+            Some(Syncer::start(counters.clone())?)
+        } else {
+            None
+        };
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             dir: cfg.dir.clone(),
             db: Some(db),
             head,
-            sync: cfg.durability == Durability::Sync,
+            sync,
             max_batch: cfg.max_batch.max(1),
             counters: counters.clone(),
             summaries: HashMap::new(),
@@ -203,6 +227,8 @@ impl Recorder {
             checkpoints,
             retain: None,
             indexer: Indexer::start(index.clone())?,
+            syncer,
+            batch_event_bytes: 768,
         };
         let mut writer = writer;
         writer.resume_retention();
@@ -294,6 +320,7 @@ impl Recorder {
             failed: c.failed.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
             last_seq: c.last_seq.load(Ordering::Relaxed),
+            durable_seq: c.durable_seq.load(Ordering::Acquire),
             pending: c.pending.load(Ordering::Relaxed),
             indexed_seq: self.inner.index.indexed.load(Ordering::Relaxed),
             index_dropped_batches: self.inner.index.dropped.load(Ordering::Relaxed),
@@ -317,6 +344,18 @@ impl Recorder {
     #[cfg(test)]
     pub(crate) fn drop_index_batch(&self, seq: u64) {
         self.inner.index.drop_seq.store(seq, Ordering::SeqCst);
+    }
+
+    /// Test hook: see `Counters::hold_sync`.
+    #[cfg(test)]
+    pub(crate) fn hold_sync(&self, hold: bool) {
+        self.inner.counters.hold_sync.store(hold, Ordering::SeqCst);
+    }
+
+    /// Test hook: fail the next `n` fsyncs of sync durability.
+    #[cfg(test)]
+    pub(crate) fn fail_next_syncs(&self, n: u64) {
+        self.inner.counters.fail_syncs.store(n, Ordering::SeqCst);
     }
 
     /// Test hook: see `Counters::hold_summaries`.
@@ -392,6 +431,222 @@ struct Writer {
     retain: Option<RetainJob>,
     /// Writes the search indexes of committed batches, on its own thread.
     indexer: Indexer,
+    /// Fsyncs the WAL and then acknowledges awaited appends, on its own thread (sync
+    /// durability only).
+    syncer: Option<Syncer>,
+    /// Bytes per event the next batch reserves (learnt from the last one).
+    batch_event_bytes: usize,
+}
+
+/// A batch that could not be written: why, and its events in order (`None` for one refused
+/// on its own), so that those nobody waits for can be kept for a later write.
+struct Failed {
+    error: RecorderError,
+    events: Vec<Option<NewEvent>>,
+}
+
+/// How soon a failed fsync is tried again (batches keep being written meanwhile).
+const SYNC_RETRY: Duration = Duration::from_secs(1);
+
+/// A committed batch whose appends wait for the fsync of the WAL (sync durability).
+struct SyncJob {
+    db: Arc<DB>,
+    /// Head after the batch: the fsync makes everything through it durable.
+    through: u64,
+    /// Awaited appends of the batch, with their seqs.
+    acks: Vec<(Waiter, u64)>,
+}
+
+/// Fsyncs that failed since the writer last recorded one (see [`Syncer`]).
+struct SyncFailure {
+    since_us: i64,
+    /// Events written and not known to be durable: `first..=through`.
+    first: u64,
+    through: u64,
+    /// Appends told that they failed (their operations were refused).
+    refused: u64,
+    error: String,
+}
+
+/// The second stage of sync durability's group commit. The writer writes a batch to the WAL
+/// without an fsync and hands its awaited appends here; this thread fsyncs and then
+/// acknowledges them. Meanwhile the writer goes on with the next batch, so the fsync no
+/// longer stalls the writer; batches written during an fsync share the next one.
+///
+/// An acknowledgement still means the event's WAL record is on disk. Readers (the indexer, a
+/// shipper) can see a batch before its fsync, as with buffered durability; the shipper ships
+/// no further than [`RecorderStats::durable_seq`].
+struct Syncer {
+    tx: Option<Sender<SyncJob>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Syncer {
+    fn start(counters: Arc<Counters>) -> Result<Syncer, RecorderError> {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("gatehouse-fsync".to_string())
+            .spawn(move || sync_loop(&rx, &counters))
+            .map_err(|e| RecorderError::Write(format!("cannot start the fsync thread: {e}")))?;
+        Ok(Syncer {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queue a job; it comes back when the thread is gone (it only stops at shutdown).
+    fn send(&self, job: SyncJob) -> Result<(), SyncJob> {
+        match &self.tx {
+            Some(tx) => tx.send(job).map_err(|e| e.0),
+            None => Err(job),
+        }
+    }
+
+    /// Fsync and acknowledge everything queued, then stop the thread.
+    fn stop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("the event log's fsync thread panicked");
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn sync_loop(rx: &Receiver<SyncJob>, counters: &Counters) {
+    // After a failed fsync: the log to try again (weakly held: a reopen must be able to close
+    // it), and how far it was written.
+    let mut retry: Option<(Weak<DB>, u64)> = None;
+    let mut jobs: Vec<SyncJob> = Vec::new();
+    loop {
+        let first = if retry.is_some() {
+            match rx.recv_timeout(SYNC_RETRY) {
+                Ok(j) => Some(j),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(j) => Some(j),
+                Err(_) => break,
+            }
+        };
+        jobs.extend(first);
+        while let Ok(j) = rx.try_recv() {
+            jobs.push(j);
+        }
+        // One fsync per log: after a reopen, jobs of the closed one can still be queued.
+        let mut dbs: Vec<Arc<DB>> = Vec::new();
+        for j in &jobs {
+            if !dbs.iter().any(|d| Arc::ptr_eq(d, &j.db)) {
+                dbs.push(j.db.clone());
+            }
+        }
+        let mut through = jobs.iter().map(|j| j.through).max().unwrap_or(0);
+        if let Some((db, seq)) = &retry {
+            through = through.max(*seq);
+            if let Some(db) = db.upgrade()
+                && !dbs.iter().any(|d| Arc::ptr_eq(d, &db))
+            {
+                dbs.push(db);
+            }
+        }
+        if dbs.is_empty() {
+            // The log that failed was closed since; its reopen recovered what is on disk.
+            retry = None;
+            continue;
+        }
+        let res = dbs.iter().try_for_each(|db| fsync(db, counters));
+        let newest = dbs.last().map(Arc::downgrade);
+        drop(dbs);
+        let n = jobs.len() as u64;
+        match res {
+            Ok(()) => {
+                if retry.take().is_some() {
+                    tracing::info!(durable_seq = through, "event log fsync works again");
+                }
+                counters.durable_seq.fetch_max(through, Ordering::Release);
+                for j in jobs.drain(..) {
+                    for (done, seq) in j.acks {
+                        // The waiter may have gone away (client disconnected); nothing to do.
+                        let _ = done.send(Ok(seq));
+                    }
+                }
+            }
+            Err(e) => {
+                let refused: u64 = jobs.iter().map(|j| j.acks.len() as u64).sum();
+                counters.failed.fetch_add(refused, Ordering::Relaxed);
+                if retry.is_none() {
+                    tracing::error!(
+                        error = %e,
+                        refused,
+                        through,
+                        "cannot fsync the event log; awaited appends are refused until it works"
+                    );
+                }
+                note_sync_failure(counters, through, refused, &e);
+                retry = newest.map(|db| (db, through));
+                let err = RecorderError::Write(format!("cannot fsync the event log: {e}"));
+                for j in jobs.drain(..) {
+                    for (done, _) in j.acks {
+                        let _ = done.send(Err(err.clone()));
+                    }
+                }
+            }
+        }
+        counters.sync_jobs.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// Hand a failed fsync to the writer, which records it in the log (merged with earlier ones
+/// it has not recorded yet).
+fn note_sync_failure(counters: &Counters, through: u64, refused: u64, error: &str) {
+    let first = counters.durable_seq.load(Ordering::Acquire) + 1;
+    let mut g = counters
+        .sync_failure
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    match g.as_mut() {
+        Some(f) => {
+            f.through = f.through.max(through);
+            f.refused += refused;
+        }
+        None => {
+            *g = Some(SyncFailure {
+                since_us: gatehouse_core::time::now_micros(),
+                first,
+                through,
+                refused,
+                error: error.to_string(),
+            })
+        }
+    }
+    counters.sync_failed.store(true, Ordering::Release);
+}
+
+fn fsync(db: &DB, counters: &Counters) -> Result<(), String> {
+    #[cfg(test)]
+    {
+        while counters.hold_sync.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if counters
+            .fail_syncs
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err("injected fsync failure".to_string());
+        }
+    }
+    #[cfg(not(test))]
+    let _ = counters;
+    db.flush_wal(true).map_err(|e| e.to_string())
 }
 
 struct Checkpoints {
@@ -498,6 +753,9 @@ impl Writer {
                         if self.unsynced.is_some_and(|t| t.elapsed() >= UNSYNCED_MAX) {
                             self.sync_wal();
                         }
+                        if self.counters.sync_failed.load(Ordering::Acquire) {
+                            self.record_sync_failure();
+                        }
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -515,6 +773,11 @@ impl Writer {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
+            // A failed fsync is recorded ahead of the next events (the syncer noted it while
+            // this thread waited for them).
+            if self.counters.sync_failed.load(Ordering::Acquire) {
+                self.record_sync_failure();
+            }
             if !batch.is_empty() {
                 self.counters
                     .pending
@@ -529,6 +792,13 @@ impl Writer {
             {
                 self.retain_step();
             }
+        }
+        // Every awaited append is answered (after its fsync) before the rest closes.
+        if let Some(s) = &mut self.syncer {
+            s.stop();
+        }
+        if self.counters.sync_failed.load(Ordering::Acquire) {
+            self.record_sync_failure();
         }
         // The indexer writes what was handed to it (a long catch-up stops at its next chunk
         // and the next start goes on); then only this thread holds the database, which closes
@@ -550,10 +820,15 @@ impl Writer {
         {
             self.checkpoint_now();
         }
-        if let Some(db) = &self.db
-            && let Err(e) = db.flush_wal(true)
-        {
-            tracing::error!(error = %e, "cannot sync the event log at shutdown");
+        if let Some(db) = &self.db {
+            match db.flush_wal(true) {
+                Ok(()) => {
+                    self.counters
+                        .durable_seq
+                        .fetch_max(self.head.seq, Ordering::Release);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot sync the event log at shutdown"),
+            }
         }
         tracing::info!(last_seq = self.head.seq, "event log closed");
     }
@@ -879,17 +1154,104 @@ impl Writer {
 
     /// Fsync what was written without one.
     fn sync_wal(&mut self) {
+        self.request_sync(Vec::new());
+    }
+
+    /// Have everything written so far fsynced, then `acks` acknowledged: by the syncer, or
+    /// here if it is gone.
+    fn request_sync(&mut self, acks: Vec<(Waiter, u64)>) {
+        self.unsynced = None;
         let Some(db) = &self.db else {
-            self.unsynced = None;
+            for (done, _) in acks {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                let _ = done.send(Err(RecorderError::Write("the database is not open".to_string())));
+            }
             return;
         };
-        match db.flush_wal(true) {
-            Ok(()) => self.unsynced = None,
+        let job = SyncJob {
+            db: db.clone(),
+            through: self.head.seq,
+            acks,
+        };
+        // With nothing else to write and no fsync in flight, handing this one over would only
+        // add a thread's wake-up to the statement's latency: fsync here.
+        let idle = self.counters.sync_jobs.load(Ordering::Acquire) == 0
+            && self.counters.pending.load(Ordering::Relaxed) == 0;
+        #[cfg(test)]
+        let idle = idle && !self.counters.hold_sync.load(Ordering::SeqCst);
+        let job = match &self.syncer {
+            Some(s) if !idle => {
+                self.counters.sync_jobs.fetch_add(1, Ordering::AcqRel);
+                match s.send(job) {
+                    Ok(()) => return,
+                    Err(job) => {
+                        self.counters.sync_jobs.fetch_sub(1, Ordering::AcqRel);
+                        job
+                    }
+                }
+            }
+            _ => job,
+        };
+        match fsync(&job.db, &self.counters) {
+            Ok(()) => {
+                self.counters
+                    .durable_seq
+                    .fetch_max(job.through, Ordering::Release);
+                for (done, seq) in job.acks {
+                    let _ = done.send(Ok(seq));
+                }
+            }
             Err(e) => {
                 // Retried at the next batch or timeout; the events are written, not lost.
-                tracing::error!(error = %e, "cannot sync the event log");
+                tracing::error!(error = %e, "cannot fsync the event log");
                 self.unsynced = Some(Instant::now());
+                let refused = job.acks.len() as u64;
+                self.counters.failed.fetch_add(refused, Ordering::Relaxed);
+                note_sync_failure(&self.counters, job.through, refused, &e);
+                let err = RecorderError::Write(format!("cannot fsync the event log: {e}"));
+                for (done, _) in job.acks {
+                    let _ = done.send(Err(err.clone()));
+                }
             }
+        }
+    }
+
+    /// Record in the log itself that fsyncs failed: which events were written without being
+    /// known durable, and how many operations waiting on them were refused.
+    fn record_sync_failure(&mut self) {
+        self.counters.sync_failed.store(false, Ordering::Release);
+        let taken = self
+            .counters
+            .sync_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(f) = taken else { return };
+        let message = format!(
+            "fsync of the event log failed at {} ({}): events {} to {} were written but not \
+             confirmed durable; {} operations waiting on them were refused",
+            gatehouse_core::time::rfc3339_micros(f.since_us),
+            f.error,
+            f.first,
+            f.through,
+            f.refused
+        );
+        let ev = NewEvent::now(
+            GATEWAY_SESSION,
+            None,
+            EventBody::Notice {
+                level: "error".to_string(),
+                message,
+            },
+        );
+        match self.try_commit(vec![ev], false) {
+            // Fsynced with the next batch that waits, or soon.
+            Ok(_) => {
+                if self.unsynced.is_none() {
+                    self.unsynced = Some(Instant::now());
+                }
+            }
+            Err(f) => self.backlog.extend(f.events.into_iter().flatten()),
         }
     }
 
@@ -922,6 +1284,7 @@ impl Writer {
                 c.retry_at = None;
                 // The put was fsynced, and with it every earlier WAL write.
                 self.unsynced = None;
+                self.counters.durable_seq.fetch_max(head.seq, Ordering::Release);
             }
             Err(e) => {
                 if c.retry_at.is_none() {
@@ -995,25 +1358,20 @@ impl Writer {
             waiters = w;
         }
         let n = events.len() as u64;
-        // Unacknowledged events are facts, not requests: keep a copy in case the write fails.
-        // Only these are cloned; acknowledged appends are refused to their caller instead.
-        let keep: Vec<NewEvent> = events
-            .iter()
-            .zip(&waiters)
-            .filter(|(_, w)| w.is_none())
-            .map(|(e, _)| e.clone())
-            .collect();
         // Sync durability fsyncs a batch only when someone waits for it (a decision that gates
         // an operation), or when unawaited events have waited long enough: a serial client
         // then pays one fsync per statement, not one for the decision and one for the result.
+        //
+        // The batch is written without an fsync; the syncer fsyncs it and then acknowledges its
+        // awaited appends, while this thread writes the next batch.
         let sync = self.sync
             && (waiters.iter().any(Option::is_some)
                 || self.unsynced.is_some_and(|t| t.elapsed() >= UNSYNCED_MAX));
-        match self.try_commit(events, sync) {
+        match self.try_commit(events, false) {
             Ok(results) => {
-                if sync {
-                    self.unsynced = None;
-                } else if self.sync && self.unsynced.is_none() && results.iter().any(Result::is_ok) {
+                if !self.sync {
+                    self.counters.durable_seq.store(self.head.seq, Ordering::Release);
+                } else if !sync && self.unsynced.is_none() && results.iter().any(Result::is_ok) {
                     self.unsynced = Some(Instant::now());
                 }
                 if let Some(o) = self.outage.take() {
@@ -1026,15 +1384,20 @@ impl Writer {
                     );
                     self.record_outage(&o);
                 }
+                let mut acks = Vec::new();
                 for (done, r) in waiters.into_iter().zip(results) {
                     match done {
-                        // The waiter may have gone away (client disconnected); nothing to do.
-                        Some(done) => {
-                            if r.is_err() {
-                                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                        Some(done) => match r {
+                            Ok(seq) if sync => acks.push((done, seq)),
+                            // The waiter may have gone away (client disconnected); nothing to do.
+                            Ok(seq) => {
+                                let _ = done.send(Ok(seq));
                             }
-                            let _ = done.send(r);
-                        }
+                            Err(e) => {
+                                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                                let _ = done.send(Err(e));
+                            }
+                        },
                         None => {
                             if let Err(e) = r {
                                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -1043,8 +1406,30 @@ impl Writer {
                         }
                     }
                 }
+                if sync {
+                    self.request_sync(acks);
+                }
             }
-            Err(e) => {
+            Err(Failed { error: e, events }) => {
+                // Unacknowledged events are facts, not requests: they are kept to be written
+                // later. Acknowledged appends are refused to their caller instead.
+                // (One refused on its own, e.g. for a NUL in its session id, is not.)
+                let mut invalid = 0u64;
+                let keep: Vec<NewEvent> = events
+                    .into_iter()
+                    .zip(&waiters)
+                    .filter_map(|(ev, w)| match (ev, w) {
+                        (Some(ev), None) => Some(ev),
+                        (None, None) => {
+                            invalid += 1;
+                            None
+                        }
+                        (_, Some(_)) => None,
+                    })
+                    .collect();
+                if invalid > 0 {
+                    tracing::error!(events = invalid, "invalid events not recorded");
+                }
                 let refused = waiters.iter().filter(|w| w.is_some()).count() as u64;
                 let room = BACKLOG_MAX.saturating_sub(self.backlog.len());
                 let dropped = keep.len().saturating_sub(room) as u64;
@@ -1052,7 +1437,7 @@ impl Writer {
                 self.note_failure(&e, n - late, refused, dropped);
                 self.counters
                     .failed
-                    .fetch_add(refused + dropped, Ordering::Relaxed);
+                    .fetch_add(refused + dropped + invalid, Ordering::Relaxed);
                 for done in waiters.into_iter().flatten() {
                     let _ = done.send(Err(e.clone()));
                 }
@@ -1082,10 +1467,9 @@ impl Writer {
             },
         );
         let sync = self.sync;
-        match self.try_commit(vec![ev.clone()], sync) {
-            Ok(_) => {}
+        if let Err(f) = self.try_commit(vec![ev], sync) {
             // Failing again right away: keep it for the next successful write.
-            Err(_) => self.backlog.push_back(ev),
+            self.backlog.extend(f.events.into_iter().flatten());
         }
     }
 
@@ -1133,12 +1517,40 @@ impl Writer {
     }
 
     /// Write the batch; per-event results (an event can be rejected on its own), or one error
-    /// for the whole batch, in which case nothing was acknowledged and the head did not move.
+    /// for the whole batch, in which case nothing was acknowledged, the head did not move, and
+    /// the events come back (no copy is made in case of a failure).
     fn try_commit(
         &mut self,
         events: Vec<NewEvent>,
         sync: bool,
-    ) -> Result<Vec<Result<u64, RecorderError>>, RecorderError> {
+    ) -> Result<Vec<Result<u64, RecorderError>>, Failed> {
+        let mut results = Vec::with_capacity(events.len());
+        let mut committed = Vec::with_capacity(events.len());
+        let mut rest = events.into_iter();
+        match self.write_batch(&mut rest, &mut results, &mut committed, sync) {
+            Ok(()) => Ok(results),
+            Err(error) => {
+                // `committed` holds the events taken so far with an `Ok` result, in order.
+                let mut sealed = committed.into_iter().map(|c| NewEvent::from(c.ev));
+                let mut events: Vec<Option<NewEvent>> = results
+                    .iter()
+                    .map(|r| if r.is_ok() { sealed.next() } else { None })
+                    .collect();
+                events.extend(rest.map(Some));
+                Err(Failed { error, events })
+            }
+        }
+    }
+
+    /// [`Self::try_commit`]'s work: every event taken from `events` gets a result, and every
+    /// `Ok` one its entry in `committed` (handed to the indexer once written).
+    fn write_batch(
+        &mut self,
+        events: &mut std::vec::IntoIter<NewEvent>,
+        results: &mut Vec<Result<u64, RecorderError>>,
+        committed: &mut Vec<Committed>,
+        sync: bool,
+    ) -> Result<(), RecorderError> {
         if let Err(e) = self.ensure_db() {
             return Err(RecorderError::Write(e.to_string()));
         }
@@ -1152,20 +1564,35 @@ impl Writer {
         );
 
         let mut head = self.head;
-        let mut committed = Vec::with_capacity(events.len());
-        // A drained backlog can be 100k events: reserve for a usual batch, not for that.
-        let mut wb = WriteBatch::with_capacity_bytes(events.len().min(4096) * 768);
+        // Reserved at the size the last batch's events had (growing it copies the whole
+        // batch); a drained backlog can be 100k events: reserve for a usual batch, not that.
+        let mut wb = WriteBatch::with_capacity_bytes(events.len().min(4096) * self.batch_event_bytes);
         // Per session of the batch: its summary after the batch (`None` only before its
         // first event is applied), and whether it is written now (see `summaries.rs`).
         let mut staged: HashMap<String, (Option<SessionSummary>, bool)> = HashMap::new();
-        let mut results = Vec::with_capacity(events.len());
         let mut written = 0u64;
-        for new in events {
+        while let Some(new) = events.next() {
             if new.session_id.as_bytes().contains(&0) {
                 results.push(Err(RecorderError::Invalid(
                     "session id contains a NUL byte".to_string(),
                 )));
                 continue;
+            }
+            // Looked up before the event is taken apart: a failure here gives it back whole.
+            if !staged.contains_key(&new.session_id) {
+                let known = match self.summaries.get(&new.session_id) {
+                    Some(s) => Some(s.clone()),
+                    None => match db.get_cf(cf_sessions, new.session_id.as_bytes()) {
+                        Ok(v) => v.and_then(|v| serde_json::from_slice::<SessionSummary>(&v).ok()),
+                        Err(e) => {
+                            let mut back = vec![new];
+                            back.extend(events.by_ref());
+                            *events = back.into_iter();
+                            return Err(RecorderError::Write(format!("reading session summary: {e}")));
+                        }
+                    },
+                };
+                staged.insert(new.session_id.clone(), (known, false));
             }
             let seq = head.seq + 1;
             let (ev, stored, hash) = match seal(new, seq, &head.hash) {
@@ -1178,31 +1605,29 @@ impl Writer {
             // (A session's events are found through the search indexes' session term, which
             // the indexer writes; see `LogReader::session_events`.)
             wb.put_cf(cf_events, seq_key(seq), &stored);
-            if !staged.contains_key(&ev.session_id) {
-                let known = match self.summaries.get(&ev.session_id) {
-                    Some(s) => Some(s.clone()),
-                    None => db
-                        .get_cf(cf_sessions, ev.session_id.as_bytes())
-                        .map_err(|e| RecorderError::Write(format!("reading session summary: {e}")))?
-                        .and_then(|v| serde_json::from_slice::<SessionSummary>(&v).ok()),
-                };
-                staged.insert(ev.session_id.clone(), (known, false));
-            }
-            if let Some((s, write)) = staged.get_mut(&ev.session_id) {
-                *write |= summaries::apply_event(s, &ev);
-                // The search indexes are the indexer's, once the batch is committed.
-                committed.push(Committed {
-                    principal: s.as_ref().and_then(|s| s.principal.clone()),
-                    target: s.as_ref().map(|s| s.target.clone()).unwrap_or_default(),
-                    ev,
-                });
-            }
+            let (principal, target) = match staged.get_mut(&ev.session_id) {
+                Some((s, write)) => {
+                    *write |= summaries::apply_event(s, &ev);
+                    (
+                        s.as_ref().and_then(|s| s.principal.clone()),
+                        s.as_ref().map(|s| s.target.clone()).unwrap_or_default(),
+                    )
+                }
+                // Not reached: staged above.
+                None => (None, String::new()),
+            };
+            // The search indexes are the indexer's, once the batch is committed.
+            committed.push(Committed {
+                principal,
+                target,
+                ev,
+            });
             head = Head { seq, hash };
             results.push(Ok(seq));
             written += 1;
         }
         if written == 0 {
-            return Ok(results);
+            return Ok(());
         }
         // Counter-only changes wait for a flush of every pending summary, at most
         // `SUMMARY_FLUSH` apart (and before the in-memory summaries are dropped).
@@ -1252,6 +1677,8 @@ impl Writer {
             _ => false,
         };
 
+        // Per event, with room for the batch's other entries.
+        self.batch_event_bytes = (wb.size_in_bytes() / written as usize + 64).clamp(256, 16 * 1024);
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
         #[cfg(test)]
@@ -1275,7 +1702,10 @@ impl Writer {
         }
 
         self.head = head;
-        self.indexer.send(committed, head.seq);
+        if sync {
+            self.counters.durable_seq.fetch_max(head.seq, Ordering::Release);
+        }
+        self.indexer.send(std::mem::take(committed), head.seq);
         if checkpoint && let Some(c) = &mut self.checkpoints {
             c.seq = head.seq;
             c.at = Instant::now();
@@ -1305,6 +1735,6 @@ impl Writer {
                 self.summaries.insert(id, s);
             }
         }
-        Ok(results)
+        Ok(())
     }
 }
