@@ -794,3 +794,90 @@ async fn awaited_appends_wait_for_their_fsync_while_the_writer_goes_on() {
     let report = r.verify(&keys).unwrap();
     assert_eq!(report.outcome(TailPolicy::Strict), Outcome::Intact, "{report:?}");
 }
+
+/// Local retention deletes events whose sessions' counters are still pending in the writer's
+/// memory. It writes them, and the mark, with its marker first, so listings stay exact once
+/// the events are gone: an open session keeps counting what was deleted, one that ended below
+/// the floor leaves the listings, and a crash after it loses nothing either.
+#[tokio::test]
+async fn retention_keeps_listings_exact_while_counters_are_pending() {
+    use crate::checkpoint::{CheckpointSigner, PublicKeys};
+    use crate::verify::{Outcome, TailPolicy};
+    use gatehouse_core::config::{CheckpointConfig, SecretRef};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public, _) = CheckpointSigner::generate().unwrap();
+    let key_file = dir.path().join("signing.pem");
+    std::fs::write(&key_file, &private).unwrap();
+    let log = dir.path().join("log");
+    let mut c = buffered(&log);
+    // Every batch is signed: any event can be the floor.
+    c.checkpoints = Some(CheckpointConfig {
+        key: SecretRef::File(key_file),
+        every_events: 1,
+        every_secs: 3600,
+    });
+    let rec = Recorder::open(&c).unwrap();
+    rec.hold_summaries(true);
+    rec.append(session_start("a", "user:ann")).await.unwrap();
+    rec.append(session_start("b", "user:bob")).await.unwrap();
+    for i in 0..6 {
+        rec.append(decision("a", "user:ann", 10 + i, "SELECT 1", i == 2))
+            .await
+            .unwrap();
+        rec.append(decision("b", "user:bob", 10 + i, "SELECT 2", false))
+            .await
+            .unwrap();
+    }
+    rec.append(session_end("b")).await.unwrap();
+    let floor = rec
+        .append(decision("a", "user:ann", 20, "SELECT 3", false))
+        .await
+        .unwrap();
+    rec.append(decision("a", "user:ann", 21, "SELECT 4", true))
+        .await
+        .unwrap();
+    let exact = summaries_from_scratch(&LogReader::open(&log).unwrap());
+    let a = exact.iter().find(|s| s.session_id == "a").unwrap().clone();
+    assert_eq!((a.ops, a.denied), (8, 2));
+    let (stored_a, mark) = stored_summary(&log, "a");
+    assert!(
+        stored_a.unwrap().ops < a.ops && mark < Some(floor),
+        "the test covers counters pending across the floor"
+    );
+
+    assert_eq!(rec.retain_through(floor, "file:///sink").await.unwrap(), floor);
+    let r = LogReader::open(&log).unwrap();
+    assert_eq!(r.floor().unwrap().map(|f| f.seq), Some(floor));
+    assert!(r.events(1, usize::MAX).unwrap().iter().all(|e| e.seq > floor));
+    // `a` counts all its operations, deleted ones too; `b` ended below the floor and is gone.
+    assert_eq!(r.sessions().unwrap(), vec![a.clone()]);
+    assert_eq!(r.session("b").unwrap(), None);
+
+    // Counters keep pending past the floor, through a crash (the hook skips the flush at
+    // shutdown too) and the reopen.
+    rec.append(decision("a", "user:ann", 30, "SELECT 5", false))
+        .await
+        .unwrap();
+    let r = LogReader::open(&log).unwrap();
+    let now = r.session("a").unwrap().unwrap();
+    assert_eq!(
+        (now.ops, now.denied, now.first_seq),
+        (a.ops + 1, a.denied, a.first_seq)
+    );
+    rec.shutdown();
+    let r = LogReader::open(&log).unwrap();
+    assert_eq!(r.sessions().unwrap(), vec![now.clone()]);
+    let rec = Recorder::open(&c).unwrap();
+    rec.append(decision("a", "user:ann", 31, "SELECT 6", false))
+        .await
+        .unwrap();
+    rec.shutdown();
+    let r = LogReader::open(&log).unwrap();
+    let last = r.session("a").unwrap().unwrap();
+    assert_eq!((last.ops, last.first_seq), (a.ops + 2, a.first_seq));
+    let mut keys = PublicKeys::default();
+    keys.add_pem(&public).unwrap();
+    let report = r.verify(&keys).unwrap();
+    assert_eq!(report.outcome(TailPolicy::Strict), Outcome::Intact, "{report:?}");
+}
