@@ -662,20 +662,35 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
+/// A new checkpoint signing key in `dir`: the reference the config takes, and the public key.
+fn signing_key(dir: &std::path::Path) -> (gatehouse_core::config::SecretRef, crate::PublicKeys) {
+    let (private, public, _) = crate::CheckpointSigner::generate().unwrap();
+    let key_file = dir.join("signing.pem");
+    std::fs::write(&key_file, &private).unwrap();
+    let mut keys = crate::PublicKeys::default();
+    keys.add_pem(&public).unwrap();
+    (gatehouse_core::config::SecretRef::File(key_file), keys)
+}
+
+fn assert_intact(r: &LogReader, keys: &crate::PublicKeys) {
+    let report = r.verify(keys).unwrap();
+    assert_eq!(
+        report.outcome(crate::TailPolicy::Strict),
+        crate::Outcome::Intact,
+        "{report:?}"
+    );
+}
+
 /// Sync durability's second stage: a decision is acknowledged only after the fsync that
 /// covers it, the writer goes on writing while that fsync is in flight, the shipper ships
 /// nothing past what is durable, and a failed fsync refuses the appends waiting on it and is
 /// itself recorded.
 #[tokio::test]
 async fn awaited_appends_wait_for_their_fsync_while_the_writer_goes_on() {
-    use crate::checkpoint::{CheckpointSigner, PublicKeys};
-    use crate::verify::{Outcome, TailPolicy};
-    use gatehouse_core::config::{CheckpointConfig, SecretRef, ShippingConfig};
+    use gatehouse_core::config::{CheckpointConfig, ShippingConfig};
 
     let dir = tempfile::tempdir().unwrap();
-    let (private, public, _) = CheckpointSigner::generate().unwrap();
-    let key_file = dir.path().join("signing.pem");
-    std::fs::write(&key_file, &private).unwrap();
+    let (key, keys) = signing_key(dir.path());
     let log = dir.path().join("log");
     let c = RecorderConfig {
         dir: log.clone(),
@@ -683,7 +698,7 @@ async fn awaited_appends_wait_for_their_fsync_while_the_writer_goes_on() {
         max_batch: 16,
         // Every batch carries a checkpoint, so each could be shipped as soon as it is written.
         checkpoints: Some(CheckpointConfig {
-            key: SecretRef::File(key_file),
+            key,
             every_events: 1,
             every_secs: 3600,
         }),
@@ -789,10 +804,7 @@ async fn awaited_appends_wait_for_their_fsync_while_the_writer_goes_on() {
         );
         assert_eq!(events[i + 1].session_id, crate::GATEWAY_SESSION);
     }
-    let mut keys = PublicKeys::default();
-    keys.add_pem(&public).unwrap();
-    let report = r.verify(&keys).unwrap();
-    assert_eq!(report.outcome(TailPolicy::Strict), Outcome::Intact, "{report:?}");
+    assert_intact(&r, &keys);
 }
 
 /// Local retention deletes events whose sessions' counters are still pending in the writer's
@@ -801,19 +813,15 @@ async fn awaited_appends_wait_for_their_fsync_while_the_writer_goes_on() {
 /// the floor leaves the listings, and a crash after it loses nothing either.
 #[tokio::test]
 async fn retention_keeps_listings_exact_while_counters_are_pending() {
-    use crate::checkpoint::{CheckpointSigner, PublicKeys};
-    use crate::verify::{Outcome, TailPolicy};
-    use gatehouse_core::config::{CheckpointConfig, SecretRef};
+    use gatehouse_core::config::CheckpointConfig;
 
     let dir = tempfile::tempdir().unwrap();
-    let (private, public, _) = CheckpointSigner::generate().unwrap();
-    let key_file = dir.path().join("signing.pem");
-    std::fs::write(&key_file, &private).unwrap();
+    let (key, keys) = signing_key(dir.path());
     let log = dir.path().join("log");
     let mut c = buffered(&log);
     // Every batch is signed: any event can be the floor.
     c.checkpoints = Some(CheckpointConfig {
-        key: SecretRef::File(key_file),
+        key,
         every_events: 1,
         every_secs: 3600,
     });
@@ -876,8 +884,5 @@ async fn retention_keeps_listings_exact_while_counters_are_pending() {
     let r = LogReader::open(&log).unwrap();
     let last = r.session("a").unwrap().unwrap();
     assert_eq!((last.ops, last.first_seq), (a.ops + 2, a.first_seq));
-    let mut keys = PublicKeys::default();
-    keys.add_pem(&public).unwrap();
-    let report = r.verify(&keys).unwrap();
-    assert_eq!(report.outcome(TailPolicy::Strict), Outcome::Intact, "{report:?}");
+    assert_intact(&r, &keys);
 }
