@@ -240,6 +240,76 @@ async fn classified_columns_are_redacted_in_recorded_results_by_default() {
     );
 }
 
+/// A view over a classified column counts as naming it: the statements that read it keep no
+/// constants, and the values read through it are not kept, whatever the view calls them, in
+/// both protocol flavours and for masked sessions too. A view over other columns is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn views_over_classified_columns_are_classified_in_the_record() {
+    let h = Harness::start().unwrap();
+    let human = h.connect("alice", "app").await.unwrap();
+    human
+        .batch_execute(
+            "CREATE VIEW customer_refs AS SELECT id, ssn AS tax_ref, name FROM customers; \
+             CREATE VIEW refs_again AS SELECT * FROM customer_refs; \
+             CREATE VIEW customer_shouts AS SELECT id, upper(name) AS shout FROM customers",
+        )
+        .await
+        .unwrap();
+    let ssn = first(&human, "SELECT ssn FROM customers WHERE id = 2").await;
+    // Constants compared with the renamed column, and the values read through the view.
+    let named = first(
+        &human,
+        &format!("SELECT name FROM customer_refs WHERE tax_ref = '{ssn}'"),
+    )
+    .await;
+    assert_eq!(named, "Customer 2");
+    assert_eq!(
+        first(&human, "SELECT tax_ref, name FROM refs_again WHERE id = 2").await,
+        ssn,
+        "views over views are followed"
+    );
+    // Extended protocol (a prepared statement, its rows described by Describe).
+    let rows = human
+        .query("SELECT tax_ref AS r FROM customer_refs WHERE id = $1", &[&2i64])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), ssn);
+    // A view over no classified column is recorded as any other statement.
+    assert_eq!(
+        first(
+            &human,
+            "SELECT shout FROM customer_shouts WHERE shout = 'CUSTOMER 3'"
+        )
+        .await,
+        "CUSTOMER 3"
+    );
+    // A masked session: the view's column has a source (the view), not a classified name.
+    let agent = h.connect("ai-agent", "app").await.unwrap();
+    let masked = first(&agent, "SELECT tax_ref FROM customer_refs WHERE id = 2").await;
+    assert_ne!(masked, ssn);
+    drop(agent);
+    drop(human);
+    let t = transcripts(&h);
+    assert!(!t.contains(&ssn), "the clear SSN is nowhere in the record:\n{t}");
+    assert!(!t.contains(&masked), "nor its masked form:\n{t}");
+    assert!(
+        t.contains("SELECT name FROM customer_refs WHERE tax_ref = ?"),
+        "{t}"
+    );
+    assert!(
+        t.contains("SELECT tax_ref, name FROM refs_again WHERE id = ?"),
+        "{t}"
+    );
+    assert!(t.contains("| name |\n    | ? |"), "{t}");
+    assert!(t.contains("| tax_ref | name |\n    | ? | ? |"), "{t}");
+    assert!(t.contains("| r |\n    | ? |"), "{t}");
+    assert!(
+        t.contains("SELECT shout FROM customer_shouts WHERE shout = 'CUSTOMER 3'"),
+        "{t}"
+    );
+    assert!(t.contains("| shout |\n    | CUSTOMER 3 |"), "{t}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn no_rows_are_recorded_with_a_zero_limit() {
     let h = Harness::start_with(Options {

@@ -186,6 +186,14 @@ pub trait SessionGuard: Send + Sync {
         0
     }
 
+    /// Whether this session's record redacts values by the names of the columns a statement
+    /// reads (`[recorder.literals]`): protocol crates then fill
+    /// [`SqlStatement::behind_views`](crate::SqlStatement::behind_views) before asking to decide
+    /// a statement, so a view over a classified column counts as naming it.
+    fn redacts_by_name(&self) -> bool {
+        false
+    }
+
     /// The masking stage for this session's result rows; `None` when nothing masks them.
     fn row_masker(&self) -> Option<std::sync::Arc<dyn crate::rows::RowMasker>> {
         None

@@ -15,7 +15,7 @@ pub mod time;
 pub use error::{ClientError, ErrorKind};
 pub use gatehouse_mask::Strategy as MaskStrategy;
 pub use guard::{Checked, Guard, GuardError, Hold, OpOutcome, RecordedRows, SessionGuard, Withdrawal};
-pub use op::{Operation, SqlStatement, StatementKind, Verdict};
+pub use op::{BehindViews, Operation, SqlStatement, StatementKind, Verdict};
 pub use principal::{AuthInfo, GrantRef, Principal, PrincipalKind, SessionCtx, TargetRef};
 pub use rows::{
     CellEdit, ColumnDesc, ColumnRule, ColumnSource, Finding, MaskFault, Masked, RelationKind, RowBatch,

@@ -105,6 +105,25 @@ pub struct SqlStatement {
     /// Parser error, when `kind` is `Unknown` because the text did not parse.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parse_error: Option<String>,
+    /// What the views among `tables_read` read, when the protocol crate looked it up for the
+    /// recorder's classified-column rule (see [`SessionGuard::redacts_by_name`]). Not part of
+    /// what policies, plugins or the record see.
+    ///
+    /// [`SessionGuard::redacts_by_name`]: crate::SessionGuard::redacts_by_name
+    #[serde(skip)]
+    pub behind_views: BehindViews,
+}
+
+/// The table columns a statement reads through the views it names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum BehindViews {
+    /// Not looked up, or the statement names no view.
+    #[default]
+    Nothing,
+    /// The column names (lower case) of the tables the views read, following views over views.
+    Columns(Vec<String>),
+    /// The lookup failed: any column may be behind them (rules fail closed).
+    Unknown,
 }
 
 impl SqlStatement {

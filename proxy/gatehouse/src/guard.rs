@@ -22,8 +22,8 @@ use gatehouse_core::config::{ApprovalsConfig, LiteralMode, LiteralsConfig};
 use gatehouse_core::guard::AuthFailure;
 use gatehouse_core::time::now_micros;
 use gatehouse_core::{
-    Checked, Guard, GuardError, Hold, OpOutcome, Operation, SessionCtx, SessionGuard, SqlStatement, Verdict,
-    Withdrawal,
+    BehindViews, Checked, Guard, GuardError, Hold, OpOutcome, Operation, SessionCtx, SessionGuard,
+    SqlStatement, Verdict, Withdrawal,
 };
 use gatehouse_policy::{PolicyEngine, SessionPolicy};
 use gatehouse_recorder::{
@@ -128,9 +128,15 @@ impl Literals {
         }
     }
 
-    /// Whether `s` names a classified column (or cannot be scanned: fail closed).
+    /// Whether `s` names a classified column (or cannot be scanned: fail closed), itself or
+    /// through a view it reads (or whose columns could not be looked up: fail closed).
     fn names_classified(&self, s: &SqlStatement) -> bool {
-        gatehouse_pg::literals::names_any(&s.text, &self.columns) != Some(false)
+        let behind_views = match &s.behind_views {
+            BehindViews::Nothing => false,
+            BehindViews::Columns(c) => c.iter().any(|c| self.columns.contains(c)),
+            BehindViews::Unknown => true,
+        };
+        behind_views || gatehouse_pg::literals::names_any(&s.text, &self.columns) != Some(false)
     }
 
     /// A keyed token for a constant: a string's value (so it matches the `hash` masking of
@@ -1024,6 +1030,14 @@ impl SessionGuard for Session {
             }
             ender.recorder.append_nowait(end);
         });
+    }
+
+    fn redacts_by_name(&self) -> bool {
+        match self.literals.mode {
+            LiteralMode::RedactClassified => true,
+            LiteralMode::Keep => false,
+            LiteralMode::Redact | LiteralMode::Hash => self.result_limit > 0,
+        }
     }
 
     fn row_masker(&self) -> Option<Arc<dyn gatehouse_core::RowMasker>> {

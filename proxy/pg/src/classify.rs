@@ -561,6 +561,7 @@ impl<'a> Walker<'a> {
             copy_server_file: self.copy_server_file,
             sets_search_path: self.sets_search_path,
             parse_error,
+            behind_views: Default::default(),
         }
     }
 

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use crate::results::Capture;
 use bytes::{Buf, BytesMut};
 use gatehouse_core::{
-    Checked, ColumnSource, Finding, GuardError, MaskFault, MaskStrategy, Masked, OpOutcome, Operation,
-    RelationKind, RowMasker, SessionGuard, SqlStatement, StatementKind, Verdict, Withdrawal,
+    BehindViews, Checked, ColumnSource, Finding, GuardError, MaskFault, MaskStrategy, Masked, OpOutcome,
+    Operation, RelationKind, RowMasker, SessionGuard, SqlStatement, StatementKind, Verdict, Withdrawal,
 };
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -175,6 +175,51 @@ fn unknown_statement(command: &str) -> Arc<SqlStatement> {
         command: command.to_string(),
         ..SqlStatement::default()
     })
+}
+
+/// `stmt` with [`SqlStatement::behind_views`] filled in, when the session's record redacts by
+/// column name: the names of the table columns the views it reads are defined over (cached
+/// catalog lookups, views over views followed). A view renaming `customers.ssn` to `tax_ref`
+/// then counts as naming `ssn`. A failed lookup makes it [`BehindViews::Unknown`] (the record
+/// redacts: fail closed). Statements that read no view are returned as they are.
+async fn with_behind_views(
+    sg: &dyn SessionGuard,
+    target: &Arc<PgTarget>,
+    stmt: Arc<SqlStatement>,
+) -> Arc<SqlStatement> {
+    if stmt.tables_read.is_empty() || !sg.redacts_by_name() {
+        return stmt;
+    }
+    let behind = match target.relations_named(&stmt.tables_read).await {
+        Ok(rels) => {
+            let views: Vec<_> = rels
+                .into_iter()
+                .filter(|r| r.kind == RelationKind::View)
+                .collect();
+            if views.is_empty() {
+                return stmt;
+            }
+            match target.view_reads(&views).await {
+                Ok(columns) => {
+                    let mut names: Vec<String> = columns.iter().map(|c| c.column.to_lowercase()).collect();
+                    names.sort_unstable();
+                    names.dedup();
+                    BehindViews::Columns(names)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "the columns behind a statement's views are unknown: its record is redacted");
+                    BehindViews::Unknown
+                }
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "the relations a statement reads are unknown: its record is redacted");
+            BehindViews::Unknown
+        }
+    };
+    let mut s = (*stmt).clone();
+    s.behind_views = behind;
+    Arc::new(s)
 }
 
 /// Results that would reach the client without passing the masking stage: COPY ... TO
@@ -518,7 +563,7 @@ async fn client_to_upstream(
                     let mut allowed = Vec::with_capacity(stmts.len());
                     let mut denied = None;
                     for s in stmts {
-                        let s = Arc::new(s);
+                        let s = with_behind_views(&*sg, &target, Arc::new(s)).await;
                         let ddl = s.kind() == StatementKind::Ddl;
                         let mut io = ClientSide::new(&cw, &mut crd, &mut buf, &cancel);
                         let checked = match check(&*sg, Operation::Query(s.clone()), None, &mut io).await {
@@ -638,6 +683,7 @@ async fn client_to_upstream(
                         .get(&portal)
                         .cloned()
                         .unwrap_or_else(|| unknown_statement("UnknownPortal"));
+                    let stmt = with_behind_views(&*sg, &target, stmt).await;
                     // Let the upstream work on what came before while the decision is recorded.
                     if !flush(&mut uwr, &mut out).await {
                         return (uwr, ClientEnd::UpstreamWriteFailed);
@@ -937,10 +983,19 @@ impl UpstreamSide<'_> {
         }
         if self.capture.is_none() {
             let sources = match &self.plan {
+                // A view's column has no table column to go by: the recorder treats it as
+                // computed (redacted when the statement reads a classified column, which
+                // includes one behind the view).
                 Some(p) => p
                     .shape
                     .iter()
-                    .map(|c| c.desc.source.as_ref().map(|s| s.column.clone()))
+                    .map(|c| {
+                        c.desc
+                            .source
+                            .as_ref()
+                            .filter(|s| s.relation != RelationKind::View)
+                            .map(|s| s.column.clone())
+                    })
                     .collect(),
                 None => Vec::new(),
             };
