@@ -23,6 +23,24 @@ fn verify_shipped(h: &Harness, extra: &[&str]) -> Output {
     h.gatehouse(&args).unwrap()
 }
 
+/// `gatehouse audit restore` of the harness's sink into `out`.
+fn restore_shipped(h: &Harness, out: &Path) -> Output {
+    let config = h.setup.config_path.display().to_string();
+    let key = h.setup.audit_public_key.display().to_string();
+    let out = out.display().to_string();
+    h.gatehouse(&[
+        "audit",
+        "restore",
+        "--shipped",
+        &config,
+        "--key",
+        &key,
+        "--out",
+        &out,
+    ])
+    .unwrap()
+}
+
 /// Segment files of a filesystem sink, in name order.
 fn segment_files(sink: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(sink.join("segments"))
@@ -95,6 +113,12 @@ fn shipped_segments_verify_on_their_own_and_tampering_in_the_sink_is_named() {
     assert_ne!(edited.as_bytes(), &original[..]);
     std::fs::write(&segs[0], edited).unwrap();
     check("edited", "altered");
+    // Nothing is restored from a sink that does not verify.
+    let restored = h.dir.path().join("restored");
+    let out = restore_shipped(&h, &restored);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(text(&out).contains("nothing restored"), "{}", text(&out));
+    assert!(!restored.exists());
     std::fs::write(&segs[0], &original).unwrap();
     // A segment replaced by another one's content.
     let second = std::fs::read(&segs[1]).unwrap();
@@ -381,4 +405,67 @@ fn local_retention_deletes_what_the_s3_sink_holds_and_both_copies_still_verify()
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["report"]["first_seq"], 1, "{v}");
     assert_eq!(v["report"]["events_checked"], last_local_seq(&h), "{v}");
+
+    // `audit restore` rebuilds a log from the sink that reaches back to it: the log verifies
+    // on its own, finds the early statement, and exports a bundle of the whole window.
+    let restored = h.dir.path().join("restored");
+    let out = restore_shipped(&h, &restored);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(text(&out).starts_with("INTACT"), "{}", text(&out));
+    let (log, key, private) = (
+        restored.display().to_string(),
+        h.setup.audit_public_key.display().to_string(),
+        h.setup.audit_private_key.display().to_string(),
+    );
+    let out = h
+        .gatehouse(&["audit", "verify", "--log", &log, "--key", &key, "--strict"])
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = h
+        .gatehouse(&[
+            "audit",
+            "search",
+            "--log",
+            &log,
+            "--text",
+            "before retention",
+            "--json",
+        ])
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("before retention"),
+        "{}",
+        text(&out)
+    );
+    let bundle = h.dir.path().join("bundle-restored");
+    let out = h
+        .gatehouse(&[
+            "audit",
+            "export",
+            "--log",
+            &log,
+            "--from",
+            "2000-01-01T00:00:00Z",
+            "--to",
+            "2100-01-01T00:00:00Z",
+            "--out",
+            &bundle.display().to_string(),
+            "--sign-key",
+            &private,
+        ])
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = h
+        .gatehouse(&[
+            "audit",
+            "verify",
+            "--bundle",
+            &bundle.display().to_string(),
+            "--key",
+            &key,
+            "--strict",
+        ])
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
 }

@@ -1,6 +1,6 @@
 //! The `gatehouse` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -267,6 +267,28 @@ enum AuditCmd {
         #[arg(long, default_value_t = 60, value_name = "SECS")]
         tail_grace: u64,
         /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a log from what was shipped, for windows local retention no longer holds (or a
+    /// lost host): every segment is read and verified as `audit verify --shipped --strict`
+    /// does, and only a shipped log that is intact and signed to its end by the given keys is
+    /// written, byte for byte, with its checkpoints, session summaries and search indexes,
+    /// into --out (created; must be empty if it exists). Every `--log` command then works on
+    /// it (verify, search, sessions, show, replay, events, export, policy whatif). Exit codes
+    /// as `audit verify`; nothing is written unless 0.
+    Restore {
+        /// The gateway config whose `[recorder.shipping]` names the sink (credentials and
+        /// encryption key are read as the gateway reads them).
+        #[arg(long, value_name = "CONFIG")]
+        shipped: PathBuf,
+        /// A public key (SPKI PEM) trusted to sign checkpoints; repeat for rotated keys.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// The new log directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Print the verification report as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -847,6 +869,12 @@ fn audit(cmd: AuditCmd) -> Result<ExitCode> {
             json,
         } => audit_verify(Input { log, bundle, shipped }, &keys, strict, tail_grace, json),
         AuditCmd::Events { log, window, format } => audit_events(&log, &window, &format),
+        AuditCmd::Restore {
+            shipped,
+            keys,
+            out,
+            json,
+        } => audit_restore(&shipped, &keys, &out, json),
         AuditCmd::Export {
             log,
             window,
@@ -967,21 +995,11 @@ fn audit_verify(
     tail_grace: u64,
     json: bool,
 ) -> Result<ExitCode> {
-    use gatehouse_recorder::{LogReader, Outcome, PublicKeys, TailPolicy};
-    let mut keys = PublicKeys::default();
-    for p in key_files {
-        let pem = match std::fs::read_to_string(p) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("cannot read key {}: {e}", p.display());
-                return Ok(ExitCode::from(2));
-            }
-        };
-        if let Err(e) = keys.add_pem(&pem) {
-            eprintln!("{}: {e}", p.display());
-            return Ok(ExitCode::from(2));
-        }
-    }
+    use gatehouse_recorder::{LogReader, TailPolicy};
+    let keys = match load_public_keys(key_files) {
+        Ok(k) => k,
+        Err(code) => return Ok(code),
+    };
     let (what, result) = match (&input.log, &input.bundle, &input.shipped) {
         (Some(dir), _, _) => (
             format!("log {}", dir.display()),
@@ -992,23 +1010,9 @@ fn audit_verify(
             gatehouse_recorder::verify_bundle(dir, &keys),
         ),
         (None, None, Some(config)) => {
-            let cfg = match Config::load(config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e:#}");
-                    return Ok(ExitCode::from(2));
-                }
-            };
-            let Some(s) = &cfg.recorder.shipping else {
-                eprintln!("{} has no [recorder.shipping]", config.display());
-                return Ok(ExitCode::from(2));
-            };
-            let sink = match gatehouse_recorder::Sink::from_config(s) {
+            let sink = match shipped_sink(config) {
                 Ok(s) => s,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return Ok(ExitCode::from(2));
-                }
+                Err(code) => return Ok(code),
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -1047,62 +1051,164 @@ fn audit_verify(
         .iter()
         .any(|f| f.kind == gatehouse_recorder::FindingKind::UnsignedTail)
         && report.tail_tolerated(tail);
-    if json {
-        let v = serde_json::json!({ "outcome": outcome, "unsigned_tail_tolerated": tail_tolerated, "report": report });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        let verdict = match outcome {
-            Outcome::Intact => "INTACT",
-            Outcome::Incomplete => "INCOMPLETE",
-            Outcome::Tampered => "TAMPERED",
+    print_verify_report(
+        &what,
+        &report,
+        outcome,
+        tail_tolerated.then_some(tail_grace),
+        json,
+    )?;
+    Ok(ExitCode::from(outcome.exit_code()))
+}
+
+/// `--key` files as the public keys a verification trusts; `Err`: the exit code (2, said why).
+fn load_public_keys(key_files: &[PathBuf]) -> Result<gatehouse_recorder::PublicKeys, ExitCode> {
+    let mut keys = gatehouse_recorder::PublicKeys::default();
+    for p in key_files {
+        let pem = match std::fs::read_to_string(p) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("cannot read key {}: {e}", p.display());
+                return Err(ExitCode::from(2));
+            }
         };
-        println!("{verdict}: {what}");
-        println!(
-            "  events {}..{} ({} checked), last hash {}",
-            report.first_seq, report.last_seq, report.events_checked, report.last_hash
-        );
-        if let Some(floor) = report.floor {
-            println!(
-                "  starts after event {floor}: local retention deleted the events up to it after \
-                 shipping (verify the shipped copy with --shipped)"
-            );
-        }
-        println!(
-            "  checkpoints: {} verified of {}; signed through event {}; keys: {}",
-            report.checkpoints_verified,
-            report.checkpoints,
-            report.last_signed_seq,
-            if report.keys.is_empty() {
-                "none given".to_string()
-            } else {
-                report.keys.join(", ")
-            }
-        );
-        for f in &report.findings {
-            let kind = serde_json::to_value(f.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            match f.seq {
-                Some(seq) => println!("  {kind} (event {seq}): {}", f.message),
-                None => println!("  {kind}: {}", f.message),
-            }
-        }
-        if report.findings_omitted > 0 {
-            println!(
-                "  … and {} more findings ({} showing tampering in all)",
-                report.findings_omitted, report.tampering_findings
-            );
-        }
-        if tail_tolerated {
-            println!(
-                "  (the unsigned tail is tolerated: the last checkpoint was signed {}, within the \
-                 {tail_grace}s grace; use --strict on a closed log)",
-                gatehouse_core::time::rfc3339_micros(report.last_signed_time_us)
-            );
+        if let Err(e) = keys.add_pem(&pem) {
+            eprintln!("{}: {e}", p.display());
+            return Err(ExitCode::from(2));
         }
     }
-    Ok(ExitCode::from(outcome.exit_code()))
+    Ok(keys)
+}
+
+/// The sink of a gateway config's `[recorder.shipping]` (credentials and encryption key read
+/// as the gateway reads them); `Err`: the exit code (2, said why).
+fn shipped_sink(config: &Path) -> Result<gatehouse_recorder::Sink, ExitCode> {
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    let Some(s) = &cfg.recorder.shipping else {
+        eprintln!("{} has no [recorder.shipping]", config.display());
+        return Err(ExitCode::from(2));
+    };
+    gatehouse_recorder::Sink::from_config(s).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
+}
+
+/// Print a verification report (`tolerated_grace`: the unsigned tail was tolerated within
+/// this many seconds).
+fn print_verify_report(
+    what: &str,
+    report: &gatehouse_recorder::VerifyReport,
+    outcome: gatehouse_recorder::Outcome,
+    tolerated_grace: Option<u64>,
+    json: bool,
+) -> Result<()> {
+    use gatehouse_recorder::Outcome;
+    if json {
+        let v = serde_json::json!({
+            "outcome": outcome,
+            "unsigned_tail_tolerated": tolerated_grace.is_some(),
+            "report": report,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let verdict = match outcome {
+        Outcome::Intact => "INTACT",
+        Outcome::Incomplete => "INCOMPLETE",
+        Outcome::Tampered => "TAMPERED",
+    };
+    println!("{verdict}: {what}");
+    println!(
+        "  events {}..{} ({} checked), last hash {}",
+        report.first_seq, report.last_seq, report.events_checked, report.last_hash
+    );
+    if let Some(floor) = report.floor {
+        println!(
+            "  starts after event {floor}: local retention deleted the events up to it after \
+             shipping (verify the shipped copy with --shipped; `gatehouse audit restore` \
+             rebuilds a log from it)"
+        );
+    }
+    println!(
+        "  checkpoints: {} verified of {}; signed through event {}; keys: {}",
+        report.checkpoints_verified,
+        report.checkpoints,
+        report.last_signed_seq,
+        if report.keys.is_empty() {
+            "none given".to_string()
+        } else {
+            report.keys.join(", ")
+        }
+    );
+    for f in &report.findings {
+        let kind = serde_json::to_value(f.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        match f.seq {
+            Some(seq) => println!("  {kind} (event {seq}): {}", f.message),
+            None => println!("  {kind}: {}", f.message),
+        }
+    }
+    if report.findings_omitted > 0 {
+        println!(
+            "  … and {} more findings ({} showing tampering in all)",
+            report.findings_omitted, report.tampering_findings
+        );
+    }
+    if let Some(grace) = tolerated_grace {
+        println!(
+            "  (the unsigned tail is tolerated: the last checkpoint was signed {}, within the \
+             {grace}s grace; use --strict on a closed log)",
+            gatehouse_core::time::rfc3339_micros(report.last_signed_time_us)
+        );
+    }
+    Ok(())
+}
+
+/// `gatehouse audit restore`: the shipped log, verified as it is read, into a new log
+/// directory. Exit codes as `audit verify --strict` gives for the sink; nothing is written
+/// unless it is 0.
+fn audit_restore(config: &Path, key_files: &[PathBuf], out: &Path, json: bool) -> Result<ExitCode> {
+    // (clap requires at least one --key: without one nothing could be verified.)
+    let keys = match load_public_keys(key_files) {
+        Ok(k) => k,
+        Err(code) => return Ok(code),
+    };
+    let sink = match shipped_sink(config) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let what = format!("shipped segments in {}", sink.url());
+    let restored = match rt.block_on(gatehouse_recorder::restore_from_sink(&sink, &keys, out)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot restore {what} into {}: {e}", out.display());
+            return Ok(ExitCode::from(4));
+        }
+    };
+    print_verify_report(&what, &restored.report, restored.outcome, None, json)?;
+    if restored.written {
+        eprintln!(
+            "restored events 1 to {} into {} (indexed through {}); use it with --log",
+            restored.report.last_seq,
+            out.display(),
+            restored.indexed_seq
+        );
+    } else {
+        eprintln!("nothing restored: the shipped log is not intact and signed to its end by the keys given");
+    }
+    Ok(ExitCode::from(restored.outcome.exit_code()))
 }
 
 #[derive(clap::Args)]

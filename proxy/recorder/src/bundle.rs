@@ -189,8 +189,8 @@ pub fn export_bundle(reader: &LogReader, o: &ExportOptions<'_>) -> Result<Bundle
         if o.from_us <= floor_time {
             return Err(RecorderError::Invalid(format!(
                 "events up to {floor_seq} (recorded until {}) were deleted from the local log \
-                 after shipping: export a window starting after that, or verify the shipped \
-                 copy with `gatehouse audit verify --shipped`",
+                 after shipping: export a window starting after that, or restore the shipped \
+                 copy with `gatehouse audit restore` and export from it",
                 gatehouse_core::time::rfc3339_micros(floor_time),
             )));
         }

@@ -62,7 +62,8 @@
 //! and keys: `checkpoint.rs`). [`LogReader::verify`] and [`verify_bundle`] check a log or an
 //! exported bundle against public keys only; [`verify`] documents exactly what they detect and
 //! what they cannot. [`export_bundle`] writes a time window as an evidence bundle
-//! (`bundle.rs`).
+//! (`bundle.rs`). [`restore_from_sink`] rebuilds a log from the shipped segments, verified as
+//! they are read, for windows local retention no longer holds (`restore.rs`).
 
 mod bundle;
 mod checkpoint;
@@ -72,6 +73,7 @@ mod indexer;
 pub mod ocsf;
 mod reader;
 mod report;
+mod restore;
 pub mod search;
 pub mod ship;
 mod store;
@@ -88,6 +90,7 @@ pub use event::{
     PluginRecord, VoteRecord, canonical_from_stored, chain_hash, decode_hash,
 };
 pub use reader::LogReader;
+pub use restore::{Restored, restore_from_sink};
 pub use search::{SearchQuery, SearchResult};
 pub use ship::{ShipStatus, Shipper, Sink, verify_sink};
 pub use store::{Floor, SessionSummary};

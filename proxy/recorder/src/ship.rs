@@ -975,8 +975,35 @@ impl Shipper {
 /// Verify everything in `sink` with `keys`: every segment's events, in name order, through the
 /// log's own checks, with each segment's checkpoint. An `Err` means the sink could not be read.
 pub async fn verify_sink(sink: &Sink, keys: &PublicKeys) -> Result<VerifyReport, RecorderError> {
-    let (segments, others) = sink.list().await?;
     let mut walk = Walk::new(keys, Vec::new(), 1);
+    let others = walk_sink(sink, &mut walk, |_, _| Ok(())).await?;
+    Ok(finish_sink(walk, others))
+}
+
+/// The report of a [`walk_sink`]: objects in the segments folder that are not segments are
+/// findings too.
+pub(crate) fn finish_sink(walk: Walk<'_>, others: Vec<String>) -> VerifyReport {
+    let mut report = walk.finish(RecordedHead::NotApplicable);
+    for o in others {
+        report.push_always(
+            FindingKind::Unsigned,
+            None,
+            format!("{o} is in the segments folder but is not a segment"),
+        );
+    }
+    report
+}
+
+/// Walk every segment of `sink` in name order through `walk`, and hand each one that reads as
+/// a segment to `each`: its checkpoint, and its events as (seq its position gives, stored
+/// bytes). Returns the objects that are not segments. An `Err` means the sink could not be
+/// read, or `each` failed.
+pub(crate) async fn walk_sink(
+    sink: &Sink,
+    walk: &mut Walk<'_>,
+    mut each: impl FnMut(Option<&Checkpoint>, &[(u64, &[u8])]) -> Result<(), RecorderError>,
+) -> Result<Vec<String>, RecorderError> {
+    let (segments, others) = sink.list().await?;
     for (first, last, name) in &segments {
         let plain = match sink.get(name).await {
             Ok(p) => p,
@@ -1005,35 +1032,28 @@ pub async fn verify_sink(sink: &Sink, keys: &PublicKeys) -> Result<VerifyReport,
             );
             continue;
         }
-        if let Some(cp) = header.checkpoint {
-            walk.add_checkpoint(cp);
+        if let Some(cp) = &header.checkpoint {
+            walk.add_checkpoint(cp.clone());
         }
-        let mut pos = *first;
-        for line in lines {
-            if line.is_empty() {
-                continue;
-            }
-            walk.event(pos, line);
-            pos = pos.saturating_add(1);
+        let events: Vec<(u64, &[u8])> = lines
+            .filter(|l| !l.is_empty())
+            .zip(*first..)
+            .map(|(line, pos)| (pos, line))
+            .collect();
+        for (pos, line) in &events {
+            walk.event(*pos, line);
         }
-        if pos != last.saturating_add(1) {
+        let held = events.len() as u64;
+        if held != last.saturating_sub(*first).saturating_add(1) {
             walk.bad_container(
                 *first,
                 format!(
-                    "segment {name} holds {} events, its name says {}",
-                    pos - first,
+                    "segment {name} holds {held} events, its name says {}",
                     last - first + 1
                 ),
             );
         }
+        each(header.checkpoint.as_ref(), &events)?;
     }
-    let mut report = walk.finish(RecordedHead::NotApplicable);
-    for o in others {
-        report.push_always(
-            FindingKind::Unsigned,
-            None,
-            format!("{o} is in the segments folder but is not a segment"),
-        );
-    }
-    Ok(report)
+    Ok(others)
 }

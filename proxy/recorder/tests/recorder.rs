@@ -1727,3 +1727,138 @@ async fn retention_deletes_nothing_when_the_sink_holds_another_segment_under_the
     assert!(r.floor().unwrap().is_none());
     assert_eq!(r.events(1, 100).unwrap().first().unwrap().seq, 1);
 }
+
+/// A log restored from the sink holds what local retention deleted, byte for byte: it
+/// verifies on its own, lists, searches (from indexes) and exports as the original did. A
+/// sink that does not verify restores nothing, and a directory in use is never written to.
+#[tokio::test]
+async fn a_log_restored_from_the_sink_holds_what_retention_deleted() {
+    let (l, _sink_dir, c, rec, shipper) = retaining_log(false).await;
+    let sessions_of = |r: &LogReader| -> Vec<gatehouse_recorder::SessionSummary> {
+        r.sessions()
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.session_id != gatehouse_recorder::GATEWAY_SESSION)
+            .collect()
+    };
+    let orders = || gatehouse_recorder::SearchQuery {
+        text: Some("orders".into()),
+        ..q()
+    };
+    let (events, sessions, s1, found) = {
+        let r = LogReader::open(&l.log()).unwrap();
+        (
+            r.events(1, 100).unwrap(),
+            sessions_of(&r),
+            r.session_events("s1").unwrap(),
+            seqs_of(&r, orders()),
+        )
+    };
+    assert_eq!(events.len(), 7);
+    assert!(!found.is_empty());
+    // Shipped, then deleted locally; the log goes on and that is shipped too.
+    shipper.ship_sealed().await.unwrap();
+    let pass = shipper.retention_pass().await.unwrap();
+    assert_eq!(pass.deleted, 7, "{pass:?}");
+    for i in 0..3 {
+        rec.append(start(&format!("late{i}"), 20_000 + i)).await.unwrap();
+    }
+    rec.shutdown();
+    shipper.ship_sealed().await.unwrap();
+    let local = LogReader::open(&l.log()).unwrap();
+    let (local_last, local_events) = (local.last_seq().unwrap(), local.events(1, 100).unwrap());
+    assert!(local.session_events("s1").unwrap().is_empty());
+    drop(local);
+
+    let sink = gatehouse_recorder::Sink::from_config(c.shipping.as_ref().unwrap()).unwrap();
+    let out = l.dir.path().join("restored");
+    let restored = gatehouse_recorder::restore_from_sink(&sink, &l.keys, &out)
+        .await
+        .unwrap();
+    assert!(restored.written, "{restored:?}");
+    assert_eq!(restored.outcome, Outcome::Intact);
+    assert_eq!(restored.report.last_seq, local_last);
+    assert_eq!(restored.indexed_seq, local_last, "indexed to its end");
+    let r = LogReader::open(&out).unwrap();
+    let report = r.verify(&l.keys).unwrap();
+    assert_eq!(report.outcome(TailPolicy::Strict), Outcome::Intact, "{report:?}");
+    assert_eq!(
+        (report.first_seq, report.last_seq, report.floor),
+        (1, local_last, None)
+    );
+    // The deleted events as they were recorded, and the local log's newer ones.
+    let all = r.events(1, 100).unwrap();
+    assert_eq!(all[..7], events[..]);
+    assert_eq!(all[7..], local_events[..]);
+    // Summaries, a session's events and searches as the original gave them, from indexes.
+    let again = sessions_of(&r);
+    for s in &sessions {
+        assert!(again.contains(s), "{s:?} not in {again:?}");
+    }
+    assert!(again.iter().any(|s| s.session_id == "late2"), "{again:?}");
+    assert_eq!(r.session_events("s1").unwrap(), s1);
+    assert_eq!(seqs_of(&r, orders()), found);
+    assert_eq!(unindexed(&out), 0);
+    // A bundle of the whole window, which the local log refuses, verifies on its own.
+    let signer = CheckpointSigner::from_pem(&l.signer_pem).unwrap();
+    let bundle = l.dir.path().join("bundle");
+    export_bundle(
+        &r,
+        &ExportOptions {
+            out: &bundle,
+            from_us: 0,
+            to_us: i64::MAX,
+            signer: Some(&signer),
+        },
+    )
+    .unwrap();
+    let b = verify_bundle(&bundle, &l.keys).unwrap();
+    assert_eq!(b.outcome(TailPolicy::Strict), Outcome::Intact, "{b:?}");
+    assert_eq!((b.first_seq, b.last_seq), (1, local_last));
+    drop(r);
+
+    // Never into a directory that holds something.
+    let err = gatehouse_recorder::restore_from_sink(&sink, &l.keys, &out)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not empty"), "{err}");
+    // Without the right key nothing is vouched for: nothing is written.
+    let (_, other, _) = CheckpointSigner::generate().unwrap();
+    let mut wrong = PublicKeys::default();
+    wrong.add_pem(&other).unwrap();
+    let out2 = l.dir.path().join("restored2");
+    let r2 = gatehouse_recorder::restore_from_sink(&sink, &wrong, &out2)
+        .await
+        .unwrap();
+    assert!(!r2.written && r2.outcome != Outcome::Intact, "{r2:?}");
+    assert!(!out2.exists());
+    // One byte of a shipped event changed: tampering is named and nothing is written, not
+    // even the directory it was being built in.
+    let segments = l.dir.path().join("sink/segments");
+    let (seg, text) = segment_names(&l.dir.path().join("sink"))
+        .into_iter()
+        .map(|n| {
+            let text = std::fs::read_to_string(segments.join(&n)).unwrap();
+            (segments.join(n), text)
+        })
+        .find(|(_, text)| text.contains("orders"))
+        .unwrap();
+    std::fs::write(&seg, text.replacen("orders", "ordert", 1)).unwrap();
+    let r3 = gatehouse_recorder::restore_from_sink(&sink, &l.keys, &out2)
+        .await
+        .unwrap();
+    assert!(!r3.written, "{r3:?}");
+    assert_eq!(r3.outcome, Outcome::Tampered);
+    assert_eq!(
+        r3.report.first_tampering().unwrap().kind,
+        FindingKind::Altered,
+        "{r3:?}"
+    );
+    assert!(!out2.exists());
+    let left: Vec<_> = std::fs::read_dir(l.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains("restoring"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

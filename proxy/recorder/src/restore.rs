@@ -1,0 +1,213 @@
+//! Restoring a log from what was shipped (`gatehouse audit restore`).
+//!
+//! Local retention deletes what the sink acknowledged, so after a while the gateway's own log
+//! no longer reaches back to the window an audit asks about (a year, where the gateway keeps a
+//! month), and a lost host takes its log with it. The sink still holds every segment from
+//! event 1. [`restore_from_sink`] reads them into a new local log, byte for byte as shipped,
+//! with their checkpoints, and builds what the writer would have built alongside: the chain
+//! head, session summaries and the search indexes. Every `--log` command then works on it:
+//! `verify`, `search`, `sessions`, `show`, `replay`, `events`, `export` (a bundle for any
+//! window the sink holds) and `policy whatif`.
+//!
+//! Nothing is restored that does not verify: the segments go through the same walk as
+//! `audit verify --shipped` while they are copied (one read of the sink), into a directory
+//! beside the output, which is renamed into place only when the walk found the shipped log
+//! intact, signed to its end by the keys given. Otherwise that directory is removed and the
+//! report says why. A restored log is an ordinary log: `verify --log` checks it again from
+//! its own contents.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rocksdb::{DB, WriteBatch, WriteOptions};
+
+use crate::checkpoint::PublicKeys;
+use crate::error::RecorderError;
+use crate::indexer::{Indexer, Shared};
+use crate::ship::{Sink, finish_sink, walk_sink};
+use crate::store::{self, CF_CHECKPOINTS, CF_EVENTS, CF_META, META_HEAD, StoredHead, seq_key};
+use crate::summaries::{self, META_SUMMARIES};
+use crate::verify::{Outcome, TailPolicy, VerifyReport, Walk};
+
+/// How long index building may go without progress before the restore stops waiting for it
+/// (the log is complete either way: searches read what is not indexed).
+const INDEX_STALL: Duration = Duration::from_secs(60);
+
+/// What a restore did.
+#[derive(Debug)]
+pub struct Restored {
+    /// The shipped log's verification, made while it was copied.
+    pub report: VerifyReport,
+    /// Its verdict (events after the last checkpoint are never tolerated).
+    pub outcome: Outcome,
+    /// Whether the output directory now holds the log: only when `outcome` is intact.
+    pub written: bool,
+    /// Seq through which the search indexes were built (the head, unless building stalled).
+    pub indexed_seq: u64,
+}
+
+/// Restore the log shipped to `sink` into the new directory `out` (it must not exist, or be
+/// empty), if it verifies with `keys`: see the module documentation. An `Err` means the sink
+/// could not be read or the output not written; a shipped log that does not verify is an
+/// `Ok` with `written: false`.
+pub async fn restore_from_sink(
+    sink: &Sink,
+    keys: &PublicKeys,
+    out: &Path,
+) -> Result<Restored, RecorderError> {
+    let open_err = |path: &Path, message: String| RecorderError::Open {
+        path: path.display().to_string(),
+        message,
+    };
+    if out.exists() && !out.is_dir() {
+        return Err(open_err(out, "the output is not a directory".to_string()));
+    }
+    if let Ok(mut entries) = std::fs::read_dir(out)
+        && entries.next().is_some()
+    {
+        return Err(open_err(out, "the output directory is not empty".to_string()));
+    }
+    let partial = partial_dir(out)?;
+    if partial.exists() {
+        // Left by a restore into the same directory that did not finish.
+        std::fs::remove_dir_all(&partial).map_err(|e| open_err(&partial, e.to_string()))?;
+    }
+    let result = match restore_into(sink, keys, &partial).await {
+        Ok(r) if r.written => {
+            // (`out` is empty if it exists, checked above.)
+            let emptied = if out.exists() {
+                std::fs::remove_dir(out)
+            } else {
+                Ok(())
+            };
+            let moved = emptied.and_then(|()| std::fs::rename(&partial, out));
+            match moved {
+                Ok(()) => return Ok(r),
+                Err(e) => Err(open_err(out, e.to_string())),
+            }
+        }
+        other => other,
+    };
+    if let Err(e) = std::fs::remove_dir_all(&partial) {
+        tracing::warn!(path = %partial.display(), error = %e, "cannot remove an unfinished restore");
+    }
+    result
+}
+
+/// `out`'s sibling where the log is built: `.NAME.restoring`.
+fn partial_dir(out: &Path) -> Result<PathBuf, RecorderError> {
+    let name = out.file_name().ok_or_else(|| RecorderError::Open {
+        path: out.display().to_string(),
+        message: "the output must name a directory".to_string(),
+    })?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| RecorderError::Open {
+        path: parent.display().to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(parent.join(format!(".{}.restoring", name.to_string_lossy())))
+}
+
+async fn restore_into(sink: &Sink, keys: &PublicKeys, dir: &Path) -> Result<Restored, RecorderError> {
+    let db = Arc::new(store::open_rw(dir)?);
+    // Summaries are built from every event once the events are in (below); until then
+    // readers would apply every event past this mark.
+    db.put_cf(store::cf(&db, CF_META)?, META_SUMMARIES, seq_key(0))
+        .map_err(|e| RecorderError::Write(e.to_string()))?;
+    // The directory only counts once it is complete and renamed: one fsync at the end.
+    let wo = WriteOptions::default();
+    let (cf_events, cf_checkpoints) = (store::cf(&db, CF_EVENTS)?, store::cf(&db, CF_CHECKPOINTS)?);
+    let mut walk = Walk::new(keys, Vec::new(), 1);
+    let others = walk_sink(sink, &mut walk, |checkpoint, events| {
+        let mut wb = WriteBatch::default();
+        for (seq, stored) in events {
+            wb.put_cf(cf_events, seq_key(*seq), stored);
+        }
+        if let Some(cp) = checkpoint {
+            let v = serde_json::to_vec(cp).map_err(|e| RecorderError::Encode(e.to_string()))?;
+            wb.put_cf(cf_checkpoints, seq_key(cp.seq), v);
+        }
+        db.write_opt(wb, &wo)
+            .map_err(|e| RecorderError::Write(e.to_string()))
+    })
+    .await?;
+    let report = finish_sink(walk, others);
+    let outcome = report.outcome(TailPolicy::Strict);
+    if outcome != Outcome::Intact {
+        return Ok(Restored {
+            report,
+            outcome,
+            written: false,
+            indexed_seq: 0,
+        });
+    }
+    // The head, as the writer keeps it with every commit.
+    let head = StoredHead {
+        seq: report.last_seq,
+        hash: report.last_hash.clone(),
+    };
+    let v = serde_json::to_vec(&head).map_err(|e| RecorderError::Encode(e.to_string()))?;
+    db.put_cf(store::cf(&db, CF_META)?, META_HEAD, v)
+        .map_err(|e| RecorderError::Write(e.to_string()))?;
+    // What the writer and its indexer build alongside the events.
+    summaries::catch_up(&db, head.seq)?;
+    store::reset_index_if_unsound(&db)?;
+    let indexed_seq = build_indexes(&db, head.seq).await;
+    db.flush_wal(true)
+        .map_err(|e| RecorderError::Write(e.to_string()))?;
+    // Every handle is gone before the directory is renamed.
+    match Arc::try_unwrap(db) {
+        Ok(db) => drop(db),
+        Err(_) => {
+            return Err(RecorderError::Write(
+                "the restored log is still in use".to_string(),
+            ));
+        }
+    }
+    Ok(Restored {
+        report,
+        outcome,
+        written: true,
+        indexed_seq,
+    })
+}
+
+/// Build the search indexes of events 1..=`head` with the recorder's own indexer; returns how
+/// far it got (it stops waiting when building makes no progress for [`INDEX_STALL`]).
+async fn build_indexes(db: &Arc<DB>, head: u64) -> u64 {
+    let shared = Arc::new(Shared::new(db.clone(), store::indexed_through(db), head));
+    let mut indexer = match Indexer::start(shared.clone()) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(error = %e, "the restored log is not indexed: searches read it whole");
+            return 0;
+        }
+    };
+    let mut progress = (shared.indexed.load(Ordering::Acquire), Instant::now());
+    loop {
+        let now = shared.indexed.load(Ordering::Acquire);
+        if now >= head {
+            break;
+        }
+        if now != progress.0 {
+            progress = (now, Instant::now());
+        } else if progress.1.elapsed() > INDEX_STALL {
+            tracing::warn!(
+                indexed = now,
+                head,
+                "building the restored log's search indexes stalled: searches read the rest"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    indexer.stop();
+    drop(indexer);
+    shared.set_db(None);
+    shared.indexed.load(Ordering::Acquire)
+}
