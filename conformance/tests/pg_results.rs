@@ -240,9 +240,11 @@ async fn classified_columns_are_redacted_in_recorded_results_by_default() {
     );
 }
 
-/// A view over a classified column counts as naming it: the statements that read it keep no
-/// constants, and the values read through it are not kept, whatever the view calls them, in
-/// both protocol flavours and for masked sessions too. A view over other columns is kept.
+/// A view over a classified column counts as naming it: the statements that read or write
+/// through it keep no constants, and the values read through it (directly or by a cursor)
+/// are not kept, whatever the view calls them, in both protocol flavours and for masked
+/// sessions too. A view over other columns is kept. EXECUTE of an SQL-level prepared
+/// statement keeps no constants either: its query is not in sight.
 #[tokio::test(flavor = "multi_thread")]
 async fn views_over_classified_columns_are_classified_in_the_record() {
     let h = Harness::start().unwrap();
@@ -274,6 +276,30 @@ async fn views_over_classified_columns_are_classified_in_the_record() {
         .await
         .unwrap();
     assert_eq!(rows[0].get::<_, String>(0), ssn);
+    // Writes through the view, a cursor over it, and an SQL-level prepared statement (whose
+    // EXECUTE shows neither the query nor its columns).
+    human
+        .batch_execute(&format!(
+            "UPDATE customer_refs SET name = 'Customer 2' WHERE tax_ref = '{ssn}'"
+        ))
+        .await
+        .unwrap();
+    human
+        .batch_execute("BEGIN; DECLARE refs CURSOR FOR SELECT tax_ref FROM customer_refs WHERE id = 2")
+        .await
+        .unwrap();
+    // (Masking shows a cursor's rows through a view masked, even to a human: whatever the
+    // client saw, the record keeps `?`.)
+    assert!(!first(&human, "FETCH ALL FROM refs").await.is_empty());
+    human.batch_execute("COMMIT").await.unwrap();
+    human
+        .batch_execute("PREPARE by_ssn(text) AS SELECT name FROM customers WHERE ssn = $1")
+        .await
+        .unwrap();
+    assert_eq!(
+        first(&human, &format!("EXECUTE by_ssn('{ssn}')")).await,
+        "Customer 2"
+    );
     // A view over no classified column is recorded as any other statement.
     assert_eq!(
         first(
@@ -303,6 +329,13 @@ async fn views_over_classified_columns_are_classified_in_the_record() {
     assert!(t.contains("| name |\n    | ? |"), "{t}");
     assert!(t.contains("| tax_ref | name |\n    | ? | ? |"), "{t}");
     assert!(t.contains("| r |\n    | ? |"), "{t}");
+    assert!(
+        t.contains("UPDATE customer_refs SET name = ? WHERE tax_ref = ?"),
+        "{t}"
+    );
+    assert!(t.contains("FETCH ALL FROM refs"), "{t}");
+    assert!(t.contains("| tax_ref |\n    | ? |"), "the cursor's rows: {t}");
+    assert!(t.contains("EXECUTE by_ssn(?)"), "{t}");
     assert!(
         t.contains("SELECT shout FROM customer_shouts WHERE shout = 'CUSTOMER 3'"),
         "{t}"

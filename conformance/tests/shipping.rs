@@ -412,6 +412,15 @@ fn local_retention_deletes_what_the_s3_sink_holds_and_both_copies_still_verify()
     let out = restore_shipped(&h, &restored);
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert!(text(&out).starts_with("INTACT"), "{}", text(&out));
+    let building: Vec<_> = std::fs::read_dir(h.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains("restoring"))
+        .collect();
+    assert!(building.is_empty(), "{building:?}");
+    // Never over what is there.
+    let again = restore_shipped(&h, &restored);
+    assert_eq!(code(&again), 2, "{}", text(&again));
     let (log, key, private) = (
         restored.display().to_string(),
         h.setup.audit_public_key.display().to_string(),

@@ -115,6 +115,10 @@ pub struct RecordedRows {
     /// it (for the recorder's classified-column rule; not itself recorded).
     #[serde(skip)]
     pub sources: Vec<Option<String>>,
+    /// Per column, whether that source is a view's column: its values may be computed from
+    /// any column the view reads (for the same rule; not itself recorded).
+    #[serde(skip)]
+    pub from_view: Vec<bool>,
 }
 
 /// How an operation ended, as seen by the protocol crate.

@@ -129,8 +129,14 @@ impl Literals {
     }
 
     /// Whether `s` names a classified column (or cannot be scanned: fail closed), itself or
-    /// through a view it reads (or whose columns could not be looked up: fail closed).
+    /// through a view it uses (or whose columns could not be looked up: fail closed), or may
+    /// touch one unseen (FETCH from a cursor, EXECUTE of a prepared statement).
     fn names_classified(&self, s: &SqlStatement) -> bool {
+        // The rows of a cursor and the parameters of an SQL-level prepared statement belong
+        // to a query this statement does not show (as masking treats them).
+        if s.command == "FetchStmt" || s.command.starts_with("ExecuteStmt") {
+            return true;
+        }
         let behind_views = match &s.behind_views {
             BehindViews::Nothing => false,
             BehindViews::Columns(c) => c.iter().any(|c| self.columns.contains(c)),
@@ -183,7 +189,7 @@ impl Literals {
     /// column) get the literal mode's treatment (`keep` keeps them, `hash` tokenizes them,
     /// otherwise `?`); the others are kept as the client received them. When the statement
     /// names a classified column (`touches`), so do columns whose source table column is not
-    /// known (`upper(ssn)`, `ssn || ''`): their values may be derived from it.
+    /// known (`upper(ssn)`, `ssn || ''`) or is a view's: their values may be derived from it.
     fn result(&self, mut r: gatehouse_core::RecordedRows, touches: bool) -> gatehouse_core::RecordedRows {
         if self.mode == LiteralMode::Keep {
             return r;
@@ -192,7 +198,9 @@ impl Literals {
             .filter(|&i| {
                 let named = |n: Option<&String>| n.is_some_and(|n| self.columns.contains(&n.to_lowercase()));
                 let source = r.sources.get(i).and_then(Option::as_ref);
-                named(r.columns.get(i)) || named(source) || (touches && source.is_none())
+                // A view's column may be computed from any column the view reads.
+                let computed = source.is_none() || r.from_view.get(i).copied().unwrap_or(false);
+                named(r.columns.get(i)) || named(source) || (touches && computed)
             })
             .collect();
         // Rows of an undescribed result cannot be told apart by column: all are redacted.

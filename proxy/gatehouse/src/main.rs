@@ -276,7 +276,8 @@ enum AuditCmd {
     /// written, byte for byte, with its checkpoints, session summaries and search indexes,
     /// into --out (created; must be empty if it exists). Every `--log` command then works on
     /// it (verify, search, sessions, show, replay, events, export, policy whatif). Exit codes
-    /// as `audit verify`; nothing is written unless 0.
+    /// as `audit verify` (2 also for an output that is not a new or empty directory); nothing
+    /// is written unless 0.
     Restore {
         /// The gateway config whose `[recorder.shipping]` names the sink (credentials and
         /// encryption key are read as the gateway reads them).
@@ -1192,6 +1193,10 @@ fn audit_restore(config: &Path, key_files: &[PathBuf], out: &Path, json: bool) -
     let what = format!("shipped segments in {}", sink.url());
     let restored = match rt.block_on(gatehouse_recorder::restore_from_sink(&sink, &keys, out)) {
         Ok(r) => r,
+        Err(e @ gatehouse_recorder::RecorderError::Invalid(_)) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
         Err(e) => {
             eprintln!("cannot restore {what} into {}: {e}", out.display());
             return Ok(ExitCode::from(4));

@@ -60,6 +60,8 @@ pub struct Catalog {
     by_oid: Mutex<HashMap<u32, (Arc<Relation>, Instant)>>,
     /// Relation name as written in a statement → OID (`None`: no such relation).
     by_name: Mutex<HashMap<String, (Option<u32>, Instant)>>,
+    /// When a lookup last failed (see [`PgTarget::catalog_failed_within`]).
+    failed_at: Mutex<Option<Instant>>,
 }
 
 impl Catalog {
@@ -185,12 +187,22 @@ impl PgTarget {
         self: &Arc<Self>,
         names: &[String],
     ) -> Result<Vec<Arc<Relation>>, CatalogError> {
+        Ok(self.relations_named_all(names).await?.0)
+    }
+
+    /// [`relations_named`](Self::relations_named), and whether every name resolved to a
+    /// relation.
+    pub async fn relations_named_all(
+        self: &Arc<Self>,
+        names: &[String],
+    ) -> Result<(Vec<Arc<Relation>>, bool), CatalogError> {
         let mut oids = Vec::new();
         let mut missing: Vec<&String> = Vec::new();
+        let mut all_resolved = true;
         for n in names {
             match self.catalog.cached_name(n) {
                 Some(Some(oid)) => oids.push(oid),
-                Some(None) => {}
+                Some(None) => all_resolved = false,
                 None if missing.contains(&n) => {}
                 None => missing.push(n),
             }
@@ -213,8 +225,9 @@ impl PgTarget {
                         .get(1)
                         .and_then(|v| v.as_deref())
                         .and_then(|v| v.parse::<u32>().ok());
-                    if let Some(oid) = oid {
-                        oids.push(oid);
+                    match oid {
+                        Some(oid) => oids.push(oid),
+                        None => all_resolved = false,
                     }
                     resolved.push(((*name).clone(), oid));
                 }
@@ -223,7 +236,31 @@ impl PgTarget {
             self.catalog.store_names(&resolved);
         }
         let rels = self.relations(&oids).await?;
-        Ok(oids.iter().filter_map(|o| rels.get(o).cloned()).collect())
+        let found: Vec<Arc<Relation>> = oids.iter().filter_map(|o| rels.get(o).cloned()).collect();
+        // (A relation dropped between the two lookups is gone.)
+        let all_resolved = all_resolved && found.len() == oids.len();
+        Ok((found, all_resolved))
+    }
+
+    /// Whether a catalog lookup failed less than `window` ago (noted by
+    /// [`note_catalog_failure`](Self::note_catalog_failure)).
+    pub fn catalog_failed_within(&self, window: Duration) -> bool {
+        let g = self
+            .catalog
+            .failed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.is_some_and(|t| t.elapsed() < window)
+    }
+
+    /// Remember that a catalog lookup failed now.
+    pub fn note_catalog_failure(&self) {
+        let mut g = self
+            .catalog
+            .failed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *g = Some(Instant::now());
     }
 
     /// The table columns the given views read, following views over views (a bounded

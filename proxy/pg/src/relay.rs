@@ -178,48 +178,70 @@ fn unknown_statement(command: &str) -> Arc<SqlStatement> {
 }
 
 /// `stmt` with [`SqlStatement::behind_views`] filled in, when the session's record redacts by
-/// column name: the names of the table columns the views it reads are defined over (cached
-/// catalog lookups, views over views followed). A view renaming `customers.ssn` to `tax_ref`
-/// then counts as naming `ssn`. A failed lookup makes it [`BehindViews::Unknown`] (the record
-/// redacts: fail closed). Statements that read no view are returned as they are.
+/// column name: the names of the table columns the views it reads or writes are defined over
+/// (cached catalog lookups, views over views followed). A view renaming `customers.ssn` to
+/// `tax_ref` then counts as naming `ssn`. It is [`BehindViews::Unknown`] (the record
+/// redacts: fail closed) when the lookup fails, or failed less than [`CATALOG_RETRY`] ago,
+/// and when a relation's name does not resolve for the target's role: a temporary view, one
+/// on the session's own `search_path`, or one created in a transaction or string that has not
+/// run yet. Statements whose relations are all tables are returned as they are.
 async fn with_behind_views(
     sg: &dyn SessionGuard,
     target: &Arc<PgTarget>,
     stmt: Arc<SqlStatement>,
 ) -> Arc<SqlStatement> {
-    if stmt.tables_read.is_empty() || !sg.redacts_by_name() {
+    // The relations a DDL statement writes are the objects it defines, not data.
+    let writes = stmt.kind() != StatementKind::Ddl && !stmt.tables_written.is_empty();
+    if (stmt.tables_read.is_empty() && !writes) || !sg.redacts_by_name() {
         return stmt;
     }
-    let behind = match target.relations_named(&stmt.tables_read).await {
-        Ok(rels) => {
-            let views: Vec<_> = rels
-                .into_iter()
-                .filter(|r| r.kind == RelationKind::View)
-                .collect();
-            if views.is_empty() {
-                return stmt;
-            }
-            match target.view_reads(&views).await {
-                Ok(columns) => {
-                    let mut names: Vec<String> = columns.iter().map(|c| c.column.to_lowercase()).collect();
-                    names.sort_unstable();
-                    names.dedup();
-                    BehindViews::Columns(names)
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "the columns behind a statement's views are unknown: its record is redacted");
-                    BehindViews::Unknown
-                }
-            }
+    let behind = if target.catalog_failed_within(CATALOG_RETRY) {
+        BehindViews::Unknown
+    } else {
+        let mut names = stmt.tables_read.clone();
+        if writes {
+            names.extend(stmt.tables_written.iter().cloned());
         }
-        Err(e) => {
-            tracing::debug!(error = %e, "the relations a statement reads are unknown: its record is redacted");
-            BehindViews::Unknown
+        match behind_views(target, &names).await {
+            Ok(None) => return stmt,
+            Ok(Some(b)) => b,
+            Err(e) => {
+                target.note_catalog_failure();
+                tracing::debug!(error = %e, "the relations a statement uses are unknown: its record is redacted");
+                BehindViews::Unknown
+            }
         }
     };
     let mut s = (*stmt).clone();
     s.behind_views = behind;
     Arc::new(s)
+}
+
+/// After a failed catalog lookup, statements are redacted without trying again for this long
+/// (a down catalog connection must not cost every statement a connection attempt).
+const CATALOG_RETRY: Duration = Duration::from_secs(5);
+
+/// See [`with_behind_views`]; `None`: every name is a relation that is no view.
+async fn behind_views(
+    target: &Arc<PgTarget>,
+    names: &[String],
+) -> Result<Option<BehindViews>, crate::catalog::CatalogError> {
+    let (rels, all_resolved) = target.relations_named_all(names).await?;
+    if !all_resolved {
+        return Ok(Some(BehindViews::Unknown));
+    }
+    let views: Vec<_> = rels
+        .into_iter()
+        .filter(|r| r.kind == RelationKind::View)
+        .collect();
+    if views.is_empty() {
+        return Ok(None);
+    }
+    let columns = target.view_reads(&views).await?;
+    let mut names: Vec<String> = columns.iter().map(|c| c.column.to_lowercase()).collect();
+    names.sort_unstable();
+    names.dedup();
+    Ok(Some(BehindViews::Columns(names)))
 }
 
 /// Results that would reach the client without passing the masking stage: COPY ... TO
@@ -683,11 +705,11 @@ async fn client_to_upstream(
                         .get(&portal)
                         .cloned()
                         .unwrap_or_else(|| unknown_statement("UnknownPortal"));
-                    let stmt = with_behind_views(&*sg, &target, stmt).await;
                     // Let the upstream work on what came before while the decision is recorded.
                     if !flush(&mut uwr, &mut out).await {
                         return (uwr, ClientEnd::UpstreamWriteFailed);
                     }
+                    let stmt = with_behind_views(&*sg, &target, stmt).await;
                     let ddl = stmt.kind() == StatementKind::Ddl;
                     let mut io = ClientSide::new(&cw, &mut crd, &mut buf, &cancel);
                     let checked = match check(
@@ -982,22 +1004,19 @@ impl UpstreamSide<'_> {
             return;
         }
         if self.capture.is_none() {
-            let sources = match &self.plan {
-                // A view's column has no table column to go by: the recorder treats it as
-                // computed (redacted when the statement reads a classified column, which
-                // includes one behind the view).
+            // A view's column is named by its source too, and flagged: the recorder treats it
+            // as computed as well (redacted when the statement reads a classified column,
+            // which includes one behind the view).
+            let (sources, from_view) = match &self.plan {
                 Some(p) => p
                     .shape
                     .iter()
-                    .map(|c| {
-                        c.desc
-                            .source
-                            .as_ref()
-                            .filter(|s| s.relation != RelationKind::View)
-                            .map(|s| s.column.clone())
+                    .map(|c| match &c.desc.source {
+                        Some(s) => (Some(s.column.clone()), s.relation == RelationKind::View),
+                        None => (None, false),
                     })
-                    .collect(),
-                None => Vec::new(),
+                    .unzip(),
+                None => (Vec::new(), Vec::new()),
             };
             let capture = match self.row_shape() {
                 Some(s) => Capture::new(
@@ -1007,7 +1026,7 @@ impl UpstreamSide<'_> {
                 ),
                 None => Capture::new(Vec::new(), sources, Vec::new()),
             };
-            self.capture = Some(capture);
+            self.capture = Some(capture.with_view_sources(from_view));
         }
         let limit = self.result_limit;
         if let Some(cap) = self.capture.as_mut() {

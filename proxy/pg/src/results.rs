@@ -14,6 +14,8 @@ pub struct Capture {
     columns: Vec<String>,
     /// Per column, its source table column, when resolved (masking sessions).
     sources: Vec<Option<String>>,
+    /// Per column, whether that source is a view's column.
+    from_view: Vec<bool>,
     /// Per column: sent in binary format and not a text type (kept as `\x` + hex).
     binary: Vec<bool>,
     rows: Vec<Vec<Option<String>>>,
@@ -29,11 +31,18 @@ impl Capture {
         Capture {
             columns,
             sources,
+            from_view: Vec::new(),
             binary,
             rows: Vec::new(),
             bytes: 0,
             full: false,
         }
+    }
+
+    /// Which sources are views' columns (see [`RecordedRows::from_view`]).
+    pub fn with_view_sources(mut self, from_view: Vec<bool>) -> Capture {
+        self.from_view = from_view;
+        self
     }
 
     pub fn is_full(&self) -> bool {
@@ -90,6 +99,7 @@ impl Capture {
             rows: self.rows,
             truncated: self.full,
             sources: self.sources,
+            from_view: self.from_view,
         }
     }
 }

@@ -10,10 +10,11 @@
 //! window the sink holds) and `policy whatif`.
 //!
 //! Nothing is restored that does not verify: the segments go through the same walk as
-//! `audit verify --shipped` while they are copied (one read of the sink), into a directory
+//! `audit verify --shipped` while they are copied (one read of the sink), into a new directory
 //! beside the output, which is renamed into place only when the walk found the shipped log
 //! intact, signed to its end by the keys given. Otherwise that directory is removed and the
-//! report says why. A restored log is an ordinary log: `verify --log` checks it again from
+//! report says why. (A restore killed midway leaves its `.NAME.restoring-…` directory; a
+//! later restore never touches it.) A restored log is an ordinary log: `verify --log` checks it again from
 //! its own contents.
 
 use std::path::{Path, PathBuf};
@@ -49,31 +50,29 @@ pub struct Restored {
 }
 
 /// Restore the log shipped to `sink` into the new directory `out` (it must not exist, or be
-/// empty), if it verifies with `keys`: see the module documentation. An `Err` means the sink
-/// could not be read or the output not written; a shipped log that does not verify is an
-/// `Ok` with `written: false`.
+/// an empty directory), if it verifies with `keys`: see the module documentation. An `Err`
+/// means the output is not usable ([`RecorderError::Invalid`]), the sink could not be read,
+/// or the log not written; a shipped log that does not verify is an `Ok` with
+/// `written: false`.
 pub async fn restore_from_sink(
     sink: &Sink,
     keys: &PublicKeys,
     out: &Path,
 ) -> Result<Restored, RecorderError> {
-    let open_err = |path: &Path, message: String| RecorderError::Open {
-        path: path.display().to_string(),
-        message,
-    };
-    if out.exists() && !out.is_dir() {
-        return Err(open_err(out, "the output is not a directory".to_string()));
+    let unusable = |why: &str| RecorderError::Invalid(format!("{}: {why}", out.display()));
+    match std::fs::symlink_metadata(out) {
+        Ok(m) if m.file_type().is_symlink() => return Err(unusable("is a symbolic link")),
+        Ok(m) if !m.is_dir() => return Err(unusable("is not a directory")),
+        Ok(_) => {
+            let mut entries = std::fs::read_dir(out).map_err(|e| unusable(&e.to_string()))?;
+            if entries.next().is_some() {
+                return Err(unusable("the output directory is not empty"));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(unusable(&e.to_string())),
     }
-    if let Ok(mut entries) = std::fs::read_dir(out)
-        && entries.next().is_some()
-    {
-        return Err(open_err(out, "the output directory is not empty".to_string()));
-    }
-    let partial = partial_dir(out)?;
-    if partial.exists() {
-        // Left by a restore into the same directory that did not finish.
-        std::fs::remove_dir_all(&partial).map_err(|e| open_err(&partial, e.to_string()))?;
-    }
+    let (parent, partial) = partial_dir(out)?;
     let result = match restore_into(sink, keys, &partial).await {
         Ok(r) if r.written => {
             // (`out` is empty if it exists, checked above.)
@@ -82,10 +81,16 @@ pub async fn restore_from_sink(
             } else {
                 Ok(())
             };
-            let moved = emptied.and_then(|()| std::fs::rename(&partial, out));
+            // The rename is durable once the directory holding it is synced.
+            let moved = emptied
+                .and_then(|()| std::fs::rename(&partial, out))
+                .and_then(|()| std::fs::File::open(&parent)?.sync_all());
             match moved {
                 Ok(()) => return Ok(r),
-                Err(e) => Err(open_err(out, e.to_string())),
+                Err(e) => Err(RecorderError::Open {
+                    path: out.display().to_string(),
+                    message: e.to_string(),
+                }),
             }
         }
         other => other,
@@ -96,21 +101,33 @@ pub async fn restore_from_sink(
     result
 }
 
-/// `out`'s sibling where the log is built: `.NAME.restoring`.
-fn partial_dir(out: &Path) -> Result<PathBuf, RecorderError> {
-    let name = out.file_name().ok_or_else(|| RecorderError::Open {
-        path: out.display().to_string(),
-        message: "the output must name a directory".to_string(),
-    })?;
+/// `out`'s parent, and a new directory in it where the log is built:
+/// `.NAME.restoring-PID-NANOS`, created here (never one that existed: a restore running
+/// beside this one, or left by one that was killed, is not touched).
+fn partial_dir(out: &Path) -> Result<(PathBuf, PathBuf), RecorderError> {
+    let open_err = |path: &Path, e: std::io::Error| RecorderError::Open {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let name = out
+        .file_name()
+        .ok_or_else(|| RecorderError::Invalid(format!("{}: names no directory", out.display())))?;
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).map_err(|e| RecorderError::Open {
-        path: parent.display().to_string(),
-        message: e.to_string(),
-    })?;
-    Ok(parent.join(format!(".{}.restoring", name.to_string_lossy())))
+    std::fs::create_dir_all(&parent).map_err(|e| open_err(&parent, e))?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let partial = parent.join(format!(
+        ".{}.restoring-{}-{nanos}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::create_dir(&partial).map_err(|e| open_err(&partial, e))?;
+    Ok((parent, partial))
 }
 
 async fn restore_into(sink: &Sink, keys: &PublicKeys, dir: &Path) -> Result<Restored, RecorderError> {
@@ -128,7 +145,11 @@ async fn restore_into(sink: &Sink, keys: &PublicKeys, dir: &Path) -> Result<Rest
         for (seq, stored) in events {
             wb.put_cf(cf_events, seq_key(*seq), stored);
         }
-        if let Some(cp) = checkpoint {
+        // A segment's checkpoint covers its last event (as the shipper cuts them); the walk
+        // checks no other, so no other is kept.
+        if let Some(cp) = checkpoint
+            && events.last().is_some_and(|(seq, _)| *seq == cp.seq)
+        {
             let v = serde_json::to_vec(cp).map_err(|e| RecorderError::Encode(e.to_string()))?;
             wb.put_cf(cf_checkpoints, seq_key(cp.seq), v);
         }
@@ -155,7 +176,7 @@ async fn restore_into(sink: &Sink, keys: &PublicKeys, dir: &Path) -> Result<Rest
     db.put_cf(store::cf(&db, CF_META)?, META_HEAD, v)
         .map_err(|e| RecorderError::Write(e.to_string()))?;
     // What the writer and its indexer build alongside the events.
-    summaries::catch_up(&db, head.seq)?;
+    summaries::rebuild(&db, head.seq)?;
     store::reset_index_if_unsound(&db)?;
     let indexed_seq = build_indexes(&db, head.seq).await;
     db.flush_wal(true)

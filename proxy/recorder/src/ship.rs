@@ -1037,8 +1037,8 @@ pub(crate) async fn walk_sink(
         }
         let events: Vec<(u64, &[u8])> = lines
             .filter(|l| !l.is_empty())
-            .zip(*first..)
-            .map(|(line, pos)| (pos, line))
+            .enumerate()
+            .map(|(i, line)| (first.saturating_add(i as u64), line))
             .collect();
         for (pos, line) in &events {
             walk.event(*pos, line);

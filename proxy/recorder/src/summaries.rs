@@ -235,3 +235,71 @@ fn update(s: &mut SessionSummary, body: &EventBody, principal: Option<&str>, tim
         }
     }
 }
+
+/// Events applied between two writes of [`rebuild`]: what it holds in memory is the summaries
+/// of the sessions with events among them.
+const REBUILD_CHUNK: u64 = 100_000;
+
+/// Build every session's summary from the events through `head`, in order (a restored log:
+/// `restore.rs`), writing the summaries touched and the mark every [`REBUILD_CHUNK`] events
+/// so that memory stays bounded however many sessions the log holds. Events a stored summary
+/// already holds are skipped, as readers skip them.
+pub(crate) fn rebuild(db: &DB, head: u64) -> Result<(), RecorderError> {
+    let (cf_events, cf_sessions) = (store::cf(db, CF_EVENTS)?, store::cf(db, CF_SESSIONS)?);
+    let mut touched: HashMap<String, Option<SessionSummary>> = HashMap::new();
+    let mut applied = 0u64;
+    for item in db.iterator_cf(cf_events, IteratorMode::Start) {
+        let (k, v) = item.map_err(RecorderError::read)?;
+        let Some(seq) = seq_from_key(&k) else { continue };
+        if seq > head {
+            break;
+        }
+        // An undecodable event changes no summary (`verify` reports it).
+        let Ok(ev) = serde_json::from_slice::<Event>(&v) else {
+            continue;
+        };
+        if ev.seq != seq {
+            continue;
+        }
+        if !touched.contains_key(&ev.session_id) {
+            let stored = db
+                .get_cf(cf_sessions, ev.session_id.as_bytes())
+                .map_err(RecorderError::read)?
+                .map(|v| serde_json::from_slice::<SessionSummary>(&v))
+                .transpose()
+                .map_err(|e| {
+                    RecorderError::Corrupt(format!("unreadable summary of session `{}`: {e}", ev.session_id))
+                })?;
+            touched.insert(ev.session_id.clone(), stored);
+        }
+        if let Some(s) = touched.get_mut(&ev.session_id) {
+            if s.as_ref().is_some_and(|s| s.last_seq >= seq) {
+                continue;
+            }
+            apply_event(s, &ev);
+        }
+        applied += 1;
+        if applied.is_multiple_of(REBUILD_CHUNK) {
+            write_summaries(db, &mut touched, seq)?;
+        }
+    }
+    write_summaries(db, &mut touched, head)
+}
+
+/// Write `touched` (emptying it) and the mark at `through`, in one batch.
+fn write_summaries(
+    db: &DB,
+    touched: &mut HashMap<String, Option<SessionSummary>>,
+    through: u64,
+) -> Result<(), RecorderError> {
+    let mut wb = WriteBatch::default();
+    let cf_sessions = store::cf(db, CF_SESSIONS)?;
+    for (id, s) in touched.drain() {
+        if let Some(s) = s {
+            let v = serde_json::to_vec(&s).map_err(|e| RecorderError::Encode(e.to_string()))?;
+            wb.put_cf(cf_sessions, id.as_bytes(), v);
+        }
+    }
+    wb.put_cf(store::cf(db, CF_META)?, META_SUMMARIES, seq_key(through));
+    db.write(wb).map_err(|e| RecorderError::Write(e.to_string()))
+}

@@ -1730,7 +1730,8 @@ async fn retention_deletes_nothing_when_the_sink_holds_another_segment_under_the
 
 /// A log restored from the sink holds what local retention deleted, byte for byte: it
 /// verifies on its own, lists, searches (from indexes) and exports as the original did. A
-/// sink that does not verify restores nothing, and a directory in use is never written to.
+/// sink that does not verify restores nothing, and a directory holding anything is never
+/// written to.
 #[tokio::test]
 async fn a_log_restored_from_the_sink_holds_what_retention_deleted() {
     let (l, _sink_dir, c, rec, shipper) = retaining_log(false).await;
@@ -1771,7 +1772,21 @@ async fn a_log_restored_from_the_sink_holds_what_retention_deleted() {
     drop(local);
 
     let sink = gatehouse_recorder::Sink::from_config(c.shipping.as_ref().unwrap()).unwrap();
+    // Something in the segments folder that is no segment: not intact, nothing restored.
+    let stray = l.dir.path().join("sink/segments/notes.txt");
+    std::fs::write(&stray, "hello").unwrap();
     let out = l.dir.path().join("restored");
+    let refused = gatehouse_recorder::restore_from_sink(&sink, &l.keys, &out)
+        .await
+        .unwrap();
+    assert!(
+        !refused.written && refused.outcome == Outcome::Incomplete,
+        "{refused:?}"
+    );
+    assert!(!out.exists());
+    std::fs::remove_file(&stray).unwrap();
+    // Into an empty directory that exists.
+    std::fs::create_dir(&out).unwrap();
     let restored = gatehouse_recorder::restore_from_sink(&sink, &l.keys, &out)
         .await
         .unwrap();
@@ -1821,7 +1836,10 @@ async fn a_log_restored_from_the_sink_holds_what_retention_deleted() {
     let err = gatehouse_recorder::restore_from_sink(&sink, &l.keys, &out)
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("not empty"), "{err}");
+    assert!(
+        matches!(&err, RecorderError::Invalid(m) if m.contains("not empty")),
+        "{err}"
+    );
     // Without the right key nothing is vouched for: nothing is written.
     let (_, other, _) = CheckpointSigner::generate().unwrap();
     let mut wrong = PublicKeys::default();
