@@ -181,10 +181,11 @@ fn unknown_statement(command: &str) -> Arc<SqlStatement> {
 /// column name: the names of the table columns the views it reads or writes are defined over
 /// (cached catalog lookups, views over views followed). A view renaming `customers.ssn` to
 /// `tax_ref` then counts as naming `ssn`. It is [`BehindViews::Unknown`] (the record
-/// redacts: fail closed) when the lookup fails, or failed less than [`CATALOG_RETRY`] ago,
-/// and when a relation's name does not resolve for the target's role: a temporary view, one
-/// on the session's own `search_path`, or one created in a transaction or string that has not
-/// run yet. Statements whose relations are all tables are returned as they are.
+/// redacts: fail closed) when the lookup fails, or the catalog connection failed less than
+/// [`CATALOG_RETRY`] ago, and when a relation's name does not resolve for the target's role:
+/// a temporary view, one on the session's own `search_path`, or one created in a transaction
+/// or string that has not run yet. Statements whose relations are all tables are returned as
+/// they are.
 async fn with_behind_views(
     sg: &dyn SessionGuard,
     target: &Arc<PgTarget>,
@@ -206,7 +207,11 @@ async fn with_behind_views(
             Ok(None) => return stmt,
             Ok(Some(b)) => b,
             Err(e) => {
-                target.note_catalog_failure();
+                // Only an unreachable or timed-out catalog connection is remembered: views
+                // nested too deep fail the lookup of their own statements only.
+                if matches!(e, crate::catalog::CatalogError::Upstream(_)) {
+                    target.note_catalog_failure();
+                }
                 tracing::debug!(error = %e, "the relations a statement uses are unknown: its record is redacted");
                 BehindViews::Unknown
             }
@@ -217,8 +222,8 @@ async fn with_behind_views(
     Arc::new(s)
 }
 
-/// After a failed catalog lookup, statements are redacted without trying again for this long
-/// (a down catalog connection must not cost every statement a connection attempt).
+/// After the catalog connection failed, statements are redacted without trying again for
+/// this long (a down catalog connection must not cost every statement a connection attempt).
 const CATALOG_RETRY: Duration = Duration::from_secs(5);
 
 /// See [`with_behind_views`]; `None`: every name is a relation that is no view.
