@@ -41,6 +41,38 @@ fn restore_shipped(h: &Harness, out: &Path) -> Output {
     .unwrap()
 }
 
+/// `gatehouse audit search --log LOG --text TEXT --json`: whether it succeeded and found it.
+fn finds_text(h: &Harness, log: &Path, needle: &str) -> bool {
+    let log = log.display().to_string();
+    let out = h
+        .gatehouse(&["audit", "search", "--log", &log, "--text", needle, "--json"])
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).contains(needle)
+}
+
+/// `gatehouse audit export` of every event of `log` into `bundle`, signed with `sign_key`.
+fn export_everything(h: &Harness, log: &Path, bundle: &Path, sign_key: Option<&Path>) -> Output {
+    let (log, bundle) = (log.display().to_string(), bundle.display().to_string());
+    let key = sign_key.map(|k| k.display().to_string());
+    let mut args = vec![
+        "audit",
+        "export",
+        "--log",
+        &log,
+        "--from",
+        "2000-01-01T00:00:00Z",
+        "--to",
+        "2100-01-01T00:00:00Z",
+        "--out",
+        &bundle,
+    ];
+    if let Some(k) = &key {
+        args.extend(["--sign-key", k.as_str()]);
+    }
+    h.gatehouse(&args).unwrap()
+}
+
 /// Segment files of a filesystem sink, in name order.
 fn segment_files(sink: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(sink.join("segments"))
@@ -360,39 +392,9 @@ fn local_retention_deletes_what_the_s3_sink_holds_and_both_copies_still_verify()
     assert_eq!(code(&local), 0, "{}", text(&local));
     assert!(text(&local).contains("starts after event"), "{}", text(&local));
     // The early statement is gone from the local log and its search index …
-    let out = h
-        .gatehouse(&[
-            "audit",
-            "search",
-            "--log",
-            &h.setup.log_dir.display().to_string(),
-            "--text",
-            "before retention",
-            "--json",
-        ])
-        .unwrap();
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains("before retention"),
-        "{}",
-        text(&out)
-    );
+    assert!(!finds_text(&h, &h.setup.log_dir, "before retention"));
     // … and a bundle cannot claim a window reaching back to it.
-    let bundle = h.dir.path().join("bundle");
-    let out = h
-        .gatehouse(&[
-            "audit",
-            "export",
-            "--log",
-            &h.setup.log_dir.display().to_string(),
-            "--from",
-            "2000-01-01T00:00:00Z",
-            "--to",
-            "2100-01-01T00:00:00Z",
-            "--out",
-            &bundle.display().to_string(),
-        ])
-        .unwrap();
+    let out = export_everything(&h, &h.setup.log_dir, &h.dir.path().join("bundle"), None);
     assert_ne!(code(&out), 0, "{}", text(&out));
     assert!(
         text(&out).contains("deleted from the local log"),
@@ -421,49 +423,17 @@ fn local_retention_deletes_what_the_s3_sink_holds_and_both_copies_still_verify()
     // Never over what is there.
     let again = restore_shipped(&h, &restored);
     assert_eq!(code(&again), 2, "{}", text(&again));
-    let (log, key, private) = (
+    let (log, key) = (
         restored.display().to_string(),
         h.setup.audit_public_key.display().to_string(),
-        h.setup.audit_private_key.display().to_string(),
     );
     let out = h
         .gatehouse(&["audit", "verify", "--log", &log, "--key", &key, "--strict"])
         .unwrap();
     assert_eq!(code(&out), 0, "{}", text(&out));
-    let out = h
-        .gatehouse(&[
-            "audit",
-            "search",
-            "--log",
-            &log,
-            "--text",
-            "before retention",
-            "--json",
-        ])
-        .unwrap();
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("before retention"),
-        "{}",
-        text(&out)
-    );
+    assert!(finds_text(&h, &restored, "before retention"));
     let bundle = h.dir.path().join("bundle-restored");
-    let out = h
-        .gatehouse(&[
-            "audit",
-            "export",
-            "--log",
-            &log,
-            "--from",
-            "2000-01-01T00:00:00Z",
-            "--to",
-            "2100-01-01T00:00:00Z",
-            "--out",
-            &bundle.display().to_string(),
-            "--sign-key",
-            &private,
-        ])
-        .unwrap();
+    let out = export_everything(&h, &restored, &bundle, Some(&h.setup.audit_private_key));
     assert_eq!(code(&out), 0, "{}", text(&out));
     let out = h
         .gatehouse(&[
