@@ -199,11 +199,15 @@ async fn with_behind_views(
     let behind = if target.catalog_failed_within(CATALOG_RETRY) {
         BehindViews::Unknown
     } else {
-        let mut names = stmt.tables_read.clone();
-        if writes {
-            names.extend(stmt.tables_written.iter().cloned());
-        }
-        match behind_views(target, &names).await {
+        let found = if writes {
+            let mut all = stmt.tables_read.clone();
+            all.extend(stmt.tables_written.iter().cloned());
+            behind_views(target, &all).await
+        } else {
+            // (No copy of the names for a statement that only reads: the hot path.)
+            behind_views(target, &stmt.tables_read).await
+        };
+        match found {
             Ok(None) => return stmt,
             Ok(Some(b)) => b,
             Err(e) => {

@@ -81,12 +81,15 @@ pub async fn restore_from_sink(
             } else {
                 Ok(())
             };
-            // The rename is durable once the directory holding it is synced.
-            let moved = emptied
-                .and_then(|()| std::fs::rename(&partial, out))
-                .and_then(|()| std::fs::File::open(&parent)?.sync_all());
-            match moved {
-                Ok(()) => return Ok(r),
+            match emptied.and_then(|()| std::fs::rename(&partial, out)) {
+                Ok(()) => {
+                    // The rename is durable once the directory holding it is synced; the log
+                    // is in place (and verified) either way.
+                    if let Err(e) = std::fs::File::open(&parent).and_then(|d| d.sync_all()) {
+                        tracing::warn!(path = %parent.display(), error = %e, "cannot sync the directory of the restored log");
+                    }
+                    return Ok(r);
+                }
                 Err(e) => Err(RecorderError::Open {
                     path: out.display().to_string(),
                     message: e.to_string(),
