@@ -245,6 +245,12 @@ const REBUILD_CHUNK: u64 = 100_000;
 /// so that memory stays bounded however many sessions the log holds. Events a stored summary
 /// already holds are skipped, as readers skip them.
 pub(crate) fn rebuild(db: &DB, head: u64) -> Result<(), RecorderError> {
+    rebuild_in_chunks(db, head, REBUILD_CHUNK)
+}
+
+/// [`rebuild`], writing every `chunk` events.
+pub(crate) fn rebuild_in_chunks(db: &DB, head: u64, chunk: u64) -> Result<(), RecorderError> {
+    let chunk = chunk.max(1);
     let (cf_events, cf_sessions) = (store::cf(db, CF_EVENTS)?, store::cf(db, CF_SESSIONS)?);
     let mut touched: HashMap<String, Option<SessionSummary>> = HashMap::new();
     let mut applied = 0u64;
@@ -279,7 +285,7 @@ pub(crate) fn rebuild(db: &DB, head: u64) -> Result<(), RecorderError> {
             apply_event(s, &ev);
         }
         applied += 1;
-        if applied.is_multiple_of(REBUILD_CHUNK) {
+        if applied.is_multiple_of(chunk) {
             write_summaries(db, &mut touched, seq)?;
         }
     }
