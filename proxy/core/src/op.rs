@@ -105,8 +105,8 @@ pub struct SqlStatement {
     /// Parser error, when `kind` is `Unknown` because the text did not parse.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parse_error: Option<String>,
-    /// What the views among `tables_read` read, when the protocol crate looked it up for the
-    /// recorder's classified-column rule (see [`SessionGuard::redacts_by_name`]). Not part of
+    /// What the views among the relations it reads or (outside DDL) writes are defined over,
+    /// when the protocol crate looked it up for the recorder's classified-column rule (see [`SessionGuard::redacts_by_name`]). Not part of
     /// what policies, plugins or the record see.
     ///
     /// [`SessionGuard::redacts_by_name`]: crate::SessionGuard::redacts_by_name
@@ -114,7 +114,7 @@ pub struct SqlStatement {
     pub behind_views: BehindViews,
 }
 
-/// The table columns a statement reads through the views it names.
+/// The table columns a statement uses through the views it names.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum BehindViews {
     /// Not looked up, or the statement names no view.
@@ -122,7 +122,8 @@ pub enum BehindViews {
     Nothing,
     /// The column names (lower case) of the tables the views read, following views over views.
     Columns(Vec<String>),
-    /// The lookup failed: any column may be behind them (rules fail closed).
+    /// Not known: the lookup failed (or the catalog is backing off after a failure), or a
+    /// relation's name did not resolve. Any column may be behind them (rules fail closed).
     Unknown,
 }
 

@@ -60,7 +60,7 @@ pub struct Catalog {
     by_oid: Mutex<HashMap<u32, (Arc<Relation>, Instant)>>,
     /// Relation name as written in a statement → OID (`None`: no such relation).
     by_name: Mutex<HashMap<String, (Option<u32>, Instant)>>,
-    /// When a lookup last failed (see [`PgTarget::catalog_failed_within`]).
+    /// When the catalog connection last failed (see [`PgTarget::catalog_failed_within`]).
     failed_at: Mutex<Option<Instant>>,
 }
 
@@ -242,7 +242,7 @@ impl PgTarget {
         Ok((found, all_resolved))
     }
 
-    /// Whether a catalog lookup failed less than `window` ago (noted by
+    /// Whether the catalog connection failed less than `window` ago (noted by
     /// [`note_catalog_failure`](Self::note_catalog_failure)).
     pub fn catalog_failed_within(&self, window: Duration) -> bool {
         let g = self
@@ -253,7 +253,7 @@ impl PgTarget {
         g.is_some_and(|t| t.elapsed() < window)
     }
 
-    /// Remember that a catalog lookup failed now.
+    /// Remember that the catalog connection failed now.
     pub fn note_catalog_failure(&self) {
         let mut g = self
             .catalog

@@ -29,7 +29,7 @@ use crate::error::RecorderError;
 use crate::indexer::{Indexer, Shared};
 use crate::ship::{Sink, finish_sink, walk_sink};
 use crate::store::{self, CF_CHECKPOINTS, CF_EVENTS, CF_META, META_HEAD, StoredHead, seq_key};
-use crate::summaries::{self, META_SUMMARIES};
+use crate::summaries;
 use crate::verify::{Outcome, TailPolicy, VerifyReport, Walk};
 
 /// How long index building may go without progress before the restore stops waiting for it
@@ -135,10 +135,6 @@ fn partial_dir(out: &Path) -> Result<(PathBuf, PathBuf), RecorderError> {
 
 async fn restore_into(sink: &Sink, keys: &PublicKeys, dir: &Path) -> Result<Restored, RecorderError> {
     let db = Arc::new(store::open_rw(dir)?);
-    // Summaries are built from every event once the events are in (below); until then
-    // readers would apply every event past this mark.
-    db.put_cf(store::cf(&db, CF_META)?, META_SUMMARIES, seq_key(0))
-        .map_err(|e| RecorderError::Write(e.to_string()))?;
     // The directory only counts once it is complete and renamed: one fsync at the end.
     let wo = WriteOptions::default();
     let (cf_events, cf_checkpoints) = (store::cf(&db, CF_EVENTS)?, store::cf(&db, CF_CHECKPOINTS)?);
