@@ -131,6 +131,12 @@ impl SqlStatement {
     pub fn kind(&self) -> StatementKind {
         self.kind.unwrap_or(StatementKind::Unknown)
     }
+
+    /// FETCH from a cursor or SQL-level EXECUTE of a prepared statement: the rows (and
+    /// parameters) belong to a query this statement does not show.
+    pub fn runs_an_unseen_query(&self) -> bool {
+        self.command == "FetchStmt" || self.command.starts_with("ExecuteStmt")
+    }
 }
 
 /// What a session asks to do. The guard decides on these, protocol crates produce them.

@@ -132,9 +132,8 @@ impl Literals {
     /// through a view it uses (or whose columns could not be looked up: fail closed), or may
     /// touch one unseen (FETCH from a cursor, EXECUTE of a prepared statement).
     fn names_classified(&self, s: &SqlStatement) -> bool {
-        // The rows of a cursor and the parameters of an SQL-level prepared statement belong
-        // to a query this statement does not show (as masking treats them).
-        if s.command == "FetchStmt" || s.command.starts_with("ExecuteStmt") {
+        // (As masking treats them.)
+        if s.runs_an_unseen_query() {
             return true;
         }
         let behind_views = match &s.behind_views {

@@ -285,7 +285,7 @@ async fn mask_plan(
     // Rows of a cursor or of an SQL-level prepared statement come from a query this statement
     // does not show: their computed columns are masked in full. (Columns with a table source
     // are still named by the row description and get their own rule.)
-    if stmt.command == "FetchStmt" || stmt.command.starts_with("ExecuteStmt") {
+    if stmt.runs_an_unseen_query() {
         return Ok(Some(MaskStrategy::Full));
     }
     if stmt.tables_read.is_empty() {
