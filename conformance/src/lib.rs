@@ -1,7 +1,7 @@
 //! Harness for end-to-end suites: a throwaway PostgreSQL (SCRAM, TLS), the real `gatehouse`
 //! binary in front of it on `127.0.0.1:0`, and helpers to drive real clients through it.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -622,6 +622,48 @@ sys.stdin.read()
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             child,
         })
+    }
+}
+
+impl S3Server {
+    /// Get (`body` `None`), put (`Some`) or, with `delete`, delete one object of `bucket`,
+    /// signed with test credentials (moto refuses unsigned object requests) by boto3, which
+    /// `moto[server]` installs. Returns what was read (empty for a put or delete).
+    pub fn object(&self, bucket: &str, key: &str, body: Option<&[u8]>, delete: bool) -> Result<Vec<u8>> {
+        const SCRIPT: &str = r#"
+import sys, boto3
+endpoint, bucket, key, op = sys.argv[1:5]
+c = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                 aws_access_key_id="test", aws_secret_access_key="test")
+if op == "get":
+    sys.stdout.buffer.write(c.get_object(Bucket=bucket, Key=key)["Body"].read())
+elif op == "put":
+    c.put_object(Bucket=bucket, Key=key, Body=sys.stdin.buffer.read())
+else:
+    c.delete_object(Bucket=bucket, Key=key)
+"#;
+        let op = match (body, delete) {
+            (_, true) => "delete",
+            (Some(_), false) => "put",
+            (None, false) => "get",
+        };
+        let mut child = Command::new("python3")
+            .args(["-c", SCRIPT, &format!("http://{}", self.addr), bucket, key, op])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("python3 with boto3")?;
+        let mut stdin = child.stdin.take().context("boto3 stdin")?;
+        if let Some(b) = body {
+            stdin.write_all(b)?;
+        }
+        drop(stdin);
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("S3 {op} {bucket}/{key}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(out.stdout)
     }
 }
 

@@ -339,6 +339,20 @@ async fn shipping_to_s3_rides_out_an_outage_and_a_kill_without_loss_or_duplicate
     assert!(text(&out).contains("encrypted"), "{}", text(&out));
 }
 
+/// The keys under `prefix/segments/` in an S3 bucket (moto takes unsigned requests).
+fn s3_segments(s3: &S3Server, bucket: &str, prefix: &str) -> Vec<String> {
+    let (status, xml) = http_get(
+        s3.addr,
+        &format!("/{bucket}?list-type=2&prefix={prefix}/segments/"),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{xml}");
+    xml.split("<Key>")
+        .skip(1)
+        .filter_map(|k| k.split_once("</Key>").map(|(k, _)| k.to_string()))
+        .collect()
+}
+
 #[test]
 fn local_retention_deletes_what_the_s3_sink_holds_and_both_copies_still_verify() {
     let s3 = S3Server::start("audit").unwrap();
@@ -350,7 +364,7 @@ fn local_retention_deletes_what_the_s3_sink_holds_and_both_copies_still_verify()
         "\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[recorder.shipping]\nsink = \"s3://audit/gw1\"\n\
          endpoint = \"http://{}\"\nallow_http = true\ninterval_secs = 1\n\
          access_key_id = {{ file = \"{}\" }}\nsecret_access_key = {{ file = \"{}\" }}\n\
-         keep_local_secs = 0\nretention_interval_secs = 1\n",
+         keep_local_secs = 0\nretention_interval_secs = 1\nsink_check_interval_secs = 1\n",
         s3.addr,
         id.display(),
         secret.display()
@@ -385,6 +399,53 @@ fn local_retention_deletes_what_the_s3_sink_holds_and_both_copies_still_verify()
     });
     let (_, health) = http_get(h.metrics.unwrap(), "/healthz").unwrap();
     assert_eq!(health, "ok\n");
+
+    // The sink loses its first segment, which only it holds now: the gateway says so and
+    // deletes nothing more; once the segment is back, it is healthy again.
+    let oldest = s3_segments(&s3, "audit", "gw1")
+        .into_iter()
+        .find(|k| k.starts_with("gw1/segments/00000000000000000001-"))
+        .unwrap();
+    let body = s3.object("audit", &oldest, None, false).unwrap();
+    assert!(!body.is_empty());
+    s3.object("audit", &oldest, None, true).unwrap();
+    assert!(!s3_segments(&s3, "audit", "gw1").contains(&oldest));
+    let scrape_now = |h: &Harness, name: &str| {
+        let (_, m) = http_get(h.metrics.unwrap(), "/metrics").unwrap();
+        metric(&m, name).unwrap_or(-1.0)
+    };
+    let lost = |h: &Harness| scrape_now(h, "gatehouse_shipping_sink_lost_events");
+    wait_for(Duration::from_secs(30), "the loss to be reported", || {
+        lost(&h) > 0.0
+    });
+    let (_, health) = http_get(h.metrics.unwrap(), "/healthz").unwrap();
+    assert!(
+        health.starts_with("degraded")
+            && health.contains("lost events 1")
+            && health.contains("below the local floor"),
+        "{health}"
+    );
+    // More is shipped meanwhile, and whole passes run after that: none deletes anything.
+    let held = floor(&h);
+    let acked = scrape_now(&h, "gatehouse_shipping_acked_seq");
+    for i in 0..3 {
+        let out = h
+            .psql("alice", "app", &["-c", &format!("SELECT {i} AS while_lost")])
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    wait_for(Duration::from_secs(30), "more to be shipped", || {
+        scrape_now(&h, "gatehouse_shipping_acked_seq") > acked
+    });
+    let checked = scrape_now(&h, "gatehouse_shipping_sink_checked_timestamp_seconds");
+    wait_for(Duration::from_secs(30), "two more whole-sink checks", || {
+        scrape_now(&h, "gatehouse_shipping_sink_checked_timestamp_seconds") >= checked + 3.0
+    });
+    assert_eq!(floor(&h), held, "retention deleted while the sink lacked events");
+    s3.object("audit", &oldest, Some(&body), false).unwrap();
+    wait_for(Duration::from_secs(30), "the sink to be whole again", || {
+        lost(&h) == 0.0 && http_get(h.metrics.unwrap(), "/healthz").unwrap().1 == "ok\n"
+    });
     h.stop_gateway().unwrap();
 
     // The local log starts after its floor and verifies from there, signed to its end.

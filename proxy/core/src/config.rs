@@ -596,10 +596,32 @@ pub struct ShippingConfig {
     /// How often retention runs (it also checks the sink still holds what it acknowledged).
     #[serde(default = "default_retention_interval")]
     pub retention_interval_secs: u64,
+    /// How often a retention pass lists the whole sink, below the local log's floor too.
+    /// Events local retention deleted are held by the sink alone: one it loses can no longer
+    /// be sent again, so the loss is reported (a notice, `/healthz`, metrics) and local
+    /// retention deletes nothing more until the sink holds them again. The other passes list
+    /// only from the floor on.
+    #[serde(default = "default_sink_check_interval")]
+    pub sink_check_interval_secs: u64,
+    /// The sink deletes its oldest segments on its own (an S3 lifecycle rule, say): segments
+    /// missing at its start are not a loss, only holes after the first segment it holds are.
+    /// The gateway then cannot tell expiry from a deletion of the oldest segments (Object
+    /// Lock can).
+    #[serde(default)]
+    pub sink_expires: bool,
+    /// Event ranges (`[[first, last], …]`) the operator accepts as lost from the sink, below
+    /// the local floor (no copy left): they no longer hold local retention back. Recorded in
+    /// the log as accepted when found missing.
+    #[serde(default)]
+    pub sink_lost_accepted: Vec<[u64; 2]>,
 }
 
 fn default_retention_interval() -> u64 {
     300
+}
+
+fn default_sink_check_interval() -> u64 {
+    3600
 }
 
 fn default_region() -> String {

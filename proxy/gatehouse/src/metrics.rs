@@ -384,6 +384,21 @@ impl GatewayMetrics {
                 )
                 .single(st.sink_missing_events.load(Relaxed)),
                 Family::gauge(
+                    "gatehouse_shipping_sink_lost_events",
+                    "Audit events below the local floor the sink no longer holds (lost unless a copy of the sink has them), as of the last whole-sink check.",
+                )
+                .single(st.sink_lost_events.load(Relaxed)),
+                Family::gauge(
+                    "gatehouse_shipping_sink_first_seq",
+                    "First audit event the sink holds, as of the last whole-sink check (0: none or not checked yet).",
+                )
+                .single(st.sink_first_seq.load(Relaxed)),
+                Family::gauge(
+                    "gatehouse_shipping_sink_checked_timestamp_seconds",
+                    "When the whole sink was last listed (Unix time; 0: not yet).",
+                )
+                .single(u64::try_from(st.sink_checked_us.load(Relaxed) / 1_000_000).unwrap_or(0)),
+                Family::gauge(
                     "gatehouse_audit_retention_failing",
                     "1 while the last local retention pass (and sink check) failed, else 0.",
                 )
@@ -418,6 +433,14 @@ impl GatewayMetrics {
                     "shipping to {} lags: {} events not shipped",
                     s.sink_url(),
                     s.backlog()
+                ));
+            }
+            let lost = st.sink_lost();
+            if !lost.is_empty() {
+                problems.push(format!(
+                    "{} lost events {} below the local floor: only a copy of the sink can still hold them",
+                    s.sink_url(),
+                    gatehouse_recorder::describe_ranges(&lost)
                 ));
             }
             if let Some(e) = st.retention_error() {

@@ -92,7 +92,7 @@ pub use event::{
 pub use reader::LogReader;
 pub use restore::{Restored, restore_from_sink};
 pub use search::{SearchQuery, SearchResult};
-pub use ship::{ShipStatus, Shipper, Sink, verify_sink};
+pub use ship::{ShipStatus, Shipper, Sink, describe_ranges, verify_sink};
 pub use store::{Floor, SessionSummary};
 pub use transcript::{clean as escape_controls, render_transcript};
 pub use verify::{Finding, FindingKind, Outcome, TailPolicy, VerifyReport};

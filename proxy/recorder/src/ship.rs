@@ -232,6 +232,21 @@ impl Sink {
         &self,
         first: u64,
     ) -> Result<(Vec<(u64, u64, String)>, Vec<String>), RecorderError> {
+        let mut segs = Vec::new();
+        let other = self
+            .list_each(first, |a, b, _| segs.push((a, b, Sink::name(a, b))))
+            .await?;
+        segs.sort();
+        Ok((segs, other))
+    }
+
+    /// `f(first, last, size in bytes)` for every segment that starts at `first` or later, in
+    /// no particular order, without keeping them; returns the objects that are not segments.
+    pub async fn list_each(
+        &self,
+        first: u64,
+        mut f: impl FnMut(u64, u64, u64),
+    ) -> Result<Vec<String>, RecorderError> {
         let dir = self.path(SEGMENTS);
         let mut stream = if first <= 1 {
             self.store.list(Some(&dir))
@@ -240,7 +255,6 @@ impl Sink {
             let offset = self.path(&format!("{SEGMENTS}/{first:020}"));
             self.store.list_with_offset(Some(&dir), &offset)
         };
-        let mut segs = Vec::new();
         let mut other = Vec::new();
         while let Some(item) = stream.next().await {
             let meta = item.map_err(|e| RecorderError::read(format!("listing {}: {e}", self.url)))?;
@@ -251,12 +265,11 @@ impl Sink {
                 .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
                 .filter(|(a, b)| a <= b && file == Sink::name(*a, *b).trim_start_matches("segments/"));
             match parsed {
-                Some((a, b)) => segs.push((a, b, Sink::name(a, b))),
+                Some((a, b)) => f(a, b, meta.size),
                 None => other.push(meta.location.to_string()),
             }
         }
-        segs.sort();
-        Ok((segs, other))
+        Ok(other)
     }
 
     /// A segment's plaintext.
@@ -483,8 +496,20 @@ pub struct ShipStatus {
     /// Events the sink lacks after acknowledging them that could not be sent again (found by
     /// the last retention pass; 0 when the sink holds everything it acknowledged).
     pub sink_missing_events: AtomicU64,
+    /// Events below the local floor the sink no longer holds: lost, unless a copy of the sink
+    /// has them (found by the last whole-sink check; 0: none).
+    pub sink_lost_events: AtomicU64,
+    /// The first event the sink holds, as of the last whole-sink check (0: none, or not
+    /// checked yet).
+    pub sink_first_seq: AtomicU64,
+    /// µs since the epoch of the last whole-sink check (0: none yet).
+    pub sink_checked_us: AtomicI64,
+    /// Whole-sink checks made since start.
+    pub sink_checks: AtomicU64,
     last_error: Mutex<Option<String>>,
     retention_error: Mutex<Option<String>>,
+    /// The ranges behind `sink_lost_events`.
+    sink_lost: Mutex<Vec<(u64, u64)>>,
 }
 
 impl ShipStatus {
@@ -518,6 +543,104 @@ impl ShipStatus {
             Err(p) => std::mem::replace(&mut *p.into_inner(), e),
         }
     }
+
+    /// The event ranges below the local floor the sink lost, as of the last whole-sink check
+    /// (empty: none).
+    pub fn sink_lost(&self) -> Vec<(u64, u64)> {
+        match self.sink_lost.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Set the lost ranges; returns the previous ones.
+    fn set_sink_lost(&self, lost: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+        self.sink_lost_events
+            .store(lost.iter().map(|(a, b)| b - a + 1).sum(), Ordering::Relaxed);
+        match self.sink_lost.lock() {
+            Ok(mut g) => std::mem::replace(&mut *g, lost),
+            Err(p) => std::mem::replace(&mut *p.into_inner(), lost),
+        }
+    }
+}
+
+/// `a to b, c, d to e`; past the fifth range, how many more and their events.
+pub fn describe_ranges(ranges: &[(u64, u64)]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = ranges
+        .iter()
+        .take(SHOWN)
+        .map(|(a, b)| {
+            if a == b {
+                format!("{a}")
+            } else {
+                format!("{a} to {b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ranges.len() > SHOWN {
+        let rest = &ranges[SHOWN..];
+        let events: u64 = rest.iter().map(|(a, b)| b - a + 1).sum();
+        text.push_str(&format!(" and {} more ranges ({events} events)", rest.len()));
+    }
+    text
+}
+
+/// Event ranges a sink's segments cover, merged (touching ranges become one): a sink holding
+/// everything is one range, however many segments it has.
+#[derive(Debug, Default)]
+pub(crate) struct Covered(pub(crate) std::collections::BTreeMap<u64, u64>);
+
+impl Covered {
+    pub(crate) fn add(&mut self, first: u64, last: u64) {
+        let (mut a, mut b) = (first, last);
+        if let Some((&pa, &pb)) = self.0.range(..=a).next_back()
+            && pb.saturating_add(1) >= a
+        {
+            a = pa;
+            b = b.max(pb);
+        }
+        let inside: Vec<u64> = self.0.range(a..=b.saturating_add(1)).map(|(k, _)| *k).collect();
+        for k in inside {
+            if let Some(e) = self.0.remove(&k) {
+                b = b.max(e);
+            }
+        }
+        self.0.insert(a, b);
+    }
+
+    /// What is not covered in `from..=to`.
+    pub(crate) fn gaps(&self, from: u64, to: u64) -> Vec<(u64, u64)> {
+        let mut gaps = Vec::new();
+        let mut next = from;
+        for (&a, &b) in &self.0 {
+            if a > to {
+                break;
+            }
+            if b < next {
+                continue;
+            }
+            if a > next {
+                gaps.push((next, a - 1));
+            }
+            match b.checked_add(1) {
+                Some(n) => next = n,
+                None => return gaps,
+            }
+        }
+        if next <= to {
+            gaps.push((next, to));
+        }
+        gaps
+    }
+
+    pub(crate) fn covers(&self, first: u64, last: u64) -> bool {
+        self.0
+            .range(..=first)
+            .next_back()
+            .is_some_and(|(_, &b)| b >= last)
+    }
 }
 
 /// Copies sealed segments to the sink; see the module documentation.
@@ -531,6 +654,23 @@ pub struct Shipper {
     /// Local retention (`keep_local_secs`), and how often its pass runs.
     keep_local: Option<Duration>,
     retention_every: Duration,
+    /// How often a pass lists the whole sink (`sink_check_interval_secs`), and whether the
+    /// sink expires its oldest segments itself (`sink_expires`).
+    sink_check_every: Duration,
+    sink_expires: bool,
+    /// Ranges the operator accepted as lost (`sink_lost_accepted`), merged.
+    accepted: Covered,
+    /// What was last said about the sink below the floor (so each change is said once).
+    below_floor_said: Mutex<BelowFloorSaid>,
+}
+
+/// What the shipper last recorded about the sink below the local floor.
+#[derive(Debug, Default)]
+struct BelowFloorSaid {
+    /// Accepted ranges found missing (recorded once per start).
+    accepted_missing: Vec<(u64, u64)>,
+    /// The floor was set against another sink (recorded once per start).
+    other_sink: Option<String>,
 }
 
 /// What one retention pass did.
@@ -573,6 +713,21 @@ impl Shipper {
             alert: c.backlog_alert_events,
             keep_local: c.keep_local_secs.map(Duration::from_secs),
             retention_every: Duration::from_secs(c.retention_interval_secs.max(1)),
+            sink_check_every: Duration::from_secs(c.sink_check_interval_secs.max(1)),
+            sink_expires: c.sink_expires,
+            accepted: {
+                let mut a = Covered::default();
+                for [first, last] in &c.sink_lost_accepted {
+                    if first > last {
+                        return Err(config_err(format!(
+                            "sink_lost_accepted: [{first}, {last}] is not a range (first > last)"
+                        )));
+                    }
+                    a.add(*first, *last);
+                }
+                a
+            },
+            below_floor_said: Mutex::new(BelowFloorSaid::default()),
         }))
     }
 
@@ -635,10 +790,26 @@ impl Shipper {
         }
     }
 
+    /// A retention pass that lists the whole sink; see [`Shipper::retention_pass_listing`].
+    pub async fn retention_pass(&self) -> Result<RetentionPass, String> {
+        self.retention_pass_listing(true).await
+    }
+
     /// Local retention and the sink check, one pass (`[recorder.shipping] keep_local_secs`,
     /// every `retention_interval_secs`):
     ///
-    /// 1. the sink is listed from the local floor on: every event from there up to the cursor
+    /// 0. with `whole_sink` (every `sink_check_interval_secs`), the sink is listed from its
+    ///    start: every event below the local floor must be in a non-empty segment (after the
+    ///    first one the sink holds, with `sink_expires`; outside `sink_lost_accepted`). Those
+    ///    events are held by the sink alone, so a segment lost there is lost for good: that
+    ///    is said so in the log (once per change) and the operator signals
+    ///    (`ShipStatus::sink_lost`), and local retention deletes nothing more until the sink
+    ///    holds them again. While something is lost, every pass lists the sink from the first
+    ///    lost event, so its return is seen at once. Presence by name and size only: contents
+    ///    are checked by `audit verify --shipped`. A floor set while shipping to another sink
+    ///    is not checked in this one;
+    /// 1. the sink is listed from the local floor on (or from where step 0 began): every
+    ///    event from the floor up to the cursor
     ///    must be in a segment. A sink that lost segments it acknowledged (deleted, a bucket
     ///    lifecycle rule, a restore from an old backup) is said so in the log and the
     ///    operator signals, and the missing segments are sent again from the local log;
@@ -647,7 +818,7 @@ impl Shipper {
     ///    log; the checkpoint stays as its floor. Nothing is deleted while the sink lacks
     ///    anything, nor unless the segment ending at the new floor, read back, carries this
     ///    log's checkpoint and last event; the deletion is itself recorded.
-    pub async fn retention_pass(&self) -> Result<RetentionPass, String> {
+    pub async fn retention_pass_listing(&self, whole_sink: bool) -> Result<RetentionPass, String> {
         let dir = self.log_dir.clone();
         let (cursor, floor, cps) = tokio::task::spawn_blocking(move || -> Result<_, RecorderError> {
             let cursor = load_cursor(&dir)?;
@@ -671,12 +842,88 @@ impl Shipper {
             ));
         }
 
-        // 1. Everything acknowledged is still there.
-        let (mut segs, _) = self
-            .sink
-            .list_from(floor_seq + 1)
+        // 0. What only the sink holds is still there: from its start, or from the first
+        // event found lost.
+        let below_from = match (&floor, whole_sink) {
+            (None, _) => None,
+            (Some(f), _) if f.sink != self.sink.url() => {
+                self.note_other_sink(&f.sink);
+                None
+            }
+            (Some(_), true) => Some(1),
+            (Some(_), false) => self.status.sink_lost().first().map(|r| r.0),
+        };
+        let mut covered = Covered::default();
+        let mut first_held: Option<u64> = None;
+        let mut segs = Vec::new();
+        self.sink
+            .list_each(below_from.unwrap_or(floor_seq + 1), |a, b, size| {
+                first_held = Some(first_held.map_or(a, |f| f.min(a)));
+                if a <= floor_seq {
+                    // An empty object holds nothing.
+                    if size > 0 {
+                        covered.add(a, b);
+                    }
+                }
+                if b > floor_seq {
+                    segs.push((a, b, Sink::name(a, b)));
+                }
+            })
             .await
             .map_err(|e| e.to_string())?;
+        segs.sort();
+        if let Some(from) = below_from {
+            let expected = match (whole_sink && self.sink_expires, first_held) {
+                (true, Some(f)) => f.clamp(from, floor_seq + 1),
+                (true, None) => floor_seq + 1,
+                (false, _) => from,
+            };
+            // What is missing, less what the operator accepted as lost.
+            let mut missing = Vec::new();
+            let mut accepted_missing = Vec::new();
+            for (a, b) in covered.gaps(expected, floor_seq) {
+                let mut accepted = Covered::default();
+                for (&x, &y) in &self.accepted.0 {
+                    let (x, y) = (x.max(a), y.min(b));
+                    if x <= y {
+                        accepted.add(x, y);
+                        accepted_missing.push((x, y));
+                    }
+                }
+                missing.extend(accepted.gaps(a, b));
+            }
+            self.note_accepted_missing(accepted_missing);
+            // Ranges before `from` are not listed: those reported before stay as they were.
+            let mut lost: Vec<(u64, u64)> = self
+                .status
+                .sink_lost()
+                .into_iter()
+                .filter(|r| r.1 < from)
+                .collect();
+            lost.append(&mut missing);
+            self.note_sink_lost(lost, &covered, whole_sink.then_some(expected));
+            if whole_sink {
+                self.status
+                    .sink_first_seq
+                    .store(first_held.unwrap_or(0), Ordering::Relaxed);
+                self.status
+                    .sink_checked_us
+                    .store(gatehouse_core::time::now_micros(), Ordering::Relaxed);
+                self.status.sink_checks.fetch_add(1, Ordering::Relaxed);
+            }
+        } else if whole_sink {
+            // Nothing below the floor to check (none yet, or another sink's).
+            self.status.set_sink_lost(Vec::new());
+            self.status
+                .sink_first_seq
+                .store(first_held.unwrap_or(0), Ordering::Relaxed);
+            self.status
+                .sink_checked_us
+                .store(gatehouse_core::time::now_micros(), Ordering::Relaxed);
+            self.status.sink_checks.fetch_add(1, Ordering::Relaxed);
+        }
+
+        // 1. Everything acknowledged is still there.
         let mut gaps = Vec::new();
         let mut next = floor_seq + 1;
         for (first, last, _) in &segs {
@@ -719,6 +966,15 @@ impl Shipper {
         let Some(keep) = self.keep_local else {
             return Ok(pass);
         };
+        let lost = self.status.sink_lost();
+        if !lost.is_empty() {
+            return Err(format!(
+                "{} lost events {} below the local floor: nothing more is deleted until it \
+                 holds them again",
+                self.sink.url(),
+                describe_ranges(&lost)
+            ));
+        }
         let keep_us = i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
         let cutoff = gatehouse_core::time::now_micros().saturating_sub(keep_us);
         let Some(target_cp) = cps
@@ -851,6 +1107,110 @@ impl Shipper {
         Ok(sent)
     }
 
+    /// Record what a check found lost below the floor: the status, and a notice and a log
+    /// line for each change. Ranges no longer lost are either held again (`covered`) or, with
+    /// `expected_from` (a whole-sink check of a sink that expires its oldest segments), now
+    /// before its first segment: that is recorded as expiry, not as a return.
+    fn note_sink_lost(&self, lost: Vec<(u64, u64)>, covered: &Covered, expected_from: Option<u64>) {
+        let prev = self.status.set_sink_lost(lost.clone());
+        let url = self.sink.url();
+        let gone = prev.iter().filter(|r| !lost.contains(r));
+        // (A range that only changed shape is said in the new one.)
+        let back: Vec<(u64, u64)> = gone
+            .clone()
+            .filter(|&&(a, b)| covered.covers(a, b))
+            .copied()
+            .collect();
+        let expired: Vec<(u64, u64)> = gone
+            .filter(|&&(a, b)| !covered.covers(a, b) && expected_from.is_some_and(|e| b < e))
+            .copied()
+            .collect();
+        if !back.is_empty() {
+            tracing::info!(sink = %url, events = %describe_ranges(&back), "the sink holds lost events again");
+            self.notice(
+                "info",
+                format!(
+                    "{url} holds events {} again, which it had lost",
+                    describe_ranges(&back)
+                ),
+            );
+        }
+        if !expired.is_empty() {
+            let first = expected_from.unwrap_or_default();
+            tracing::warn!(sink = %url, events = %describe_ranges(&expired), first, "lost events now count as expired");
+            self.notice(
+                "warn",
+                format!(
+                    "events {}, which {url} had lost, now count as expired: it deleted every \
+                     segment before event {first} (sink_expires)",
+                    describe_ranges(&expired)
+                ),
+            );
+        }
+        let new: Vec<(u64, u64)> = lost.iter().filter(|r| !prev.contains(r)).copied().collect();
+        if new.is_empty() {
+            return;
+        }
+        let what = describe_ranges(&new);
+        tracing::error!(sink = %url, events = %what, "the sink lost events the local log no longer holds");
+        self.notice(
+            "error",
+            format!(
+                "{url} no longer holds events {what}, which local retention deleted from the local \
+                 log after the sink acknowledged them: they are lost unless a copy of the sink \
+                 has them; local retention deletes nothing more until the sink holds them again \
+                 (or sink_lost_accepted names them)"
+            ),
+        );
+    }
+
+    /// Record, once per start, accepted ranges (`sink_lost_accepted`) found missing.
+    fn note_accepted_missing(&self, missing: Vec<(u64, u64)>) {
+        let mut said = match self.below_floor_said.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let new: Vec<(u64, u64)> = missing
+            .iter()
+            .filter(|r| !said.accepted_missing.contains(r))
+            .copied()
+            .collect();
+        said.accepted_missing = missing;
+        drop(said);
+        if !new.is_empty() {
+            self.notice(
+                "warn",
+                format!(
+                    "{} does not hold events {}: accepted as lost by sink_lost_accepted",
+                    self.sink.url(),
+                    describe_ranges(&new)
+                ),
+            );
+        }
+    }
+
+    /// Record, once per start, that the floor was set while shipping to another sink.
+    fn note_other_sink(&self, other: &str) {
+        let mut said = match self.below_floor_said.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if said.other_sink.as_deref() == Some(other) {
+            return;
+        }
+        said.other_sink = Some(other.to_string());
+        drop(said);
+        tracing::warn!(sink = %self.sink.url(), floor_sink = %other, "the local floor was set against another sink");
+        self.notice(
+            "warn",
+            format!(
+                "the local log's floor was set while shipping to {other}: the events below it \
+                 are not looked for in {}",
+                self.sink.url()
+            ),
+        );
+    }
+
     fn notice(&self, level: &str, message: String) {
         self.recorder.append_nowait(crate::event::NewEvent::now(
             GATEWAY_SESSION.to_string(),
@@ -921,11 +1281,26 @@ impl Shipper {
         let mut backoff = self.interval;
         let mut retention_at =
             tokio::time::Instant::now() + self.retention_every.min(Duration::from_secs(10));
+        // The first pass lists the whole sink.
+        let mut whole_sink_at = retention_at;
         loop {
             let ok = self.attempt().await;
-            if ok && tokio::time::Instant::now() >= retention_at {
-                retention_at = tokio::time::Instant::now() + self.retention_every;
-                match self.retention_pass().await {
+            let now = tokio::time::Instant::now();
+            if ok && now >= retention_at {
+                retention_at = now + self.retention_every;
+                let whole_sink = now >= whole_sink_at;
+                let checks = self.status.sink_checks.load(Ordering::Relaxed);
+                let result = self.retention_pass_listing(whole_sink).await;
+                if whole_sink {
+                    // A whole listing that failed is tried again a retention interval later.
+                    whole_sink_at = now
+                        + if self.status.sink_checks.load(Ordering::Relaxed) != checks {
+                            self.sink_check_every
+                        } else {
+                            self.retention_every
+                        };
+                }
+                match result {
                     Ok(_) => {
                         if self.status.set_retention_error(None).is_some() {
                             tracing::info!(sink = %self.sink.url(), "retention pass succeeded again");

@@ -714,6 +714,9 @@ async fn awaited_appends_wait_for_their_fsync_while_the_writer_goes_on() {
             encryption_key: None,
             keep_local_secs: None,
             retention_interval_secs: 300,
+            sink_check_interval_secs: 3600,
+            sink_expires: false,
+            sink_lost_accepted: Vec::new(),
         }),
         literals: Default::default(),
         results: Default::default(),
@@ -943,4 +946,53 @@ async fn summaries_rebuilt_in_chunks_equal_those_applying_every_event() {
             );
         }
     }
+}
+
+#[test]
+fn covered_ranges_merge_in_any_order_and_name_their_gaps() {
+    use crate::ship::{Covered, describe_ranges};
+    // Segments as a listing returns them: in no order, touching, overlapping, repeated.
+    let segs = [
+        (7, 9),
+        (1, 3),
+        (13, 13),
+        (4, 6),
+        (5, 6),
+        (1, 3),
+        (20, 30),
+        (15, 16),
+    ];
+    let mut c = Covered::default();
+    for (a, b) in segs {
+        c.add(a, b);
+    }
+    assert_eq!(
+        c.0.iter().map(|(a, b)| (*a, *b)).collect::<Vec<_>>(),
+        vec![(1, 9), (13, 13), (15, 16), (20, 30)]
+    );
+    assert_eq!(c.gaps(1, 30), vec![(10, 12), (14, 14), (17, 19)]);
+    assert_eq!(c.gaps(1, 35), vec![(10, 12), (14, 14), (17, 19), (31, 35)]);
+    assert_eq!(c.gaps(5, 8), Vec::<(u64, u64)>::new());
+    assert_eq!(c.gaps(11, 14), vec![(11, 12), (14, 14)]);
+    assert_eq!(Covered::default().gaps(1, 3), vec![(1, 3)]);
+    assert!(c.covers(2, 9) && c.covers(13, 13) && !c.covers(9, 10) && !c.covers(14, 14));
+    // One range bridging several.
+    c.add(10, 19);
+    assert_eq!(
+        c.0.iter().map(|(a, b)| (*a, *b)).collect::<Vec<_>>(),
+        vec![(1, 30)]
+    );
+    assert_eq!(c.gaps(1, 30), Vec::<(u64, u64)>::new());
+    // The end of the numbers.
+    let mut c = Covered::default();
+    c.add(u64::MAX - 1, u64::MAX);
+    c.add(1, u64::MAX - 2);
+    assert_eq!(c.gaps(1, u64::MAX), Vec::<(u64, u64)>::new());
+
+    assert_eq!(describe_ranges(&[(4, 6), (9, 9)]), "4 to 6, 9");
+    let many: Vec<(u64, u64)> = (0..8).map(|i| (i * 10 + 1, i * 10 + 2)).collect();
+    assert_eq!(
+        describe_ranges(&many),
+        "1 to 2, 11 to 12, 21 to 22, 31 to 32, 41 to 42 and 3 more ranges (6 events)"
+    );
 }

@@ -1095,6 +1095,9 @@ fn shipping(sink: &Path, encryption_key: Option<&Path>) -> gatehouse_core::confi
         encryption_key: encryption_key.map(|p| SecretRef::File(p.to_path_buf())),
         keep_local_secs: None,
         retention_interval_secs: 300,
+        sink_check_interval_secs: 3600,
+        sink_expires: false,
+        sink_lost_accepted: Vec::new(),
     }
 }
 
@@ -1479,6 +1482,181 @@ async fn retaining_log(
         .unwrap()
         .unwrap();
     (l, sink_dir, c, rec, shipper)
+}
+
+/// The sink's segments as (first, last, file name), in log order.
+fn segments_in(sink: &Path) -> Vec<(u64, u64, String)> {
+    segment_names(sink)
+        .into_iter()
+        .map(|n| {
+            let (a, b) = n.strip_suffix(".seg").unwrap().split_once('-').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap(), n)
+        })
+        .collect()
+}
+
+fn move_segment(from: &Path, to: &Path, name: &str) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::rename(from.join(name), to.join(name)).unwrap();
+}
+
+#[tokio::test]
+async fn segments_the_sink_lost_below_the_local_floor_are_reported_and_stop_local_retention() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (l, sink_dir, mut c, rec, shipper) = retaining_log(false).await;
+    shipper.ship_sealed().await.unwrap();
+    let pass = shipper.retention_pass().await.unwrap();
+    assert_eq!(pass.floor, 7, "{pass:?}");
+    let st = shipper.status();
+    assert_eq!(st.sink_first_seq.load(Relaxed), 1);
+    // Now the sink alone holds events 1 to 7 (in segments that end at the log's checkpoints,
+    // which vary from run to run).
+    shipper.retention_pass().await.unwrap();
+    assert!(st.sink_lost().is_empty());
+    assert_eq!(st.sink_checks.load(Relaxed), 2);
+    let below: Vec<_> = segments_in(&sink_dir).into_iter().filter(|s| s.1 <= 7).collect();
+    assert!(
+        below.len() >= 2 && below[0].0 == 1 && below[below.len() - 1].1 == 7,
+        "{below:?}"
+    );
+    let (oldest, last) = (below[0].clone(), below[below.len() - 1].clone());
+    let range = |s: &(u64, u64, String)| {
+        if s.0 == s.1 {
+            s.0.to_string()
+        } else {
+            format!("{} to {}", s.0, s.1)
+        }
+    };
+    let segments = sink_dir.join("segments");
+    let aside = l.dir.path().join("aside");
+
+    // A hole below the floor: reported, and retention deletes nothing more.
+    move_segment(&segments, &aside, &last.2);
+    let err = shipper.retention_pass().await.unwrap_err();
+    assert!(
+        err.contains(&format!("lost events {} below the local floor", range(&last))),
+        "{err}"
+    );
+    assert_eq!(st.sink_lost(), vec![(last.0, last.1)]);
+    assert_eq!(st.sink_lost_events.load(Relaxed), last.1 - last.0 + 1);
+    // While something is lost, passes between whole-sink checks list from the first lost
+    // event: still missing, then back.
+    let err = shipper.retention_pass_listing(false).await.unwrap_err();
+    assert!(err.contains(&format!("lost events {}", range(&last))), "{err}");
+    move_segment(&aside, &segments, &last.2);
+    shipper.retention_pass_listing(false).await.unwrap();
+    assert!(st.sink_lost().is_empty());
+    assert_eq!(st.sink_lost_events.load(Relaxed), 0);
+    assert_eq!(st.sink_checks.load(Relaxed), 3);
+
+    // An empty object holds nothing, even at the start.
+    let oldest_bytes = std::fs::read(segments.join(&oldest.2)).unwrap();
+    std::fs::write(segments.join(&oldest.2), b"").unwrap();
+    let err = shipper.retention_pass().await.unwrap_err();
+    assert!(
+        err.contains(&format!("lost events {} below", range(&oldest))),
+        "{err}"
+    );
+    // The operator can accept a loss there is no copy of: it no longer holds retention back.
+    c.shipping.as_mut().unwrap().sink_lost_accepted = vec![[oldest.0, oldest.1]];
+    let accepting = gatehouse_recorder::Shipper::from_config(&c, rec.clone())
+        .unwrap()
+        .unwrap();
+    accepting.retention_pass().await.unwrap();
+    assert!(accepting.status().sink_lost().is_empty());
+    c.shipping.as_mut().unwrap().sink_lost_accepted = vec![[5, 4]];
+    let bad = gatehouse_recorder::Shipper::from_config(&c, rec.clone())
+        .err()
+        .unwrap();
+    assert!(bad.to_string().contains("not a range"), "{bad}");
+    c.shipping.as_mut().unwrap().sink_lost_accepted = Vec::new();
+    std::fs::write(segments.join(&oldest.2), &oldest_bytes).unwrap();
+
+    // A sink that expires its oldest segments itself: their absence is no loss…
+    c.shipping.as_mut().unwrap().sink_expires = true;
+    let expiring = gatehouse_recorder::Shipper::from_config(&c, rec.clone())
+        .unwrap()
+        .unwrap();
+    move_segment(&segments, &aside, &oldest.2);
+    expiring.retention_pass().await.unwrap();
+    assert!(expiring.status().sink_lost().is_empty());
+    assert_eq!(expiring.status().sink_first_seq.load(Relaxed), below[1].0);
+    // … but a hole after the first segment it holds is.
+    move_segment(&aside, &segments, &oldest.2);
+    move_segment(&segments, &aside, &last.2);
+    let err = expiring.retention_pass().await.unwrap_err();
+    assert!(
+        err.contains(&format!("lost events {} below", range(&last))),
+        "{err}"
+    );
+    // When everything before it goes too, that is recorded as expiry, not as a return.
+    for s in &below[..below.len() - 1] {
+        move_segment(&segments, &aside, &s.2);
+    }
+    expiring.retention_pass().await.unwrap();
+    assert!(expiring.status().sink_lost().is_empty());
+
+    // Each change is in the log, once.
+    rec.shutdown();
+    let r = LogReader::open(&l.log()).unwrap();
+    let notices: Vec<(String, String)> = r
+        .events(1, 100)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.body {
+            EventBody::Notice { level, message } => Some((level, message)),
+            _ => None,
+        })
+        .collect();
+    let count = |level: &str, text: &str| {
+        notices
+            .iter()
+            .filter(|(l, m)| l == level && m.contains(text))
+            .count()
+    };
+    let lost_last = format!(
+        "no longer holds events {}, which local retention deleted",
+        range(&last)
+    );
+    // Once by the first shipper, once by the expiring one.
+    assert_eq!(count("error", &lost_last), 2, "{notices:?}");
+    assert_eq!(
+        count(
+            "info",
+            &format!("holds events {} again, which it had lost", range(&last))
+        ),
+        1,
+        "{notices:?}"
+    );
+    assert_eq!(
+        count("error", &format!("no longer holds events {},", range(&oldest))),
+        1,
+        "{notices:?}"
+    );
+    assert_eq!(
+        count(
+            "warn",
+            &format!("does not hold events {}: accepted as lost", range(&oldest))
+        ),
+        1,
+        "{notices:?}"
+    );
+    assert_eq!(
+        count(
+            "warn",
+            &format!(
+                "events {}, which {} had lost, now count as expired: it deleted every segment before event 8",
+                range(&last),
+                c.shipping.as_ref().unwrap().sink
+            )
+        ),
+        1,
+        "{notices:?}"
+    );
+    // Nothing was deleted past the floor meanwhile, and the log still verifies.
+    assert_eq!(r.floor().unwrap().unwrap().seq, 7);
+    let report = r.verify(&l.keys).unwrap();
+    assert_eq!(report.outcome(TailPolicy::Strict), Outcome::Intact, "{report:?}");
 }
 
 #[tokio::test]
