@@ -5,6 +5,8 @@
 //! `sync_signed` adds Ed25519 checkpoints every 1,000 events (the cost of signing rides on the
 //! group commit), and `verify` measures offline verification of that log with the public key.
 //!
+//! `restore` rebuilds a shipped log from a filesystem sink, as `gatehouse audit restore` does.
+//!
 //! The log lives in `$GATEHOUSE_BENCH_DIR` (default: the system temp dir): put it on the disk
 //! whose fsync you want to measure (a tmpfs makes `sync` look free).
 
@@ -12,11 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use gatehouse_core::config::{CheckpointConfig, Durability, RecorderConfig, SecretRef};
+use gatehouse_core::config::{CheckpointConfig, Durability, RecorderConfig, SecretRef, ShippingConfig};
 use gatehouse_core::{SqlStatement, Verdict};
 use gatehouse_pg::classify::classify_one;
 use gatehouse_recorder::{
-    CheckpointSigner, EventBody, LogReader, NewEvent, PublicKeys, Recorder, SearchQuery,
+    CheckpointSigner, EventBody, LogReader, NewEvent, PublicKeys, Recorder, SearchQuery, Shipper, Sink,
+    restore_from_sink,
 };
 
 /// Concurrent sessions in the group-commit benchmark.
@@ -379,5 +382,112 @@ fn bench_search(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_append, bench_search);
+/// `gatehouse audit restore`: `GATEHOUSE_BENCH_RESTORE_EVENTS` events (default 200,000; 64
+/// sessions, a decision and its result per statement), signed every 10,000 and shipped to a
+/// filesystem sink, rebuilt from it: read and verified segment by segment, written, its
+/// summaries and search indexes built.
+fn bench_restore(c: &mut Criterion) {
+    let n: u64 = std::env::var("GATEHOUSE_BENCH_RESTORE_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let tmp = bench_dir("gatehouse-bench-restore-");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail("starting tokio", e));
+    let (private, public, _) =
+        CheckpointSigner::generate().unwrap_or_else(|e| fail("generating a checkpoint key", e));
+    let key_file = tmp.path().join("audit-signing.pem");
+    std::fs::write(&key_file, private).unwrap_or_else(|e| fail("writing the key", e));
+    let mut keys = PublicKeys::default();
+    keys.add_pem(&public)
+        .unwrap_or_else(|e| fail("reading the public key", e));
+    let shipping = ShippingConfig {
+        sink: format!("file://{}", tmp.path().join("sink").display()),
+        endpoint: None,
+        region: "us-east-1".to_string(),
+        access_key_id: None,
+        secret_access_key: None,
+        allow_http: false,
+        interval_secs: 1,
+        backlog_alert_events: u64::MAX,
+        encryption_key: None,
+        keep_local_secs: None,
+        retention_interval_secs: 300,
+        sink_check_interval_secs: 3600,
+        sink_expires: false,
+        sink_lost_accepted: Vec::new(),
+    };
+    let cfg = RecorderConfig {
+        dir: tmp.path().join("log"),
+        durability: Durability::Buffered,
+        max_batch: 4096,
+        checkpoints: Some(CheckpointConfig {
+            key: SecretRef::File(key_file),
+            every_events: 10_000,
+            every_secs: 3600,
+        }),
+        shipping: Some(shipping.clone()),
+        literals: Default::default(),
+        results: Default::default(),
+    };
+    let rec = Recorder::open(&cfg).unwrap_or_else(|e| fail("opening the recorder", e));
+    let stmt = classify_one("SELECT abalance FROM pgbench_accounts WHERE aid = 48213");
+    let started = Instant::now();
+    rt.block_on(async {
+        for i in 0..n / 2 {
+            let (s, op) = (i % SESSIONS, i / SESSIONS);
+            rec.append_nowait(result(s, op));
+            // Wait now and then so the queue stays bounded.
+            if i % 2048 == 2047 {
+                if let Err(e) = rec.append(decision(&stmt, s, op)).await {
+                    fail("append", e);
+                }
+            } else {
+                rec.append_nowait(decision(&stmt, s, op));
+            }
+        }
+    });
+    rec.shutdown();
+    let rec = Recorder::open(&cfg).unwrap_or_else(|e| fail("opening the recorder", e));
+    let shipper = Shipper::from_config(&cfg, rec.clone())
+        .unwrap_or_else(|e| fail("starting the shipper", e))
+        .unwrap_or_else(|| fail("starting the shipper", "not configured"));
+    let segments = rt
+        .block_on(shipper.ship_sealed())
+        .unwrap_or_else(|e| fail("shipping", e));
+    rec.shutdown();
+    eprintln!(
+        "recorder_restore: {n} events written and shipped in {segments} segments in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let sink = Sink::from_config(&shipping).unwrap_or_else(|e| fail("opening the sink", e));
+    let events = LogReader::open(&cfg.dir)
+        .and_then(|r| r.last_seq())
+        .unwrap_or_else(|e| fail("reading the log", e));
+
+    let mut g = c.benchmark_group("recorder_restore");
+    g.sample_size(10).throughput(Throughput::Elements(events));
+    let mut round = 0u64;
+    g.bench_function(format!("restore_{events}_events"), |b| {
+        b.iter(|| {
+            round += 1;
+            let out = tmp.path().join(format!("restored-{round}"));
+            let restored = rt
+                .block_on(restore_from_sink(&sink, &keys, &out))
+                .unwrap_or_else(|e| fail("restore", e));
+            if !restored.written || restored.indexed_seq != events {
+                fail("restore", format!("{:?}", restored.report.first_tampering()));
+            }
+            if let Err(e) = std::fs::remove_dir_all(&out) {
+                fail("removing the restored log", e);
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_append, bench_search, bench_restore);
 criterion_main!(benches);
