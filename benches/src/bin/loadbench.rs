@@ -132,6 +132,11 @@ struct Args {
     /// Gateway log filter (`GATEHOUSE_LOG`).
     #[arg(long, default_value = "warn")]
     gateway_log: String,
+    /// `[recorder.literals] mode` of the gateway(s) under test (default: the config's, which
+    /// is `redact-classified`: every statement reading or writing a table also looks up the
+    /// columns behind the views it names). `keep` measures the gateway without that lookup.
+    #[arg(long, value_parser = ["redact-classified", "redact", "hash", "keep"])]
+    record_literals: Option<String>,
     /// Also write the JSON summary to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -374,7 +379,14 @@ fn run(args: Args) -> Result<()> {
     let mut gateways: Vec<(Durability, Gateway, Conn)> = Vec::new();
     for d in &durabilities {
         let log_dir = tmp.path().join(format!("log-{}", d.as_str()));
-        let text = config_variant(&base_config, &setup.log_dir, &log_dir, *d, args.gateway_threads)?;
+        let text = config_variant(
+            &base_config,
+            &setup.log_dir,
+            &log_dir,
+            *d,
+            args.gateway_threads,
+            args.record_literals.as_deref(),
+        )?;
         let path = setup
             .config_path
             .with_file_name(format!("gatehouse-{}.toml", d.as_str()));
@@ -539,13 +551,14 @@ fn identity_key(setup: &DemoSetup, identity: &str) -> Result<String> {
 }
 
 /// The demo config with another recorder durability and event-log directory, and optionally
-/// `[gateway] threads`.
+/// `[gateway] threads` and `[recorder.literals] mode`.
 fn config_variant(
     base: &str,
     old_log: &Path,
     new_log: &Path,
     durability: Durability,
     threads: Option<usize>,
+    literals: Option<&str>,
 ) -> Result<String> {
     let replace_once = |text: &str, from: &str, to: &str| -> Result<String> {
         match text.matches(from).count() {
@@ -565,6 +578,12 @@ fn config_variant(
     )?;
     if let Some(n) = threads {
         text = replace_once(&text, "[gateway]\n", &format!("[gateway]\nthreads = {n}\n"))?;
+    }
+    if let Some(mode) = literals {
+        if text.contains("[recorder.literals]") {
+            bail!("the demo config sets [recorder.literals] already");
+        }
+        text.push_str(&format!("\n[recorder.literals]\nmode = \"{mode}\"\n"));
     }
     Ok(text)
 }
@@ -691,12 +710,38 @@ mod tests {
             Path::new("/t/log-buffered"),
             Durability::Buffered,
             Some(2),
+            Some("keep"),
         )
         .unwrap();
         assert!(v.contains("dir = \"/t/log-buffered\""));
         assert!(v.contains("durability = \"buffered\""));
         assert!(v.contains("[gateway]\nthreads = 2\n"));
-        assert!(config_variant(base, Path::new("/x"), Path::new("/y"), Durability::Sync, None).is_err());
+        assert!(v.ends_with("[recorder.literals]\nmode = \"keep\"\n"));
+        let parsed: toml::Table = toml::from_str(&v).unwrap();
+        assert_eq!(parsed["recorder"]["literals"]["mode"].as_str(), Some("keep"));
+        assert!(
+            config_variant(
+                base,
+                Path::new("/x"),
+                Path::new("/y"),
+                Durability::Sync,
+                None,
+                None
+            )
+            .is_err()
+        );
+        let set = format!("{base}\n[recorder.literals]\nmode = \"hash\"\n");
+        assert!(
+            config_variant(
+                &set,
+                Path::new("/t/log"),
+                Path::new("/y"),
+                Durability::Sync,
+                None,
+                Some("keep")
+            )
+            .is_err()
+        );
     }
 
     fn rec(round: u32, path: &str, tps: f64, lat: f64) -> RunRecord {
