@@ -385,7 +385,7 @@ impl GatewayMetrics {
                 .single(st.sink_missing_events.load(Relaxed)),
                 Family::gauge(
                     "gatehouse_shipping_sink_lost_events",
-                    "Audit events below the local floor the sink no longer holds (lost unless a copy of the sink has them), as of the last whole-sink check.",
+                    "Audit events below the local floor the sink no longer holds (lost unless a copy of the sink has them), as of the last check.",
                 )
                 .single(st.sink_lost_events.load(Relaxed)),
                 Family::gauge(
@@ -398,6 +398,11 @@ impl GatewayMetrics {
                     "When the whole sink was last listed (Unix time; 0: not yet).",
                 )
                 .single(u64::try_from(st.sink_checked_us.load(Relaxed) / 1_000_000).unwrap_or(0)),
+                Family::counter(
+                    "gatehouse_shipping_sink_checks_total",
+                    "Listings of the whole sink made since start.",
+                )
+                .single(st.sink_checks.load(Relaxed)),
                 Family::gauge(
                     "gatehouse_audit_retention_failing",
                     "1 while the last local retention pass (and sink check) failed, else 0.",

@@ -364,23 +364,74 @@ pub fn load_cursor(log_dir: &Path) -> Result<Cursor, RecorderError> {
     }
 }
 
-/// Replace the cursor atomically and durably (write, fsync, rename, fsync the directory).
+/// Replace the cursor atomically and durably.
 fn save_cursor(log_dir: &Path, c: &Cursor) -> Result<(), String> {
-    use std::io::Write as _;
-    let p = cursor_path(log_dir);
-    let dir = p.parent().map(Path::to_path_buf).unwrap_or_default();
-    let err = |e: std::io::Error| format!("saving the shipping cursor in {}: {e}", dir.display());
-    std::fs::create_dir_all(&dir).map_err(err)?;
-    let tmp = dir.join("cursor.json.tmp");
     let bytes = serde_json::to_vec(c).map_err(|e| e.to_string())?;
+    write_durably(&cursor_path(log_dir), &bytes, "the shipping cursor")
+}
+
+/// Replace `p` atomically and durably (write, fsync, rename, fsync the directory).
+fn write_durably(p: &Path, bytes: &[u8], what: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    let dir = p.parent().map(Path::to_path_buf).unwrap_or_default();
+    let err = |e: std::io::Error| format!("saving {what} in {}: {e}", dir.display());
+    std::fs::create_dir_all(&dir).map_err(err)?;
+    let mut tmp = p.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(&bytes).map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
     f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, &p).map_err(err)?;
+    std::fs::rename(&tmp, p).map_err(err)?;
     std::fs::File::open(&dir)
         .and_then(|d| d.sync_all())
         .map_err(err)?;
     Ok(())
+}
+
+/// The first event a sink is expected to hold (`shipping/sink_since.json`). A sink shipped
+/// to from the start holds everything from event 1. After a change of sink, the new one
+/// holds only what the local log still had when it was first seen (the old floor + 1 on);
+/// the events below are in the old sink, which the floor's record names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SinkSince {
+    sink: String,
+    since: u64,
+}
+
+fn sink_since_path(log_dir: &Path) -> PathBuf {
+    log_dir.join("shipping").join("sink_since.json")
+}
+
+/// The first event `sink` is expected to hold, given the local floor; recorded the first
+/// time a floor set against another sink is seen. `(since, the other sink if just recorded)`.
+fn sink_since(
+    log_dir: &Path,
+    sink: &str,
+    floor: Option<&crate::store::Floor>,
+) -> Result<(u64, Option<String>), String> {
+    let p = sink_since_path(log_dir);
+    let recorded: Option<SinkSince> = match std::fs::read(&p) {
+        Ok(v) => Some(serde_json::from_slice(&v).map_err(|e| format!("{}: {e}", p.display()))?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("{}: {e}", p.display())),
+    };
+    if let Some(r) = recorded.filter(|r| r.sink == sink) {
+        return Ok((r.since.max(1), None));
+    }
+    match floor {
+        Some(f) if f.sink != sink => {
+            let since = f.seq.saturating_add(1);
+            let rec = SinkSince {
+                sink: sink.to_string(),
+                since,
+            };
+            let bytes = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
+            write_durably(&p, &bytes, "the sink's first event")?;
+            Ok((since, Some(f.sink.clone())))
+        }
+        _ => Ok((1, None)),
+    }
 }
 
 /// A segment ready to go.
@@ -497,7 +548,7 @@ pub struct ShipStatus {
     /// the last retention pass; 0 when the sink holds everything it acknowledged).
     pub sink_missing_events: AtomicU64,
     /// Events below the local floor the sink no longer holds: lost, unless a copy of the sink
-    /// has them (found by the last whole-sink check; 0: none).
+    /// has them (as of the last check; 0: none).
     pub sink_lost_events: AtomicU64,
     /// The first event the sink holds, as of the last whole-sink check (0: none, or not
     /// checked yet).
@@ -544,7 +595,7 @@ impl ShipStatus {
         }
     }
 
-    /// The event ranges below the local floor the sink lost, as of the last whole-sink check
+    /// The event ranges below the local floor the sink lost, as of the last check
     /// (empty: none).
     pub fn sink_lost(&self) -> Vec<(u64, u64)> {
         match self.sink_lost.lock() {
@@ -634,13 +685,50 @@ impl Covered {
         }
         gaps
     }
+}
 
-    pub(crate) fn covers(&self, first: u64, last: u64) -> bool {
-        self.0
-            .range(..=first)
-            .next_back()
-            .is_some_and(|(_, &b)| b >= last)
-    }
+/// How the events found lost changed from one check to the next, compared event by event
+/// (a range that shrank or split is no new loss).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct LostChanges {
+    /// Lost now, not before.
+    pub(crate) new: Vec<(u64, u64)>,
+    /// Lost before, held by the sink again.
+    pub(crate) back: Vec<(u64, u64)>,
+    /// Lost before, now before the first event a sink that expires its oldest segments is
+    /// expected to hold (`expected_from`, on whole checks with `sink_expires`).
+    pub(crate) expired: Vec<(u64, u64)>,
+}
+
+pub(crate) fn lost_changes(
+    prev: &[(u64, u64)],
+    lost: &[(u64, u64)],
+    covered: &Covered,
+    expected_from: Option<u64>,
+) -> LostChanges {
+    let merged = |r: &[(u64, u64)]| {
+        let mut c = Covered::default();
+        for &(a, b) in r {
+            c.add(a, b);
+        }
+        c
+    };
+    let minus = |r: &[(u64, u64)], c: &Covered| -> Vec<(u64, u64)> {
+        r.iter().flat_map(|&(a, b)| c.gaps(a, b)).collect()
+    };
+    let new = minus(lost, &merged(prev));
+    let gone = minus(prev, &merged(lost));
+    let not_held = minus(&gone, covered);
+    let back = minus(&gone, &merged(&not_held));
+    let expired = match expected_from {
+        Some(e) if e > 0 => not_held
+            .iter()
+            .filter(|r| r.0 < e)
+            .map(|&(a, b)| (a, b.min(e - 1)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    LostChanges { new, back, expired }
 }
 
 /// Copies sealed segments to the sink; see the module documentation.
@@ -667,10 +755,8 @@ pub struct Shipper {
 /// What the shipper last recorded about the sink below the local floor.
 #[derive(Debug, Default)]
 struct BelowFloorSaid {
-    /// Accepted ranges found missing (recorded once per start).
-    accepted_missing: Vec<(u64, u64)>,
-    /// The floor was set against another sink (recorded once per start).
-    other_sink: Option<String>,
+    /// Accepted events found missing (recorded once per start).
+    accepted_missing: Covered,
 }
 
 /// What one retention pass did.
@@ -682,6 +768,9 @@ pub struct RetentionPass {
     pub deleted: u64,
     /// The local log's floor after the pass (0: none).
     pub floor: u64,
+    /// Why local retention deleted nothing this pass although it may have had something to
+    /// delete: the sink lost events below the floor, or it has not been listed whole yet.
+    pub held: Option<String>,
 }
 
 impl Shipper {
@@ -805,19 +894,22 @@ impl Shipper {
     ///    is said so in the log (once per change) and the operator signals
     ///    (`ShipStatus::sink_lost`), and local retention deletes nothing more until the sink
     ///    holds them again. While something is lost, every pass lists the sink from the first
-    ///    lost event, so its return is seen at once. Presence by name and size only: contents
-    ///    are checked by `audit verify --shipped`. A floor set while shipping to another sink
-    ///    is not checked in this one;
+    ///    lost event, so its return is seen at once (a segment put back with other bounds,
+    ///    starting before that event, at the next whole check). Presence by name and size
+    ///    only: contents are checked by `audit verify --shipped`. After a change of sink, the
+    ///    new one is checked from the floor it first saw on (`shipping/sink_since.json`);
+    ///    below that, the old sink holds the events;
     /// 1. the sink is listed from the local floor on (or from where step 0 began): every
-    ///    event from the floor up to the cursor
-    ///    must be in a segment. A sink that lost segments it acknowledged (deleted, a bucket
+    ///    event from the floor up to the cursor must be in a segment. A sink that lost
+    ///    segments it acknowledged (deleted, a bucket
     ///    lifecycle rule, a restore from an old backup) is said so in the log and the
     ///    operator signals, and the missing segments are sent again from the local log;
     /// 2. with `keep_local_secs`, the events up to the newest signed checkpoint that the sink
     ///    acknowledged and that was signed longer ago than that are deleted from the local
     ///    log; the checkpoint stays as its floor. Nothing is deleted while the sink lacks
-    ///    anything, nor unless the segment ending at the new floor, read back, carries this
-    ///    log's checkpoint and last event; the deletion is itself recorded.
+    ///    anything, below the floor too ([`RetentionPass::held`]), nor before the sink was
+    ///    listed whole once since start, nor unless the segment ending at the new floor, read
+    ///    back, carries this log's checkpoint and last event; the deletion is itself recorded.
     pub async fn retention_pass_listing(&self, whole_sink: bool) -> Result<RetentionPass, String> {
         let dir = self.log_dir.clone();
         let (cursor, floor, cps) = tokio::task::spawn_blocking(move || -> Result<_, RecorderError> {
@@ -828,6 +920,15 @@ impl Shipper {
         .await
         .map_err(|e| format!("retention task: {e}"))?
         .map_err(|e| e.to_string())?;
+        let (since, other_sink) = {
+            let (dir, url, f) = (self.log_dir.clone(), self.sink.url().to_string(), floor.clone());
+            tokio::task::spawn_blocking(move || sink_since(&dir, &url, f.as_ref()))
+                .await
+                .map_err(|e| format!("retention task: {e}"))??
+        };
+        if let (Some(other), Some(f)) = (other_sink, &floor) {
+            self.note_other_sink(&other, f.seq);
+        }
         let floor_seq = floor.as_ref().map(|f| f.seq).unwrap_or(0);
         let mut pass = RetentionPass {
             floor: floor_seq,
@@ -846,11 +947,7 @@ impl Shipper {
         // event found lost.
         let below_from = match (&floor, whole_sink) {
             (None, _) => None,
-            (Some(f), _) if f.sink != self.sink.url() => {
-                self.note_other_sink(&f.sink);
-                None
-            }
-            (Some(_), true) => Some(1),
+            (Some(_), true) => (since <= floor_seq).then_some(since),
             (Some(_), false) => self.status.sink_lost().first().map(|r| r.0),
         };
         let mut covered = Covered::default();
@@ -858,10 +955,10 @@ impl Shipper {
         let mut segs = Vec::new();
         self.sink
             .list_each(below_from.unwrap_or(floor_seq + 1), |a, b, size| {
-                first_held = Some(first_held.map_or(a, |f| f.min(a)));
-                if a <= floor_seq {
-                    // An empty object holds nothing.
-                    if size > 0 {
+                // An empty object holds nothing.
+                if size > 0 {
+                    first_held = Some(first_held.map_or(a, |f| f.min(a)));
+                    if a <= floor_seq {
                         covered.add(a, b);
                     }
                 }
@@ -892,16 +989,10 @@ impl Shipper {
                 }
                 missing.extend(accepted.gaps(a, b));
             }
-            self.note_accepted_missing(accepted_missing);
-            // Ranges before `from` are not listed: those reported before stay as they were.
-            let mut lost: Vec<(u64, u64)> = self
-                .status
-                .sink_lost()
-                .into_iter()
-                .filter(|r| r.1 < from)
-                .collect();
-            lost.append(&mut missing);
-            self.note_sink_lost(lost, &covered, whole_sink.then_some(expected));
+            self.note_accepted_missing(&accepted_missing);
+            // (A pass that is not whole starts at the first lost event: nothing lost is
+            // before it.)
+            self.note_sink_lost(missing, &covered, whole_sink.then_some(expected));
             if whole_sink {
                 self.status
                     .sink_first_seq
@@ -912,7 +1003,7 @@ impl Shipper {
                 self.status.sink_checks.fetch_add(1, Ordering::Relaxed);
             }
         } else if whole_sink {
-            // Nothing below the floor to check (none yet, or another sink's).
+            // Nothing below the floor to check (none yet, or all in another sink).
             self.status.set_sink_lost(Vec::new());
             self.status
                 .sink_first_seq
@@ -966,14 +1057,24 @@ impl Shipper {
         let Some(keep) = self.keep_local else {
             return Ok(pass);
         };
+        // Held back, not failed: the loss has its own signals, and a failed pass would be
+        // tried again at the shipping interval, listing the sink each time.
         let lost = self.status.sink_lost();
         if !lost.is_empty() {
-            return Err(format!(
+            pass.held = Some(format!(
                 "{} lost events {} below the local floor: nothing more is deleted until it \
                  holds them again",
                 self.sink.url(),
                 describe_ranges(&lost)
             ));
+            return Ok(pass);
+        }
+        if self.status.sink_checks.load(Ordering::Relaxed) == 0 {
+            pass.held = Some(format!(
+                "{} has not been listed whole yet: nothing is deleted before it is",
+                self.sink.url()
+            ));
+            return Ok(pass);
         }
         let keep_us = i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
         let cutoff = gatehouse_core::time::now_micros().saturating_sub(keep_us);
@@ -1114,17 +1215,7 @@ impl Shipper {
     fn note_sink_lost(&self, lost: Vec<(u64, u64)>, covered: &Covered, expected_from: Option<u64>) {
         let prev = self.status.set_sink_lost(lost.clone());
         let url = self.sink.url();
-        let gone = prev.iter().filter(|r| !lost.contains(r));
-        // (A range that only changed shape is said in the new one.)
-        let back: Vec<(u64, u64)> = gone
-            .clone()
-            .filter(|&&(a, b)| covered.covers(a, b))
-            .copied()
-            .collect();
-        let expired: Vec<(u64, u64)> = gone
-            .filter(|&&(a, b)| !covered.covers(a, b) && expected_from.is_some_and(|e| b < e))
-            .copied()
-            .collect();
+        let LostChanges { new, back, expired } = lost_changes(&prev, &lost, covered, expected_from);
         if !back.is_empty() {
             tracing::info!(sink = %url, events = %describe_ranges(&back), "the sink holds lost events again");
             self.notice(
@@ -1147,7 +1238,6 @@ impl Shipper {
                 ),
             );
         }
-        let new: Vec<(u64, u64)> = lost.iter().filter(|r| !prev.contains(r)).copied().collect();
         if new.is_empty() {
             return;
         }
@@ -1165,17 +1255,18 @@ impl Shipper {
     }
 
     /// Record, once per start, accepted ranges (`sink_lost_accepted`) found missing.
-    fn note_accepted_missing(&self, missing: Vec<(u64, u64)>) {
+    fn note_accepted_missing(&self, missing: &[(u64, u64)]) {
         let mut said = match self.below_floor_said.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
         let new: Vec<(u64, u64)> = missing
             .iter()
-            .filter(|r| !said.accepted_missing.contains(r))
-            .copied()
+            .flat_map(|&(a, b)| said.accepted_missing.gaps(a, b))
             .collect();
-        said.accepted_missing = missing;
+        for &(a, b) in &new {
+            said.accepted_missing.add(a, b);
+        }
         drop(said);
         if !new.is_empty() {
             self.notice(
@@ -1189,24 +1280,17 @@ impl Shipper {
         }
     }
 
-    /// Record, once per start, that the floor was set while shipping to another sink.
-    fn note_other_sink(&self, other: &str) {
-        let mut said = match self.below_floor_said.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if said.other_sink.as_deref() == Some(other) {
-            return;
-        }
-        said.other_sink = Some(other.to_string());
-        drop(said);
-        tracing::warn!(sink = %self.sink.url(), floor_sink = %other, "the local floor was set against another sink");
+    /// Record that the floor was set while shipping to another sink (once: the first event
+    /// this sink is expected to hold is recorded with it, in `shipping/sink_since.json`).
+    fn note_other_sink(&self, other: &str, floor: u64) {
+        let url = self.sink.url();
+        tracing::warn!(sink = %url, floor_sink = %other, floor, "the local floor was set against another sink");
         self.notice(
             "warn",
             format!(
-                "the local log's floor was set while shipping to {other}: the events below it \
-                 are not looked for in {}",
-                self.sink.url()
+                "the local log's floor (event {floor}) was set while shipping to {other}, which \
+                 holds the events up to it: {url} is checked from event {} on",
+                floor.saturating_add(1)
             ),
         );
     }

@@ -975,7 +975,8 @@ fn covered_ranges_merge_in_any_order_and_name_their_gaps() {
     assert_eq!(c.gaps(5, 8), Vec::<(u64, u64)>::new());
     assert_eq!(c.gaps(11, 14), vec![(11, 12), (14, 14)]);
     assert_eq!(Covered::default().gaps(1, 3), vec![(1, 3)]);
-    assert!(c.covers(2, 9) && c.covers(13, 13) && !c.covers(9, 10) && !c.covers(14, 14));
+    assert!(c.gaps(2, 9).is_empty() && c.gaps(13, 13).is_empty());
+    assert_eq!((c.gaps(9, 10), c.gaps(14, 14)), (vec![(10, 10)], vec![(14, 14)]));
     // One range bridging several.
     c.add(10, 19);
     assert_eq!(
@@ -994,5 +995,55 @@ fn covered_ranges_merge_in_any_order_and_name_their_gaps() {
     assert_eq!(
         describe_ranges(&many),
         "1 to 2, 11 to 12, 21 to 22, 31 to 32, 41 to 42 and 3 more ranges (6 events)"
+    );
+}
+
+#[test]
+fn lost_events_change_event_by_event_not_range_by_range() {
+    use crate::ship::{Covered, LostChanges, lost_changes};
+    let covered = |r: &[(u64, u64)]| {
+        let mut c = Covered::default();
+        for &(a, b) in r {
+            c.add(a, b);
+        }
+        c
+    };
+    // 1 to 7 lost, then 4 to 7 put back: that is back; 1 to 3 is no new loss.
+    assert_eq!(
+        lost_changes(&[(1, 7)], &[(1, 3)], &covered(&[(4, 7)]), None),
+        LostChanges {
+            back: vec![(4, 7)],
+            ..Default::default()
+        }
+    );
+    // 1 to 3 lost, then 4 to 7 too: only 4 to 7 is new.
+    assert_eq!(
+        lost_changes(&[(1, 3)], &[(1, 7)], &covered(&[]), None),
+        LostChanges {
+            new: vec![(4, 7)],
+            ..Default::default()
+        }
+    );
+    // A split: 3 to 4 back, the rest still lost.
+    assert_eq!(
+        lost_changes(&[(1, 6)], &[(1, 2), (5, 6)], &covered(&[(3, 4)]), None),
+        LostChanges {
+            back: vec![(3, 4)],
+            ..Default::default()
+        }
+    );
+    // An expiring sink whose first segment now starts at 9: what was lost before it has
+    // expired; 9 and 10 are still lost.
+    assert_eq!(
+        lost_changes(&[(1, 3), (7, 10)], &[(9, 10)], &covered(&[]), Some(9)),
+        LostChanges {
+            expired: vec![(1, 3), (7, 8)],
+            ..Default::default()
+        }
+    );
+    // Nothing changed: nothing said.
+    assert_eq!(
+        lost_changes(&[(2, 2)], &[(2, 2)], &covered(&[]), Some(9)),
+        LostChanges::default()
     );
 }

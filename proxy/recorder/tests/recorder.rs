@@ -1532,7 +1532,7 @@ async fn segments_the_sink_lost_below_the_local_floor_are_reported_and_stop_loca
 
     // A hole below the floor: reported, and retention deletes nothing more.
     move_segment(&segments, &aside, &last.2);
-    let err = shipper.retention_pass().await.unwrap_err();
+    let err = shipper.retention_pass().await.unwrap().held.unwrap();
     assert!(
         err.contains(&format!("lost events {} below the local floor", range(&last))),
         "{err}"
@@ -1541,7 +1541,7 @@ async fn segments_the_sink_lost_below_the_local_floor_are_reported_and_stop_loca
     assert_eq!(st.sink_lost_events.load(Relaxed), last.1 - last.0 + 1);
     // While something is lost, passes between whole-sink checks list from the first lost
     // event: still missing, then back.
-    let err = shipper.retention_pass_listing(false).await.unwrap_err();
+    let err = shipper.retention_pass_listing(false).await.unwrap().held.unwrap();
     assert!(err.contains(&format!("lost events {}", range(&last))), "{err}");
     move_segment(&aside, &segments, &last.2);
     shipper.retention_pass_listing(false).await.unwrap();
@@ -1552,7 +1552,7 @@ async fn segments_the_sink_lost_below_the_local_floor_are_reported_and_stop_loca
     // An empty object holds nothing, even at the start.
     let oldest_bytes = std::fs::read(segments.join(&oldest.2)).unwrap();
     std::fs::write(segments.join(&oldest.2), b"").unwrap();
-    let err = shipper.retention_pass().await.unwrap_err();
+    let err = shipper.retention_pass().await.unwrap().held.unwrap();
     assert!(
         err.contains(&format!("lost events {} below", range(&oldest))),
         "{err}"
@@ -1584,7 +1584,7 @@ async fn segments_the_sink_lost_below_the_local_floor_are_reported_and_stop_loca
     // … but a hole after the first segment it holds is.
     move_segment(&aside, &segments, &oldest.2);
     move_segment(&segments, &aside, &last.2);
-    let err = expiring.retention_pass().await.unwrap_err();
+    let err = expiring.retention_pass().await.unwrap().held.unwrap();
     assert!(
         err.contains(&format!("lost events {} below", range(&last))),
         "{err}"
@@ -1655,6 +1655,87 @@ async fn segments_the_sink_lost_below_the_local_floor_are_reported_and_stop_loca
     );
     // Nothing was deleted past the floor meanwhile, and the log still verifies.
     assert_eq!(r.floor().unwrap().unwrap().seq, 7);
+    let report = r.verify(&l.keys).unwrap();
+    assert_eq!(report.outcome(TailPolicy::Strict), Outcome::Intact, "{report:?}");
+}
+
+/// Local retention waits while the sink lacks events below the floor, however much more is
+/// shipped meanwhile, and goes on once the sink holds them again. A sink shipped to after
+/// another gets what the local log still holds and is checked from the floor it first saw:
+/// the events below are in the other sink.
+#[tokio::test]
+async fn local_retention_waits_for_lost_events_and_a_new_sink_is_checked_from_its_first_floor() {
+    let (l, sink_dir, mut c, rec, shipper) = retaining_log(false).await;
+    shipper.ship_sealed().await.unwrap();
+    assert_eq!(shipper.retention_pass().await.unwrap().floor, 7);
+    let segments = sink_dir.join("segments");
+    let aside = l.dir.path().join("aside");
+    let first = segments_in(&sink_dir).into_iter().next().unwrap();
+    assert_eq!(first.0, 1);
+    move_segment(&segments, &aside, &first.2);
+    for i in 0..6 {
+        rec.append(start(&format!("more{i}"), 30_000 + i)).await.unwrap();
+    }
+    assert!(shipper.ship_sealed().await.unwrap() > 0);
+    let pass = shipper.retention_pass().await.unwrap();
+    assert_eq!((pass.deleted, pass.floor), (0, 7), "{pass:?}");
+    assert!(
+        pass.held.as_deref().is_some_and(|h| h.contains("lost events 1")),
+        "{pass:?}"
+    );
+    move_segment(&aside, &segments, &first.2);
+    let pass = shipper.retention_pass_listing(false).await.unwrap();
+    assert!(
+        pass.held.is_none() && pass.deleted > 0 && pass.floor > 7,
+        "{pass:?}"
+    );
+    let floor = pass.floor;
+
+    // Another sink from now on.
+    let other_dir = l.dir.path().join("sink2");
+    let mut sh = shipping(&other_dir, None);
+    sh.keep_local_secs = Some(0);
+    c.shipping = Some(sh);
+    let other = gatehouse_recorder::Shipper::from_config(&c, rec.clone())
+        .unwrap()
+        .unwrap();
+    // (Retention deleted all the old sink acknowledged: nothing is left to send again.)
+    let pass = other.retention_pass().await.unwrap();
+    assert!(pass.held.is_none() && pass.floor == floor, "{pass:?}");
+    assert!(other.status().sink_lost().is_empty());
+    // That is said once, in the log (before retention deletes the notice with what follows).
+    other.retention_pass().await.unwrap();
+    let said = || {
+        LogReader::open(&l.log())
+            .unwrap()
+            .events(floor + 1, 1000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| {
+                matches!(&e.body, EventBody::Notice { message, .. }
+                    if message.contains(&format!("floor (event {floor}) was set while shipping to")))
+            })
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while said() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(said(), 1);
+    for i in 0..6 {
+        rec.append(start(&format!("later{i}"), 40_000 + i)).await.unwrap();
+    }
+    assert!(other.ship_sealed().await.unwrap() > 0);
+    let pass = other.retention_pass().await.unwrap();
+    assert!(pass.held.is_none() && pass.floor > floor, "{pass:?}");
+    // The floor now names the new sink; still, nothing below the old floor is asked of it.
+    let pass = other.retention_pass().await.unwrap();
+    assert!(pass.held.is_none(), "{pass:?}");
+    assert!(other.status().sink_lost().is_empty());
+    assert!(segments_in(&other_dir).iter().all(|s| s.0 > floor));
+    rec.shutdown();
+    let r = LogReader::open(&l.log()).unwrap();
+    assert!(r.floor().unwrap().unwrap().sink.contains("sink2"));
     let report = r.verify(&l.keys).unwrap();
     assert_eq!(report.outcome(TailPolicy::Strict), Outcome::Intact, "{report:?}");
 }
