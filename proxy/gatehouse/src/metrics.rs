@@ -405,7 +405,7 @@ impl GatewayMetrics {
                 .single(st.sink_checks.load(Relaxed)),
                 Family::gauge(
                     "gatehouse_audit_retention_failing",
-                    "1 while the last local retention pass (and sink check) failed, else 0.",
+                    "1 while the last local retention pass (and sink check) failed, else 0 (losses below the local floor show in gatehouse_shipping_sink_lost_events).",
                 )
                 .single(u64::from(st.retention_error().is_some())),
             ]);

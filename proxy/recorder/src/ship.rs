@@ -389,48 +389,55 @@ fn write_durably(p: &Path, bytes: &[u8], what: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The first event a sink is expected to hold (`shipping/sink_since.json`). A sink shipped
+/// The first event each sink is expected to hold (`shipping/sink_since.json`). A sink shipped
 /// to from the start holds everything from event 1. After a change of sink, the new one
-/// holds only what the local log still had when it was first seen (the old floor + 1 on);
-/// the events below are in the old sink, which the floor's record names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// holds only what the local log still had when it was first seen (the floor + 1 on): the
+/// events below are in the sink the floor's record names. One entry per sink, so switching
+/// back and forth keeps each sink's own start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct SinkSince {
-    sink: String,
-    since: u64,
+    sinks: std::collections::BTreeMap<String, u64>,
 }
 
 fn sink_since_path(log_dir: &Path) -> PathBuf {
     log_dir.join("shipping").join("sink_since.json")
 }
 
-/// The first event `sink` is expected to hold, given the local floor; recorded the first
-/// time a floor set against another sink is seen. `(since, the other sink if just recorded)`.
-fn sink_since(
+/// The first event `sink` is expected to hold, given the local floor: its recorded start,
+/// raised past a floor set against another sink (and recorded so). `(since, the other sink
+/// if its floor raised it just now)`.
+pub(crate) fn sink_since(
     log_dir: &Path,
     sink: &str,
     floor: Option<&crate::store::Floor>,
 ) -> Result<(u64, Option<String>), String> {
     let p = sink_since_path(log_dir);
-    let recorded: Option<SinkSince> = match std::fs::read(&p) {
-        Ok(v) => Some(serde_json::from_slice(&v).map_err(|e| format!("{}: {e}", p.display()))?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+    let mut rec: SinkSince = match std::fs::read(&p) {
+        Ok(v) => serde_json::from_slice(&v).map_err(|e| {
+            format!(
+                "{}: {e}: the first event each sink is expected to hold is unknown, so the \
+                 sink is not checked below the local floor and nothing is deleted; put the \
+                 file back, or remove it (this sink is then checked from event 1, or from the \
+                 floor if the floor names another sink; sink_lost_accepted names what it never held)",
+                p.display()
+            )
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => SinkSince::default(),
         Err(e) => return Err(format!("{}: {e}", p.display())),
     };
-    if let Some(r) = recorded.filter(|r| r.sink == sink) {
-        return Ok((r.since.max(1), None));
-    }
+    let recorded = rec.sinks.get(sink).copied();
     match floor {
         Some(f) if f.sink != sink => {
             let since = f.seq.saturating_add(1);
-            let rec = SinkSince {
-                sink: sink.to_string(),
-                since,
-            };
+            if recorded.is_some_and(|r| r >= since) {
+                return Ok((recorded.unwrap_or(since), None));
+            }
+            rec.sinks.insert(sink.to_string(), since);
             let bytes = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
-            write_durably(&p, &bytes, "the sink's first event")?;
+            write_durably(&p, &bytes, "the sinks' first events")?;
             Ok((since, Some(f.sink.clone())))
         }
-        _ => Ok((1, None)),
+        _ => Ok((recorded.unwrap_or(1).max(1), None)),
     }
 }
 
@@ -920,15 +927,23 @@ impl Shipper {
         .await
         .map_err(|e| format!("retention task: {e}"))?
         .map_err(|e| e.to_string())?;
-        let (since, other_sink) = {
+        let since = {
             let (dir, url, f) = (self.log_dir.clone(), self.sink.url().to_string(), floor.clone());
             tokio::task::spawn_blocking(move || sink_since(&dir, &url, f.as_ref()))
                 .await
-                .map_err(|e| format!("retention task: {e}"))??
+                .map_err(|e| format!("retention task: {e}"))?
         };
-        if let (Some(other), Some(f)) = (other_sink, &floor) {
-            self.note_other_sink(&other, f.seq);
-        }
+        // Unknown: nothing is checked below the floor, the rest of the pass runs (lost
+        // segments above the floor are still sent again), and nothing is deleted.
+        let since = match since {
+            Ok((since, other)) => {
+                if let (Some(other), Some(f)) = (other, &floor) {
+                    self.note_other_sink(&other, f.seq);
+                }
+                Ok(since)
+            }
+            Err(e) => Err(e),
+        };
         let floor_seq = floor.as_ref().map(|f| f.seq).unwrap_or(0);
         let mut pass = RetentionPass {
             floor: floor_seq,
@@ -947,7 +962,7 @@ impl Shipper {
         // event found lost.
         let below_from = match (&floor, whole_sink) {
             (None, _) => None,
-            (Some(_), true) => (since <= floor_seq).then_some(since),
+            (Some(_), true) => since.as_ref().ok().filter(|s| **s <= floor_seq).copied(),
             (Some(_), false) => self.status.sink_lost().first().map(|r| r.0),
         };
         let mut covered = Covered::default();
@@ -1002,7 +1017,7 @@ impl Shipper {
                     .store(gatehouse_core::time::now_micros(), Ordering::Relaxed);
                 self.status.sink_checks.fetch_add(1, Ordering::Relaxed);
             }
-        } else if whole_sink {
+        } else if whole_sink && since.is_ok() {
             // Nothing below the floor to check (none yet, or all in another sink).
             self.status.set_sink_lost(Vec::new());
             self.status
@@ -1055,8 +1070,9 @@ impl Shipper {
 
         // 2. Local retention.
         let Some(keep) = self.keep_local else {
-            return Ok(pass);
+            return since.map(|_| pass);
         };
+        since?;
         // Held back, not failed: the loss has its own signals, and a failed pass would be
         // tried again at the shipping interval, listing the sink each time.
         let lost = self.status.sink_lost();
@@ -1372,7 +1388,9 @@ impl Shipper {
             let now = tokio::time::Instant::now();
             if ok && now >= retention_at {
                 retention_at = now + self.retention_every;
-                let whole_sink = now >= whole_sink_at;
+                // Until one whole listing succeeded, every pass is whole (retention deletes
+                // nothing before that).
+                let whole_sink = now >= whole_sink_at || self.status.sink_checks.load(Ordering::Relaxed) == 0;
                 let checks = self.status.sink_checks.load(Ordering::Relaxed);
                 let result = self.retention_pass_listing(whole_sink).await;
                 if whole_sink {

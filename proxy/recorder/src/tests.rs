@@ -1047,3 +1047,36 @@ fn lost_events_change_event_by_event_not_range_by_range() {
         LostChanges::default()
     );
 }
+
+#[test]
+fn each_sink_is_checked_from_the_floor_it_first_saw_across_switches() {
+    use crate::ship::sink_since;
+    let dir = tempfile::tempdir().unwrap();
+    let floor = |seq: u64, sink: &str| crate::store::Floor {
+        seq,
+        hash: String::new(),
+        time_us: 0,
+        sink: sink.to_string(),
+        key_id: String::new(),
+        signature: String::new(),
+    };
+    let at = |sink: &str, f: Option<&crate::store::Floor>| sink_since(dir.path(), sink, f).unwrap();
+    // Shipped to A from the start: everything from 1, with or without a floor.
+    assert_eq!(at("a", None), (1, None));
+    assert_eq!(at("a", Some(&floor(100, "a"))), (1, None));
+    // B takes over at floor 100: from 101, said once.
+    assert_eq!(at("b", Some(&floor(100, "a"))), (101, Some("a".to_string())));
+    assert_eq!(at("b", Some(&floor(100, "a"))), (101, None));
+    assert_eq!(at("b", Some(&floor(200, "b"))), (101, None));
+    // Back to A before B moved the floor: A still holds its own from 1.
+    assert_eq!(at("a", Some(&floor(100, "a"))), (1, None));
+    // Back to A after B moved the floor to 200: A from 201.
+    assert_eq!(at("a", Some(&floor(200, "b"))), (201, Some("b".to_string())));
+    assert_eq!(at("a", Some(&floor(300, "a"))), (201, None));
+    // And B again after A moved it to 300: from 301, not its old 101.
+    assert_eq!(at("b", Some(&floor(300, "a"))), (301, Some("a".to_string())));
+    // A damaged record is an error that says how to recover, not a guess.
+    std::fs::write(dir.path().join("shipping").join("sink_since.json"), b"{").unwrap();
+    let err = sink_since(dir.path(), "b", Some(&floor(300, "b"))).unwrap_err();
+    assert!(err.contains("put the file back, or remove it"), "{err}");
+}

@@ -1703,25 +1703,21 @@ async fn local_retention_waits_for_lost_events_and_a_new_sink_is_checked_from_it
     let pass = other.retention_pass().await.unwrap();
     assert!(pass.held.is_none() && pass.floor == floor, "{pass:?}");
     assert!(other.status().sink_lost().is_empty());
-    // That is said once, in the log (before retention deletes the notice with what follows).
+    // That is said once, in the log (before retention deletes the notice with what follows;
+    // an awaited append after the passes commits their notices first).
     other.retention_pass().await.unwrap();
-    let said = || {
-        LogReader::open(&l.log())
-            .unwrap()
-            .events(floor + 1, 1000)
-            .unwrap()
-            .into_iter()
-            .filter(|e| {
-                matches!(&e.body, EventBody::Notice { message, .. }
-                    if message.contains(&format!("floor (event {floor}) was set while shipping to")))
-            })
-            .count()
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while said() == 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(said(), 1);
+    rec.append(start("probe", 35_000)).await.unwrap();
+    let said = LogReader::open(&l.log())
+        .unwrap()
+        .events(floor + 1, 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| {
+            matches!(&e.body, EventBody::Notice { message, .. }
+                if message.contains(&format!("floor (event {floor}) was set while shipping to")))
+        })
+        .count();
+    assert_eq!(said, 1);
     for i in 0..6 {
         rec.append(start(&format!("later{i}"), 40_000 + i)).await.unwrap();
     }
