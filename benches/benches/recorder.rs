@@ -266,10 +266,7 @@ fn bench_append(c: &mut Criterion) {
 /// 1,000 principals, one statement in 1,000 a denied DELETE. Each query asks for the newest
 /// 100 matches, as `gatehouse audit search` does by default.
 fn bench_search(c: &mut Criterion) {
-    let n: u64 = std::env::var("GATEHOUSE_BENCH_SEARCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let n = env_count("GATEHOUSE_BENCH_SEARCH_EVENTS", 1_000_000);
     let tmp = bench_dir("gatehouse-bench-search-");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -387,10 +384,7 @@ fn bench_search(c: &mut Criterion) {
 /// filesystem sink, rebuilt from it: read and verified segment by segment, written, its
 /// summaries and search indexes built.
 fn bench_restore(c: &mut Criterion) {
-    let n: u64 = std::env::var("GATEHOUSE_BENCH_RESTORE_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+    let n = env_count("GATEHOUSE_BENCH_RESTORE_EVENTS", 200_000);
     let tmp = bench_dir("gatehouse-bench-restore-");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -487,6 +481,14 @@ fn bench_restore(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// A count from the environment, or `default` when unset or not a number.
+fn env_count(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 criterion_group!(benches, bench_append, bench_search, bench_restore);

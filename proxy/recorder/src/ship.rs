@@ -1008,18 +1008,12 @@ impl Shipper {
             // (A pass that is not whole starts at the first lost event: nothing lost is
             // before it.)
             self.note_sink_lost(missing, &covered, whole_sink.then_some(expected));
-            if whole_sink {
-                self.status
-                    .sink_first_seq
-                    .store(first_held.unwrap_or(0), Ordering::Relaxed);
-                self.status
-                    .sink_checked_us
-                    .store(gatehouse_core::time::now_micros(), Ordering::Relaxed);
-                self.status.sink_checks.fetch_add(1, Ordering::Relaxed);
-            }
         } else if whole_sink && since.is_ok() {
             // Nothing below the floor to check (none yet, or all in another sink).
             self.status.set_sink_lost(Vec::new());
+        }
+        // A whole check made (not one skipped for want of the sink's start).
+        if whole_sink && (below_from.is_some() || since.is_ok()) {
             self.status
                 .sink_first_seq
                 .store(first_held.unwrap_or(0), Ordering::Relaxed);
@@ -1390,8 +1384,8 @@ impl Shipper {
                 retention_at = now + self.retention_every;
                 // Until one whole listing succeeded, every pass is whole (retention deletes
                 // nothing before that).
-                let whole_sink = now >= whole_sink_at || self.status.sink_checks.load(Ordering::Relaxed) == 0;
                 let checks = self.status.sink_checks.load(Ordering::Relaxed);
+                let whole_sink = now >= whole_sink_at || checks == 0;
                 let result = self.retention_pass_listing(whole_sink).await;
                 if whole_sink {
                     // A whole listing that failed is tried again a retention interval later.
