@@ -22,6 +22,10 @@ use gatehouse_recorder::{
     restore_from_sink,
 };
 
+/// The allocator the `gatehouse` binary runs with (see its `main.rs`).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Concurrent sessions in the group-commit benchmark.
 const SESSIONS: u64 = 64;
 
