@@ -194,40 +194,45 @@ fn bench_append(c: &mut Criterion) {
                 })
             })
         });
-        // The same 64 sessions without a barrier between rounds: each goes on to its next
-        // statement as soon as its own decision is durable, as independent clients do. This
-        // is the sustained rate group commit reaches (decisions; each also appends a result).
+        // Sessions without a barrier between rounds: each goes on to its next statement as
+        // soon as its own decision is durable, as independent clients do. This is the
+        // sustained rate group commit reaches (decisions; each also appends a result), for
+        // each count of sessions in `$GATEHOUSE_BENCH_STEADY_SESSIONS` (default 64 and 512:
+        // with sync durability the rate grows with the sessions sharing each fsync until the
+        // CPUs are busy).
         g.throughput(Throughput::Elements(1));
-        g.bench_function(format!("append_decision_steady_{SESSIONS}_sessions"), |b| {
-            b.iter_custom(|iters| {
-                let rec = rec.clone();
-                let stmt = stmt.clone();
-                rt.block_on(async move {
-                    let per = iters.div_ceil(SESSIONS);
-                    let start = Instant::now();
-                    let mut set = tokio::task::JoinSet::new();
-                    for s in 0..SESSIONS {
-                        let (rec, stmt) = (rec.clone(), stmt.clone());
-                        set.spawn(async move {
-                            for op in 0..per {
-                                rec.append(decision(&stmt, s, op)).await?;
-                                rec.append_nowait(result(s, op));
-                            }
-                            Ok::<(), gatehouse_recorder::RecorderError>(())
-                        });
-                    }
-                    while let Some(r) = set.join_next().await {
-                        match r {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => fail("append", e),
-                            Err(e) => fail("append task", e),
+        for sessions in steady_sessions() {
+            g.bench_function(format!("append_decision_steady_{sessions}_sessions"), |b| {
+                b.iter_custom(|iters| {
+                    let rec = rec.clone();
+                    let stmt = stmt.clone();
+                    rt.block_on(async move {
+                        let per = iters.div_ceil(sessions);
+                        let start = Instant::now();
+                        let mut set = tokio::task::JoinSet::new();
+                        for s in 0..sessions {
+                            let (rec, stmt) = (rec.clone(), stmt.clone());
+                            set.spawn(async move {
+                                for op in 0..per {
+                                    rec.append(decision(&stmt, s, op)).await?;
+                                    rec.append_nowait(result(s, op));
+                                }
+                                Ok::<(), gatehouse_recorder::RecorderError>(())
+                            });
                         }
-                    }
-                    // Time per decision, of the iterations asked for.
-                    start.elapsed().mul_f64(iters as f64 / (per * SESSIONS) as f64)
+                        while let Some(r) = set.join_next().await {
+                            match r {
+                                Ok(Ok(())) => {}
+                                Ok(Err(e)) => fail("append", e),
+                                Err(e) => fail("append task", e),
+                            }
+                        }
+                        // Time per decision, of the iterations asked for.
+                        start.elapsed().mul_f64(iters as f64 / (per * sessions) as f64)
+                    })
                 })
-            })
-        });
+            });
+        }
         g.finish();
         let stats = rec.stats();
         // The search indexes trail the writer (searches read what they have not reached):
@@ -488,6 +493,25 @@ fn bench_restore(c: &mut Criterion) {
 }
 
 /// A count from the environment, or `default` when unset or not a number.
+/// Session counts of the steady group-commit benchmark: `$GATEHOUSE_BENCH_STEADY_SESSIONS`, a
+/// comma-separated list (default 64 and 512).
+fn steady_sessions() -> Vec<u64> {
+    let raw = std::env::var("GATEHOUSE_BENCH_STEADY_SESSIONS").unwrap_or_else(|_| "64,512".to_string());
+    let counts: Vec<u64> = raw
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .unwrap_or_else(|e| fail("GATEHOUSE_BENCH_STEADY_SESSIONS", e))
+        })
+        .filter(|n| *n > 0)
+        .collect();
+    if counts.is_empty() {
+        fail("GATEHOUSE_BENCH_STEADY_SESSIONS", "no session count");
+    }
+    counts
+}
+
 fn env_count(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
