@@ -275,19 +275,19 @@ impl Block {
         self.max.saturating_sub(self.min)
     }
 
-    /// Put the block's keys into `wb`, in key order: the block's posting lists (which follow
-    /// every earlier block's), its manifest, then its directory entries. RocksDB inserts a
-    /// batch's keys into the memtable's skip list in batch order, and a key just after the
-    /// previous one is found from where that one went instead of from the top; in first-seen
-    /// order (a directory entry, then a posting list, term by term) every insert searched
-    /// the whole list, the indexer's largest cost under load.
+    /// Put the block's keys into `wb` in ascending key order: its manifest (`B`), its
+    /// directory entries (`D`), then its posting lists (`P`, after every earlier block's),
+    /// each run sorted by term. RocksDB inserts a batch's keys into the memtable's skip list
+    /// in batch order, and finds a key that follows the previous one from where that one went
+    /// (the indexer's write asks for this also when it joins the writer's write group, see
+    /// `indexer.rs`). In first-seen order, alternating directory entries and posting lists,
+    /// every insert searched the whole list: the indexer's largest cost under load.
     fn write(mut self, wb: &mut WriteBatch, cf: &ColumnFamily) {
         let Some(block) = self.first else { return };
         self.postings.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut manifest = Vec::with_capacity(8 + self.postings.len() * 24);
         manifest.extend_from_slice(&self.last.to_be_bytes());
         for (term, p) in &self.postings {
-            wb.put_cf(cf, posting_key(block, term), &p.bytes);
             put_varint(&mut manifest, term.len() as u64);
             manifest.extend_from_slice(term);
             manifest.extend_from_slice(&time_key(p.max));
@@ -295,6 +295,9 @@ impl Block {
         wb.put_cf(cf, block_key(block), manifest);
         for (term, p) in &self.postings {
             wb.put_cf(cf, directory_key(term, p.max, block), time_key(p.min));
+        }
+        for (term, p) in &self.postings {
+            wb.put_cf(cf, posting_key(block, term), &p.bytes);
         }
     }
 }
