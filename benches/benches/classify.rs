@@ -10,6 +10,10 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use gatehouse_pg::classify::{ClassifyCache, classify, classify_one};
 
+/// The allocator the `gatehouse` binary runs with (see its `main.rs`).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Realistic statements: what pgbench sends, a reporting join, a write with WHERE, a
 /// data-modifying CTE and a DDL.
 const STATEMENTS: &[(&str, &str)] = &[

@@ -14,6 +14,10 @@ use gatehouse::masking::{ColumnRules, SessionMasker};
 use gatehouse_core::{ColumnDesc, ColumnSource, PrincipalKind, RelationKind, RowBatch, RowMasker};
 use gatehouse_policy::PolicyEngine;
 
+/// The allocator the `gatehouse` binary runs with (see its `main.rs`).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn fail(what: &str, e: impl std::fmt::Display) -> ! {
     eprintln!("masking bench: {what}: {e}");
     std::process::exit(1)

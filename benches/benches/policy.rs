@@ -13,6 +13,10 @@ use gatehouse_core::{Operation, PrincipalKind, SessionCtx};
 use gatehouse_pg::classify::classify_one;
 use gatehouse_policy::{PolicyEngine, SessionPolicy};
 
+/// The allocator the `gatehouse` binary runs with (see its `main.rs`).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn fail(what: &str, e: impl std::fmt::Display) -> ! {
     eprintln!("policy bench: {what}: {e}");
     std::process::exit(1)

@@ -8,6 +8,10 @@ use bytes::{BufMut, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use gatehouse_pg::proto;
 
+/// The allocator the `gatehouse` binary runs with (see its `main.rs`).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn msg(out: &mut BytesMut, tag: u8, body: &[u8]) {
     out.put_u8(tag);
     out.put_u32((body.len() + 4) as u32);

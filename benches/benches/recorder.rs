@@ -26,7 +26,7 @@ use gatehouse_recorder::{
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Concurrent sessions in the group-commit benchmark.
+/// Concurrent sessions in the round-based group-commit benchmark.
 const SESSIONS: u64 = 64;
 
 fn fail(what: &str, e: impl std::fmt::Display) -> ! {
@@ -202,6 +202,7 @@ fn bench_append(c: &mut Criterion) {
         // CPUs are busy).
         g.throughput(Throughput::Elements(1));
         for sessions in steady_sessions() {
+            let before = rec.stats();
             g.bench_function(format!("append_decision_steady_{sessions}_sessions"), |b| {
                 b.iter_custom(|iters| {
                     let rec = rec.clone();
@@ -232,6 +233,15 @@ fn bench_append(c: &mut Criterion) {
                     })
                 })
             });
+            let after = rec.stats();
+            let (events, commits) = (after.appended - before.appended, after.batches - before.batches);
+            if events > 0 {
+                eprintln!(
+                    "recorder_{name}/append_decision_steady_{sessions}_sessions: {events} events in \
+                     {commits} group commits ({:.1} events/commit)",
+                    events as f64 / commits.max(1) as f64
+                );
+            }
         }
         g.finish();
         let stats = rec.stats();
@@ -492,26 +502,29 @@ fn bench_restore(c: &mut Criterion) {
     g.finish();
 }
 
-/// A count from the environment, or `default` when unset or not a number.
 /// Session counts of the steady group-commit benchmark: `$GATEHOUSE_BENCH_STEADY_SESSIONS`, a
-/// comma-separated list (default 64 and 512).
+/// comma-separated list (default 64 and 512); a repeated count runs once.
 fn steady_sessions() -> Vec<u64> {
-    let raw = std::env::var("GATEHOUSE_BENCH_STEADY_SESSIONS").unwrap_or_else(|_| "64,512".to_string());
-    let counts: Vec<u64> = raw
-        .split(',')
-        .map(|s| {
-            s.trim()
-                .parse()
-                .unwrap_or_else(|e| fail("GATEHOUSE_BENCH_STEADY_SESSIONS", e))
-        })
-        .filter(|n| *n > 0)
-        .collect();
-    if counts.is_empty() {
-        fail("GATEHOUSE_BENCH_STEADY_SESSIONS", "no session count");
+    const VAR: &str = "GATEHOUSE_BENCH_STEADY_SESSIONS";
+    let raw = std::env::var(VAR).unwrap_or_else(|_| "64,512".to_string());
+    let mut counts: Vec<u64> = Vec::new();
+    for part in raw.split(',') {
+        match part.trim().parse::<u64>() {
+            Ok(n) if n > 0 => {
+                if !counts.contains(&n) {
+                    counts.push(n);
+                }
+            }
+            _ => fail(
+                VAR,
+                format!("`{raw}`: expected positive session counts separated by commas"),
+            ),
+        }
     }
     counts
 }
 
+/// A count from the environment, or `default` when unset or not a number.
 fn env_count(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()

@@ -9,11 +9,12 @@ use gatehouse::app::Gateway;
 use gatehouse::demo;
 use gatehouse_core::config::Config;
 
-/// mimalloc instead of the C library's allocator: the recorder's writer, its indexer and the
-/// sessions' tasks allocate and free on different threads at a high rate, where glibc's
-/// malloc spent about a tenth of the CPU (with `malloc_consolidate` on large frees); with
-/// mimalloc the CPU per recorded event fell by about 10% (`benches/benches/recorder.rs` uses
-/// it too, so it measures what the gateway runs).
+/// mimalloc instead of the C library's allocator for Rust's allocations (RocksDB's C++
+/// keeps glibc's): the recorder's writer, its indexer and the sessions' tasks allocate and
+/// free on different threads at a high rate, where glibc's malloc and free (with
+/// `malloc_consolidate` on large frees) took about a tenth of the CPU under recording
+/// load. With mimalloc the CPU per recorded event fell by about 10% (criterion
+/// `recorder_sync`; the benches use it too, so they measure what the gateway runs).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
