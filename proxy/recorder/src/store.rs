@@ -95,6 +95,10 @@ const ZSTD_LEVEL: i32 = 1;
 /// CLI command opens its own reader).
 const EVENTS_BLOCK_SIZE: usize = 16 * 1024;
 
+/// Most WAL bytes kept before RocksDB flushes the column families holding the oldest WAL
+/// file (see [`open_rw`]).
+const MAX_TOTAL_WAL_SIZE: u64 = 128 << 20;
+
 fn cf_options(name: &str) -> Options {
     let mut o = Options::default();
     o.set_compression_type(DBCompressionType::Zstd);
@@ -119,6 +123,12 @@ pub(crate) fn open_rw(dir: &Path) -> Result<DB, RecorderError> {
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_keep_log_file_num(10);
+    // Every reader (each admin request, each CLI command) replays the WAL past the last
+    // memtable flush when it opens the log. The WAL lives until every column family with data
+    // in it has flushed, and the small ones (the head, summaries) seldom fill a memtable, so
+    // by default it grew to hundreds of MB and an open took a second at 1M events. Past this
+    // size RocksDB flushes the column families that hold the oldest WAL file.
+    opts.set_max_total_wal_size(MAX_TOTAL_WAL_SIZE);
     let cfs = ALL_CFS
         .iter()
         .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
