@@ -508,4 +508,90 @@ fn local_retention_deletes_what_the_s3_sink_holds_and_both_copies_still_verify()
         ])
         .unwrap();
     assert_eq!(code(&out), 0, "{}", text(&out));
+
+    // A lifecycle rule expires the oldest segment. Declared so (`sink_expires`), the sink
+    // verifies from the first segment it holds, and restores from there; the restored log
+    // says where it starts and, nothing signed vouching for that, is incomplete (exit 3).
+    s3.object("audit", &oldest, None, true).unwrap();
+    let first_held = s3_segments(&s3, "audit", "gw1")
+        .iter()
+        .filter_map(|k| {
+            k.strip_prefix("gw1/segments/")?
+                .split_once('-')?
+                .0
+                .parse::<u64>()
+                .ok()
+        })
+        .min()
+        .unwrap();
+    assert!(first_held > 1);
+    let out = verify_shipped(&h, &["--strict"]);
+    assert_eq!(
+        code(&out),
+        1,
+        "without sink_expires the gap is a loss: {}",
+        text(&out)
+    );
+    let config = std::fs::read_to_string(&h.setup.config_path).unwrap();
+    assert_eq!(config.matches("[recorder.shipping]\n").count(), 1, "{config}");
+    let expiring = h.dir.path().join("expiring.toml");
+    std::fs::write(
+        &expiring,
+        config.replace(
+            "[recorder.shipping]\n",
+            "[recorder.shipping]\nsink_expires = true\n",
+        ),
+    )
+    .unwrap();
+    let expiring = expiring.display().to_string();
+    let out = h
+        .gatehouse(&[
+            "audit",
+            "verify",
+            "--shipped",
+            &expiring,
+            "--key",
+            &key,
+            "--strict",
+        ])
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "starts at event {first_held}: events 1 to {}",
+            first_held - 1
+        )),
+        "{}",
+        text(&out)
+    );
+    let partial = h.dir.path().join("restored-partial");
+    let partial_s = partial.display().to_string();
+    let out = h
+        .gatehouse(&[
+            "audit",
+            "restore",
+            "--shipped",
+            &expiring,
+            "--key",
+            &key,
+            "--out",
+            &partial_s,
+        ])
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("restored events {first_held} to ")),
+        "{}",
+        text(&out)
+    );
+    let out = h
+        .gatehouse(&["audit", "verify", "--log", &partial_s, "--key", &key, "--strict"])
+        .unwrap();
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert!(
+        text(&out).contains("unsigned_start") && text(&out).contains("s3://audit/gw1"),
+        "{}",
+        text(&out)
+    );
+    assert!(finds_text(&h, &partial, "while_lost"));
 }

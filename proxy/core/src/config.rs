@@ -606,7 +606,8 @@ pub struct ShippingConfig {
     /// The sink deletes its oldest segments on its own (an S3 lifecycle rule, say): segments
     /// missing at its start are not a loss, only holes after the first segment it holds are.
     /// The gateway then cannot tell expiry from a deletion of the oldest segments (Object
-    /// Lock can).
+    /// Lock can). `audit verify --shipped` and `audit restore` start at the first segment it
+    /// holds.
     #[serde(default)]
     pub sink_expires: bool,
     /// Event ranges (`[[first, last], …]`) the operator accepts as lost from the sink, below

@@ -261,7 +261,8 @@ enum AuditCmd {
         #[arg(long)]
         bundle: Option<PathBuf>,
         /// What was shipped to the sink of this gateway config's `[recorder.shipping]`
-        /// (credentials and encryption key are read as the gateway reads them).
+        /// (credentials and encryption key are read as the gateway reads them). With
+        /// `sink_expires = true` there, it is checked from the first segment it holds.
         #[arg(long, value_name = "CONFIG")]
         shipped: Option<PathBuf>,
         /// A public key (SPKI PEM) trusted to sign checkpoints; repeat for rotated keys.
@@ -284,9 +285,10 @@ enum AuditCmd {
     /// does, and only a shipped log that is intact and signed to its end by the given keys is
     /// written, byte for byte, with its checkpoints, session summaries and search indexes,
     /// into --out (created; must be empty if it exists). Every `--log` command then works on
-    /// it (verify, search, sessions, show, replay, events, export, policy whatif). Exit codes
-    /// as `audit verify` (2 also for an output that is not a new or empty directory); nothing
-    /// is written unless 0.
+    /// it (verify, search, sessions, show, replay, events, export, policy whatif). A sink with
+    /// `sink_expires = true` is restored from the first segment it holds; `verify --log` then
+    /// reports that start as unsigned (exit 3). Exit codes as `audit verify` (2 also for an
+    /// output that is not a new or empty directory); nothing is written unless 0.
     Restore {
         /// The gateway config whose `[recorder.shipping]` names the sink (credentials and
         /// encryption key are read as the gateway reads them).
@@ -1146,6 +1148,14 @@ fn print_verify_report(
              rebuilds a log from it)"
         );
     }
+    if let Some(first) = report.expired_before {
+        println!(
+            "  starts at event {first}: events 1 to {} had expired from the sink, which deletes \
+             its oldest segments itself (sink_expires); nothing signed says where it starts, \
+             and a deletion of its oldest segments looks the same",
+            first - 1
+        );
+    }
     println!(
         "  checkpoints: {} verified of {}; signed through event {}; keys: {}",
         report.checkpoints_verified,
@@ -1214,7 +1224,8 @@ fn audit_restore(config: &Path, key_files: &[PathBuf], out: &Path, json: bool) -
     print_verify_report(&what, &restored.report, restored.outcome, None, json)?;
     if restored.written {
         eprintln!(
-            "restored events 1 to {} into {} (indexed through {}); use it with --log",
+            "restored events {} to {} into {} (indexed through {}); use it with --log",
+            restored.report.expired_before.unwrap_or(1),
             restored.report.last_seq,
             out.display(),
             restored.indexed_seq

@@ -195,6 +195,25 @@ pub fn export_bundle(reader: &LogReader, o: &ExportOptions<'_>) -> Result<Bundle
             )));
         }
     }
+    // Likewise events a sink had expired before this log was restored from it. Their times
+    // are gone with them; each was appended before the first event held, so before the first
+    // checkpoint at or after it was signed (the bound the floor has too).
+    let restored = reader.restored_start()?.filter(|r| r.first_seq > 1);
+    if let Some(r) = &restored {
+        let bound = reader
+            .checkpoint_at_or_after(r.first_seq)?
+            .map(|c| c.time_us)
+            .unwrap_or(i64::MAX);
+        if o.from_us <= bound {
+            return Err(RecorderError::Invalid(format!(
+                "this log was restored from {}, which had expired events 1 to {} (recorded \
+                 until {} at the latest): export a window starting after that",
+                r.sink,
+                r.first_seq - 1,
+                gatehouse_core::time::rfc3339_micros(bound),
+            )));
+        }
+    }
     std::fs::create_dir_all(o.out.join(TRANSCRIPTS)).map_err(|e| io_err(o.out, e))?;
 
     // Which seqs fall in the window, and which sessions they belong to.
@@ -272,7 +291,26 @@ pub fn export_bundle(reader: &LogReader, o: &ExportOptions<'_>) -> Result<Bundle
         if let Some(s) = summary {
             summaries.push(s);
         }
-        let mut transcript = crate::render_transcript(&reader.session_events(id)?);
+        let events = reader.session_events(id)?;
+        let mut transcript = crate::render_transcript(&events);
+        // In a log restored from an expiring sink, a session whose first event here is not
+        // its start may have begun in what expired.
+        if let Some(r) = &restored
+            && !cut
+            && events
+                .first()
+                .is_some_and(|e| !matches!(e.body, crate::event::EventBody::SessionStart { .. }))
+        {
+            transcript.insert_str(
+                0,
+                &format!(
+                    "[this log was restored from {}, which had expired events 1 to {}: this \
+                     session's earlier events, if it had any, are not in it]\n",
+                    r.sink,
+                    r.first_seq - 1
+                ),
+            );
+        }
         if cut {
             transcript.insert_str(
                 0,

@@ -93,7 +93,7 @@ pub use reader::LogReader;
 pub use restore::{Restored, restore_from_sink};
 pub use search::{SearchQuery, SearchResult};
 pub use ship::{ShipStatus, Shipper, Sink, describe_ranges, verify_sink};
-pub use store::{Floor, SessionSummary};
+pub use store::{Floor, RestoredStart, SessionSummary};
 pub use transcript::{clean as escape_controls, render_transcript};
 pub use verify::{Finding, FindingKind, Outcome, TailPolicy, VerifyReport};
 pub use writer::{GATEWAY_SESSION, Recorder, RecorderStats};

@@ -225,6 +225,12 @@ impl LogReader {
         store::effective_floor(&self.db)
     }
 
+    /// Where the log starts, if it was restored from a sink that had expired its oldest
+    /// segments (see [`store::RestoredStart`]).
+    pub fn restored_start(&self) -> Result<Option<store::RestoredStart>, RecorderError> {
+        store::restored_start(&self.db)
+    }
+
     /// Every signed checkpoint of the log, in seq order.
     pub fn checkpoints(&self) -> Result<Vec<Checkpoint>, RecorderError> {
         store::checkpoints(&self.db)
@@ -268,6 +274,19 @@ impl LogReader {
         };
         if let Some(f) = &floor {
             walk.start_at_floor(f, good.iter().find(|c| c.seq == f.seq));
+        } else {
+            // A log restored from a sink that had expired its oldest segments.
+            match store::restored_start(&self.db) {
+                Ok(Some(r)) => walk.start_at_restored(&r),
+                Ok(None) => {}
+                Err(RecorderError::Corrupt(why)) => {
+                    walk.bad_container(
+                        1,
+                        format!("the restored log's start record is unreadable ({why})"),
+                    );
+                }
+                Err(e) => return Err(e),
+            }
         }
         for cp in good {
             walk.add_checkpoint(cp);

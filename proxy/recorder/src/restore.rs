@@ -9,6 +9,12 @@
 //! `verify`, `search`, `sessions`, `show`, `replay`, `events`, `export` (a bundle for any
 //! window the sink holds) and `policy whatif`.
 //!
+//! A sink that expires its oldest segments itself (`sink_expires`, an S3 lifecycle rule) no
+//! longer holds event 1: it is restored from the first segment it holds, and the restored log
+//! records where it starts ([`crate::RestoredStart`]). That record is not signed (a restore
+//! holds no private key), so `verify --log` on such a log says where it starts and why, and
+//! gives *incomplete*, never *intact*; `verify --shipped` on the sink is the evidence.
+//!
 //! Nothing is restored that does not verify: the segments go through the same walk as
 //! `audit verify --shipped` while they are copied (one read of the sink), into a new directory
 //! beside the output, which is renamed into place only when the walk found the shipped log
@@ -28,7 +34,10 @@ use crate::checkpoint::PublicKeys;
 use crate::error::RecorderError;
 use crate::indexer::{Indexer, Shared};
 use crate::ship::{Sink, finish_sink, walk_sink};
-use crate::store::{self, CF_CHECKPOINTS, CF_EVENTS, CF_META, META_HEAD, StoredHead, seq_key};
+use crate::store::{
+    self, CF_CHECKPOINTS, CF_EVENTS, CF_META, META_HEAD, META_RESTORED_START, RestoredStart, StoredHead,
+    seq_key,
+};
 use crate::summaries;
 use crate::verify::{Outcome, TailPolicy, VerifyReport, Walk};
 
@@ -139,7 +148,19 @@ async fn restore_into(sink: &Sink, keys: &PublicKeys, dir: &Path) -> Result<Rest
     let wo = WriteOptions::default();
     let (cf_events, cf_checkpoints) = (store::cf(&db, CF_EVENTS)?, store::cf(&db, CF_CHECKPOINTS)?);
     let mut walk = Walk::new(keys, Vec::new(), 1);
+    // What the first event restored links to: where a restore of an expiring sink starts.
+    let mut first_prev: Option<String> = None;
     let others = walk_sink(sink, &mut walk, |checkpoint, events| {
+        if first_prev.is_none()
+            && let Some((_, stored)) = events.first()
+        {
+            #[derive(serde::Deserialize)]
+            struct Prev {
+                prev_hash: String,
+            }
+            // Unreadable: the walk reported the event, and nothing is written.
+            first_prev = serde_json::from_slice::<Prev>(stored).ok().map(|p| p.prev_hash);
+        }
         let mut wb = WriteBatch::default();
         for (seq, stored) in events {
             wb.put_cf(cf_events, seq_key(*seq), stored);
@@ -172,8 +193,21 @@ async fn restore_into(sink: &Sink, keys: &PublicKeys, dir: &Path) -> Result<Rest
         hash: report.last_hash.clone(),
     };
     let v = serde_json::to_vec(&head).map_err(|e| RecorderError::Encode(e.to_string()))?;
-    db.put_cf(store::cf(&db, CF_META)?, META_HEAD, v)
+    let meta = store::cf(&db, CF_META)?;
+    db.put_cf(meta, META_HEAD, v)
         .map_err(|e| RecorderError::Write(e.to_string()))?;
+    if let Some(first_seq) = report.expired_before {
+        // (An intact walk read the first event, so its link was read too.)
+        let start = RestoredStart {
+            first_seq,
+            prev_hash: first_prev.unwrap_or_default(),
+            sink: sink.url().to_string(),
+            restored_us: gatehouse_core::time::now_micros(),
+        };
+        let v = serde_json::to_vec(&start).map_err(|e| RecorderError::Encode(e.to_string()))?;
+        db.put_cf(meta, META_RESTORED_START, v)
+            .map_err(|e| RecorderError::Write(e.to_string()))?;
+    }
     // What the writer and its indexer build alongside the events.
     summaries::rebuild(&db, head.seq)?;
     store::reset_index_if_unsound(&db)?;

@@ -32,7 +32,8 @@
 //!
 //! [`verify_sink`] walks every segment in name order through the same checks as a local log
 //! ([`crate::verify`]): an edited, removed, replaced or reordered segment shows as the finding
-//! its events give.
+//! its events give. A sink that expires its oldest segments itself (`sink_expires`) is walked
+//! from the first segment it holds.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -80,6 +81,9 @@ pub struct Sink {
     prefix: ObjPath,
     url: String,
     key: Option<LessSafeKey>,
+    /// The sink deletes its oldest segments itself (`sink_expires`): it is verified and
+    /// restored from the first segment it holds.
+    expires: bool,
 }
 
 impl std::fmt::Debug for Sink {
@@ -87,6 +91,7 @@ impl std::fmt::Debug for Sink {
         f.debug_struct("Sink")
             .field("url", &self.url)
             .field("encrypted", &self.key.is_some())
+            .field("expires", &self.expires)
             .finish()
     }
 }
@@ -183,12 +188,18 @@ impl Sink {
             prefix: ObjPath::from(prefix),
             url: c.sink.clone(),
             key,
+            expires: c.sink_expires,
         })
     }
 
     /// The sink's address as configured (no secrets).
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Whether the sink expires its oldest segments itself (`sink_expires`).
+    pub fn expires(&self) -> bool {
+        self.expires
     }
 
     fn name(first: u64, last: u64) -> String {
@@ -1444,7 +1455,9 @@ impl Shipper {
 }
 
 /// Verify everything in `sink` with `keys`: every segment's events, in name order, through the
-/// log's own checks, with each segment's checkpoint. An `Err` means the sink could not be read.
+/// log's own checks, with each segment's checkpoint; from event 1, or for a sink that expires
+/// its oldest segments, from the first one it holds ([`VerifyReport::expired_before`]). An
+/// `Err` means the sink could not be read.
 pub async fn verify_sink(sink: &Sink, keys: &PublicKeys) -> Result<VerifyReport, RecorderError> {
     let mut walk = Walk::new(keys, Vec::new(), 1);
     let others = walk_sink(sink, &mut walk, |_, _| Ok(())).await?;
@@ -1475,6 +1488,11 @@ pub(crate) async fn walk_sink(
     mut each: impl FnMut(Option<&Checkpoint>, &[(u64, &[u8])]) -> Result<(), RecorderError>,
 ) -> Result<Vec<String>, RecorderError> {
     let (segments, others) = sink.list().await?;
+    if sink.expires
+        && let Some((first, _, _)) = segments.first()
+    {
+        walk.start_at_sink_start(*first);
+    }
     for (first, last, name) in &segments {
         let plain = match sink.get(name).await {
             Ok(p) => p,

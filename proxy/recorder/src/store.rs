@@ -39,6 +39,9 @@ pub(crate) const META_FLOOR: &[u8] = b"floor";
 /// A retention deletion in progress: JSON [`Floor`] of its target (unsigned), removed when
 /// the floor reaches it.
 pub(crate) const META_RETAINING: &[u8] = b"retaining";
+/// A log `gatehouse audit restore` rebuilt from a sink that had expired its oldest segments:
+/// JSON [`RestoredStart`] (unsigned; see `verify.rs`).
+pub(crate) const META_RESTORED_START: &[u8] = b"restored_start";
 /// Seq through which the search indexes are written (u64 BE; see `indexer.rs`). Not the key
 /// the earlier layout used (`indexed`): an older version run on the log moves that one, and
 /// its progress says nothing about these indexes.
@@ -373,6 +376,22 @@ pub struct Floor {
     pub signature: String,
 }
 
+/// Where a log restored from a sink that expires its oldest segments (`sink_expires`) starts:
+/// the first event the sink still held. Nothing signs it (a restore holds no private key), so
+/// a log that carries one never verifies *intact*: the sink itself is the evidence of where
+/// it starts (`audit verify --shipped`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoredStart {
+    /// The first event of the restored log; events 1 to `first_seq - 1` had expired.
+    pub first_seq: u64,
+    /// The hash that event links to (of the expired event before it), hex.
+    pub prev_hash: String,
+    /// The sink it was restored from, as configured.
+    pub sink: String,
+    /// When it was restored, µs since the epoch.
+    pub restored_us: i64,
+}
+
 /// Name of the floor format (first line of its signed message).
 pub const FLOOR_FORMAT: &str = "gatehouse-floor-v1";
 
@@ -403,6 +422,11 @@ fn meta_json<T: serde::de::DeserializeOwned>(
 /// The log's floor, if retention ever deleted anything.
 pub(crate) fn floor(db: &DB) -> Result<Option<Floor>, RecorderError> {
     meta_json(db, META_FLOOR, "log floor")
+}
+
+/// Where a log restored from an expiring sink starts, if it is one.
+pub(crate) fn restored_start(db: &DB) -> Result<Option<RestoredStart>, RecorderError> {
+    meta_json(db, META_RESTORED_START, "restored log's start")
 }
 
 /// The target of a retention deletion in progress (its events may have lost their index

@@ -50,6 +50,13 @@
 //! - Likewise, raising the floor to a later validly signed checkpoint (deleting the events in
 //!   between and the older checkpoints) looks like retention that went further. What retention
 //!   deletes, the sink holds: `verify --shipped` checks that copy from event 1.
+//! - A sink that expires its oldest segments (`sink_expires`, an S3 lifecycle rule) is checked
+//!   from the first segment it holds (`expired_before`): deleting its oldest segments looks
+//!   the same as their expiry (S3 Object Lock can rule that out). A log restored from such a
+//!   sink records where it starts ([`crate::RestoredStart`]), unsigned, since a restore holds
+//!   no private key; its verdict is therefore *incomplete* (`unsigned_start`), never
+//!   *intact*, so that adding such a record to a log cannot hide the removal of its oldest
+//!   events. Everything after that start verifies as usual.
 
 use std::collections::BTreeMap;
 
@@ -90,6 +97,9 @@ pub enum FindingKind {
     Unsigned,
     /// There were no events to verify.
     Empty,
+    /// A restored log starts after events its sink had expired, and nothing signed says where
+    /// it starts.
+    UnsignedStart,
 }
 
 impl FindingKind {
@@ -102,6 +112,7 @@ impl FindingKind {
                 | FindingKind::UnsignedTail
                 | FindingKind::Unsigned
                 | FindingKind::Empty
+                | FindingKind::UnsignedStart
         )
     }
 }
@@ -190,6 +201,11 @@ pub struct VerifyReport {
     /// starts after it, anchored by the signed checkpoint at it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub floor: Option<u64>,
+    /// The events before this one had expired from the sink (`sink_expires`): a sink verified
+    /// as one that expires its oldest segments, or a log restored from one. Nothing signed
+    /// says where that start is (see the module documentation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expired_before: Option<u64>,
     pub findings: Vec<Finding>,
     /// Findings beyond [`MAX_FINDINGS`] that were counted, not listed.
     pub findings_omitted: u64,
@@ -314,6 +330,7 @@ impl<'k> Walk<'k> {
             exported_us: None,
             keys: keys.ids().map(str::to_string).collect(),
             floor: None,
+            expired_before: None,
             findings: Vec::new(),
             findings_omitted: 0,
             tampering_findings: 0,
@@ -454,6 +471,50 @@ impl<'k> Walk<'k> {
         }
     }
 
+    /// The input is a sink that expires its oldest segments (`sink_expires`), and the first
+    /// one it holds starts at `first`: the walk starts there. Events before it are not
+    /// missing, and the first one's link is not checked (what it links to expired); the
+    /// checkpoints after it vouch for it as for every other event. Call before the first
+    /// event.
+    pub(crate) fn start_at_sink_start(&mut self, first: u64) {
+        if first > 1 {
+            self.expected = first;
+            self.report.expired_before = Some(first);
+        }
+    }
+
+    /// The input is a log restored from an expiring sink (see [`crate::RestoredStart`]): the
+    /// walk starts at its first event, which must link to the hash recorded with it. Nothing
+    /// signed vouches for that start (a restore holds no private key, and anyone able to edit
+    /// the log could add the record), so it is a finding that leaves the verdict incomplete at
+    /// best. Call before the first event.
+    pub(crate) fn start_at_restored(&mut self, record: &crate::store::RestoredStart) {
+        let first = record.first_seq.max(1);
+        self.expected = first;
+        self.report.expired_before = Some(first);
+        self.prev = decode_hash(&record.prev_hash);
+        if self.prev.is_none() {
+            self.report.push_always(
+                FindingKind::Altered,
+                Some(first),
+                format!("the restored log's start (event {first}) does not hold a readable hash"),
+            );
+            self.suppress_link = true;
+        }
+        self.report.push_always(
+            FindingKind::UnsignedStart,
+            Some(1),
+            format!(
+                "this log was restored from {} on {}, which had expired events 1 to {}: nothing \
+                 signed vouches for where it starts (verify the sink itself with \
+                 `audit verify --shipped`)",
+                record.sink,
+                gatehouse_core::time::rfc3339_micros(record.restored_us),
+                first - 1
+            ),
+        );
+    }
+
     /// A container of events (a shipped segment) that is not what was written: its events
     /// are not walked, so they show as missing too.
     pub(crate) fn bad_container(&mut self, seq: u64, message: String) {
@@ -488,6 +549,16 @@ impl<'k> Walk<'k> {
                 FindingKind::Duplicated,
                 Some(pos),
                 format!("event {pos} is below the log's floor (event {floor}) but still present"),
+            );
+            return;
+        }
+        if let Some(start) = self.report.expired_before
+            && pos < start
+        {
+            self.report.push(
+                FindingKind::Duplicated,
+                Some(pos),
+                format!("event {pos} is before where the log starts (event {start}, after expired events) but present"),
             );
             return;
         }

@@ -2135,3 +2135,231 @@ async fn a_log_restored_from_the_sink_holds_what_retention_deleted() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[tokio::test]
+async fn a_sink_that_expires_its_oldest_segments_verifies_and_restores_from_its_first_one() {
+    let l = signed_log().await;
+    let sink_dir = l.dir.path().join("sink");
+    let mut c = cfg(&l.log(), Durability::Sync);
+    c.checkpoints = Some(CheckpointConfig {
+        key: SecretRef::File(l.dir.path().join("signing.pem")),
+        every_events: 3,
+        every_secs: 3600,
+    });
+    c.shipping = Some(shipping(&sink_dir, None));
+    let rec = Recorder::open(&c).unwrap();
+    let shipper = gatehouse_recorder::Shipper::from_config(&c, rec.clone())
+        .unwrap()
+        .unwrap();
+    // Later events at real times (after every checkpoint of the first part was signed); s1
+    // goes on among them.
+    let now = gatehouse_core::time::now_micros();
+    rec.append(query("s1", now, 3, "SELECT * FROM orders", allow("read-orders")))
+        .await
+        .unwrap();
+    for i in 0..6 {
+        rec.append(start(&format!("late{i}"), now + 1 + i)).await.unwrap();
+    }
+    rec.shutdown();
+    shipper.ship_sealed().await.unwrap();
+    let (events, last) = {
+        let r = LogReader::open(&l.log()).unwrap();
+        (r.events(1, 100).unwrap(), r.last_seq().unwrap())
+    };
+    assert_eq!(events.len() as u64, last);
+    let segs = segments_in(&sink_dir);
+    assert!(segs.len() >= 4, "{segs:?}");
+    let segments = sink_dir.join("segments");
+    let aside = l.dir.path().join("aside");
+
+    // The lifecycle rule expires the oldest segment.
+    move_segment(&segments, &aside, &segs[0].2);
+    let first = segs[1].0;
+    // Configured as a sink that keeps everything, that is a loss.
+    let keeping = gatehouse_recorder::Sink::from_config(c.shipping.as_ref().unwrap()).unwrap();
+    assert!(!keeping.expires());
+    let r = gatehouse_recorder::verify_sink(&keeping, &l.keys).await.unwrap();
+    let t = r.first_tampering().unwrap();
+    assert_eq!((t.kind, t.seq), (FindingKind::Missing, Some(1)), "{r:?}");
+    assert_eq!(r.expired_before, None);
+    // As one that expires its oldest segments, it is checked from the first one it holds.
+    let mut sh = c.shipping.clone().unwrap();
+    sh.sink_expires = true;
+    let sink = gatehouse_recorder::Sink::from_config(&sh).unwrap();
+    let r = gatehouse_recorder::verify_sink(&sink, &l.keys).await.unwrap();
+    assert_eq!(r.outcome(TailPolicy::Strict), Outcome::Intact, "{r:?}");
+    assert_eq!(
+        (r.expired_before, r.first_seq, r.last_seq, r.last_signed_seq),
+        (Some(first), first, last, last)
+    );
+    assert_eq!(r.events_checked, last - first + 1);
+    // A hole after it is still a loss.
+    move_segment(&segments, &aside, &segs[2].2);
+    let r = gatehouse_recorder::verify_sink(&sink, &l.keys).await.unwrap();
+    let t = r.first_tampering().unwrap();
+    assert_eq!((t.kind, t.seq), (FindingKind::Missing, Some(segs[2].0)), "{r:?}");
+    move_segment(&aside, &segments, &segs[2].2);
+    // The first event held is covered like every other: its link to what expired is part of
+    // its hash, and the checkpoints after it sign that.
+    let first_seg = segments.join(&segs[1].2);
+    let original = std::fs::read_to_string(&first_seg).unwrap();
+    let prev = &events[(first - 2) as usize].hash;
+    let flipped = format!("{}{}", if prev.starts_with('0') { "1" } else { "0" }, &prev[1..]);
+    assert_eq!(original.matches(prev.as_str()).count(), 1);
+    std::fs::write(&first_seg, original.replacen(prev.as_str(), &flipped, 1)).unwrap();
+    let r = gatehouse_recorder::verify_sink(&sink, &l.keys).await.unwrap();
+    let t = r.first_tampering().unwrap();
+    assert_eq!((t.kind, t.seq), (FindingKind::Altered, Some(first)), "{r:?}");
+    let refused = gatehouse_recorder::restore_from_sink(&sink, &l.keys, &l.dir.path().join("no"))
+        .await
+        .unwrap();
+    assert!(
+        !refused.written && refused.outcome == Outcome::Tampered,
+        "{refused:?}"
+    );
+    std::fs::write(&first_seg, &original).unwrap();
+
+    // Restored from its first segment: the events held, byte for byte, and where it starts.
+    let out = l.dir.path().join("restored");
+    let restored = gatehouse_recorder::restore_from_sink(&sink, &l.keys, &out)
+        .await
+        .unwrap();
+    assert!(restored.written, "{restored:?}");
+    assert_eq!(restored.outcome, Outcome::Intact);
+    assert_eq!(restored.report.expired_before, Some(first));
+    assert_eq!(restored.indexed_seq, last);
+    let r = LogReader::open(&out).unwrap();
+    assert_eq!(r.events(1, 100).unwrap()[..], events[(first - 1) as usize..]);
+    let start_record = r.restored_start().unwrap().unwrap();
+    assert_eq!(
+        (
+            start_record.first_seq,
+            &start_record.prev_hash,
+            start_record.sink.as_str()
+        ),
+        (first, prev, sh.sink.as_str())
+    );
+    // It verifies, but nothing signed says where it starts: incomplete, never intact.
+    let report = r.verify(&l.keys).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(kinds(&report), vec![FindingKind::UnsignedStart], "{report:?}");
+    assert_eq!(report.outcome(TailPolicy::Strict), Outcome::Incomplete);
+    assert_eq!(
+        (
+            report.expired_before,
+            report.first_seq,
+            report.last_seq,
+            report.last_signed_seq
+        ),
+        (Some(first), first, last, last)
+    );
+    // Searches and sessions from its indexes.
+    let late5 = seqs_of(
+        &r,
+        gatehouse_recorder::SearchQuery {
+            session: Some("late5".into()),
+            ..q()
+        },
+    );
+    let late5_seq = events.iter().find(|e| e.session_id == "late5").unwrap().seq;
+    assert_eq!(late5, vec![late5_seq]);
+    let orders = || gatehouse_recorder::SearchQuery {
+        text: Some("orders".into()),
+        ..q()
+    };
+    let found = seqs_of(&r, orders());
+    let mut held = seqs_of(&LogReader::open(&l.log()).unwrap(), orders());
+    held.retain(|s| *s >= first);
+    assert!(!found.is_empty());
+    assert_eq!(found, held);
+    assert!(r.sessions().unwrap().iter().any(|s| s.session_id == "late0"));
+    assert_eq!(unindexed(&out), 0);
+
+    // A bundle reaching back into what expired is refused; one after it verifies on its own,
+    // and s1's transcript, whose start expired, says so.
+    let signer = CheckpointSigner::from_pem(&l.signer_pem).unwrap();
+    let err = export_bundle(
+        &r,
+        &ExportOptions {
+            out: &l.dir.path().join("b0"),
+            from_us: 0,
+            to_us: i64::MAX,
+            signer: Some(&signer),
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, RecorderError::Invalid(m) if m.contains("expired events 1 to")),
+        "{err}"
+    );
+    let bound = r.checkpoint_at_or_after(first).unwrap().unwrap().time_us;
+    assert!(bound < now, "the first part was signed before the later events");
+    let bundle = l.dir.path().join("b1");
+    export_bundle(
+        &r,
+        &ExportOptions {
+            out: &bundle,
+            from_us: bound + 1,
+            to_us: i64::MAX,
+            signer: Some(&signer),
+        },
+    )
+    .unwrap();
+    let b = verify_bundle(&bundle, &l.keys).unwrap();
+    assert_eq!(b.outcome(TailPolicy::Strict), Outcome::Intact, "{b:?}");
+    let s1 = std::fs::read_dir(bundle.join("transcripts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().contains("s1"))
+        .unwrap();
+    let text = std::fs::read_to_string(s1).unwrap();
+    assert!(text.starts_with("[this log was restored from"), "{text}");
+    drop(r);
+
+    // Removing the restored log's first event is still tampering.
+    {
+        let db = raw_db(&out);
+        db.delete_cf(db.cf_handle("events").unwrap(), first.to_be_bytes())
+            .unwrap();
+    }
+    let report = LogReader::open(&out).unwrap().verify(&l.keys).unwrap();
+    let t = report.first_tampering().unwrap();
+    assert_eq!((t.kind, t.seq), (FindingKind::Missing, Some(first)), "{report:?}");
+}
+
+#[tokio::test]
+async fn a_start_record_added_to_a_log_never_hides_its_removed_oldest_events() {
+    // Someone able to edit the log deletes its first events and adds the record a restore
+    // from an expiring sink writes: the verdict is never intact.
+    let l = signed_log().await;
+    let cut = l.checkpoint_seqs()[0] + 1;
+    assert!(cut < 7, "{:?}", l.checkpoint_seqs());
+    let events = LogReader::open(&l.log()).unwrap().events(1, 100).unwrap();
+    {
+        let db = raw_db(&l.log());
+        let cf = db.cf_handle("events").unwrap();
+        for seq in 1..cut {
+            db.delete_cf(cf, seq.to_be_bytes()).unwrap();
+        }
+        let record = serde_json::json!({
+            "first_seq": cut,
+            "prev_hash": events[(cut - 2) as usize].hash,
+            "sink": "s3://bucket",
+            "restored_us": 1,
+        });
+        db.put_cf(
+            db.cf_handle("meta").unwrap(),
+            b"restored_start",
+            serde_json::to_vec(&record).unwrap(),
+        )
+        .unwrap();
+    }
+    let report = l.verify();
+    assert_eq!(
+        report.outcome(TailPolicy::live(3600)),
+        Outcome::Incomplete,
+        "{report:?}"
+    );
+    assert!(kinds(&report).contains(&FindingKind::UnsignedStart), "{report:?}");
+    assert_eq!(report.expired_before, Some(cut));
+}
