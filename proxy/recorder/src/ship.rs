@@ -842,6 +842,12 @@ impl Shipper {
         self.status.clone()
     }
 
+    /// Test hook: the sink's objects through `store` (a fault-injecting wrapper).
+    #[cfg(test)]
+    pub(crate) fn replace_store(&mut self, store: Arc<dyn ObjectStore>) {
+        self.sink.store = store;
+    }
+
     pub fn sink_url(&self) -> &str {
         self.sink.url()
     }
@@ -1380,19 +1386,61 @@ impl Shipper {
     }
 
     /// Ship until `stop` resolves: every `interval_secs`, or sooner while segments keep
-    /// coming; after a failure, back off from the interval up to 30 s.
+    /// coming; after a failure, back off from the interval up to 30 s. Retention passes, and
+    /// the whole-sink checks among them, run beside shipping on their own schedule: listing a
+    /// large sink takes as long as it takes without holding the next segments back.
     pub async fn run(&self, stop: impl std::future::Future<Output = ()>) {
-        tokio::pin!(stop);
+        let (stopped_tx, stopped) = tokio::sync::watch::channel(false);
+        let signal = async move {
+            stop.await;
+            let _ = stopped_tx.send(true);
+        };
+        tokio::join!(
+            signal,
+            self.ship_loop(stopped.clone()),
+            self.retention_loop(stopped)
+        );
+    }
+
+    /// Wait `wait`, or less if the shipper is stopped meanwhile; `true` when it is.
+    async fn pause(stopped: &mut tokio::sync::watch::Receiver<bool>, wait: Duration) -> bool {
+        tokio::select! {
+            _ = stopped.wait_for(|s| *s) => true,
+            _ = tokio::time::sleep(wait) => false,
+        }
+    }
+
+    async fn ship_loop(&self, mut stopped: tokio::sync::watch::Receiver<bool>) {
         let mut backoff = self.interval;
-        let mut retention_at =
-            tokio::time::Instant::now() + self.retention_every.min(Duration::from_secs(10));
-        // The first pass lists the whole sink.
-        let mut whole_sink_at = retention_at;
         loop {
-            let ok = self.attempt().await;
-            let now = tokio::time::Instant::now();
-            if ok && now >= retention_at {
-                retention_at = now + self.retention_every;
+            let wait = if self.attempt().await {
+                backoff = self.interval;
+                self.interval
+            } else {
+                let w = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                w
+            };
+            if Self::pause(&mut stopped, wait).await {
+                return;
+            }
+        }
+    }
+
+    /// A retention pass every `retention_interval_secs` (the first soon after start), whole
+    /// every `sink_check_interval_secs`; none while shipping fails (the sink is unreachable or
+    /// refusing: shipping says so).
+    async fn retention_loop(&self, mut stopped: tokio::sync::watch::Receiver<bool>) {
+        if Self::pause(&mut stopped, self.retention_every.min(Duration::from_secs(10))).await {
+            return;
+        }
+        // The first pass lists the whole sink.
+        let mut whole_sink_at = tokio::time::Instant::now();
+        loop {
+            let wait = if self.status.failing_since_us.load(Ordering::Relaxed) != 0 {
+                self.interval
+            } else {
+                let now = tokio::time::Instant::now();
                 // Until one whole listing succeeded, every pass is whole (retention deletes
                 // nothing before that).
                 let checks = self.status.sink_checks.load(Ordering::Relaxed);
@@ -1412,6 +1460,7 @@ impl Shipper {
                         if self.status.set_retention_error(None).is_some() {
                             tracing::info!(sink = %self.sink.url(), "retention pass succeeded again");
                         }
+                        self.retention_every
                     }
                     Err(e) => {
                         if self.status.set_retention_error(Some(e.clone())).is_none() {
@@ -1425,21 +1474,12 @@ impl Shipper {
                             );
                         }
                         // Try again soon rather than a whole interval later.
-                        retention_at = tokio::time::Instant::now() + self.interval;
+                        self.interval
                     }
                 }
-            }
-            let wait = if ok {
-                backoff = self.interval;
-                self.interval
-            } else {
-                let w = backoff;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                w
             };
-            tokio::select! {
-                _ = &mut stop => return,
-                _ = tokio::time::sleep(wait) => {}
+            if Self::pause(&mut stopped, wait).await {
+                return;
             }
         }
     }

@@ -1080,3 +1080,191 @@ fn each_sink_is_checked_from_the_floor_it_first_saw_across_switches() {
     let err = sink_since(dir.path(), "b", Some(&floor(300, "b"))).unwrap_err();
     assert!(err.contains("put the file back, or remove it"), "{err}");
 }
+
+/// A filesystem sink whose listings wait until `gate` opens: a whole-sink check of a sink so
+/// large that listing it takes a long time.
+#[derive(Debug)]
+struct GatedListing {
+    inner: object_store::local::LocalFileSystem,
+    gate: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    /// Listings started.
+    listings: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Display for GatedListing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "gated({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::ObjectStore for GatedListing {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn delete(&self, location: &object_store::path::Path) -> object_store::Result<()> {
+        self.inner.delete(location).await
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures_util::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        use futures_util::StreamExt as _;
+        self.listings.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut gate = self.gate.subscribe();
+        let inner = self.inner.list(prefix);
+        futures_util::stream::once(async move {
+            let _ = gate.wait_for(|open| *open).await;
+            inner
+        })
+        .flatten()
+        .boxed()
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+    ) -> object_store::Result<()> {
+        self.inner.copy(from, to).await
+    }
+
+    async fn copy_if_not_exists(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+    ) -> object_store::Result<()> {
+        self.inner.copy_if_not_exists(from, to).await
+    }
+}
+
+/// A whole-sink check lists the entire sink, which can take long on a large one: shipping
+/// goes on meanwhile, and the check completes once the listing does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipping_goes_on_while_a_whole_sink_check_lists_a_slow_sink() {
+    use gatehouse_core::config::{CheckpointConfig, ShippingConfig};
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, keys) = signing_key(dir.path());
+    let sink_dir = dir.path().join("sink");
+    let cfg = RecorderConfig {
+        dir: dir.path().join("log"),
+        durability: Durability::Sync,
+        max_batch: 64,
+        checkpoints: Some(CheckpointConfig {
+            key,
+            every_events: 2,
+            every_secs: 3600,
+        }),
+        shipping: Some(ShippingConfig {
+            sink: format!("file://{}", sink_dir.display()),
+            endpoint: None,
+            region: "us-east-1".into(),
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+            interval_secs: 1,
+            backlog_alert_events: 1_000,
+            encryption_key: None,
+            keep_local_secs: None,
+            retention_interval_secs: 1,
+            sink_check_interval_secs: 1,
+            sink_expires: false,
+            sink_lost_accepted: Vec::new(),
+        }),
+        literals: Default::default(),
+        results: Default::default(),
+    };
+    let rec = Recorder::open(&cfg).unwrap();
+    let mut shipper = crate::Shipper::from_config(&cfg, rec.clone()).unwrap().unwrap();
+    let gate = Arc::new(tokio::sync::watch::channel(false).0);
+    let listings = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    shipper.replace_store(Arc::new(GatedListing {
+        inner: object_store::local::LocalFileSystem::new_with_prefix(&sink_dir).unwrap(),
+        gate: gate.clone(),
+        listings: listings.clone(),
+    }));
+    let shipper = Arc::new(shipper);
+    let status = shipper.status();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn({
+        let shipper = shipper.clone();
+        async move {
+            shipper
+                .run(async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        }
+    });
+    // The first retention pass lists the whole sink, and its listing hangs.
+    wait_until("the whole-sink check to start listing", || {
+        listings.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    assert_eq!(status.sink_checks.load(Ordering::SeqCst), 0);
+    // Meanwhile events keep being recorded, and shipped.
+    for i in 0..6 {
+        rec.append(notice("s", &format!("during the listing {i}")))
+            .await
+            .unwrap();
+    }
+    let last = rec.stats().last_seq;
+    wait_until("the new events to be shipped during the listing", || {
+        status.acked_seq.load(Ordering::SeqCst) >= last - 1
+    })
+    .await;
+    assert_eq!(
+        status.sink_checks.load(Ordering::SeqCst),
+        0,
+        "the listing still hangs"
+    );
+    // Once the listing ends, the check completes (and later ones follow).
+    gate.send_replace(true);
+    wait_until("the whole-sink check to complete", || {
+        status.sink_checks.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    assert!(status.sink_lost().is_empty());
+    let _ = stop_tx.send(());
+    task.await.unwrap();
+    rec.shutdown();
+    let report = crate::verify_sink(
+        &crate::Sink::from_config(cfg.shipping.as_ref().unwrap()).unwrap(),
+        &keys,
+    )
+    .await
+    .unwrap();
+    assert!(report.is_ok(), "{report:?}");
+}
