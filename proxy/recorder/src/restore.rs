@@ -214,6 +214,11 @@ async fn restore_into(sink: &Sink, keys: &PublicKeys, dir: &Path) -> Result<Rest
     let indexed_seq = build_indexes(&db, head.seq).await;
     db.flush_wal(true)
         .map_err(|e| RecorderError::Write(e.to_string()))?;
+    // Every command then opens the restored log from its tables, with no WAL to replay (it
+    // is complete either way).
+    if let Err(e) = store::flush_all(&db) {
+        tracing::warn!(error = %e, "cannot flush the restored log: opening it replays its WAL");
+    }
     // Every handle is gone before the directory is renamed.
     match Arc::try_unwrap(db) {
         Ok(db) => drop(db),

@@ -85,6 +85,21 @@ pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily, Recorde
         .ok_or_else(|| RecorderError::Corrupt(format!("column family `{name}` is missing")))
 }
 
+/// Write every column family's memtable out to tables (waiting for it): whoever opens the log
+/// next reads tables instead of replaying up to [`MAX_TOTAL_WAL_SIZE`] of WAL. Returns the
+/// first failure; what was not flushed is still in the WAL.
+pub(crate) fn flush_all(db: &DB) -> Result<(), RecorderError> {
+    let mut first_err = None;
+    for name in ALL_CFS {
+        if let Some(cf) = db.cf_handle(name)
+            && let Err(e) = db.flush_cf(cf)
+        {
+            first_err.get_or_insert(RecorderError::Write(format!("flushing `{name}`: {e}")));
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
 /// zstd level of every column family's tables. Flushing memtables was the log's largest
 /// cost after the writer itself, mostly zstd at RocksDB's default level (3); level 1 is
 /// zstd's fast strategy. With [`EVENTS_BLOCK_SIZE`] it cut the CPU per recorded event by

@@ -829,6 +829,13 @@ impl Writer {
                 }
                 Err(e) => tracing::error!(error = %e, "cannot sync the event log at shutdown"),
             }
+            // Whoever opens the log next (the gateway's next start, a `gatehouse audit`
+            // command) then reads tables instead of replaying the WAL.
+            let started = Instant::now();
+            match store::flush_all(db) {
+                Ok(()) => tracing::debug!(ms = started.elapsed().as_millis() as u64, "event log flushed"),
+                Err(e) => tracing::warn!(error = %e, "cannot flush the event log at shutdown"),
+            }
         }
         tracing::info!(last_seq = self.head.seq, "event log closed");
     }

@@ -2363,3 +2363,36 @@ async fn a_start_record_added_to_a_log_never_hides_its_removed_oldest_events() {
     assert!(kinds(&report).contains(&FindingKind::UnsignedStart), "{report:?}");
     assert_eq!(report.expired_before, Some(cut));
 }
+
+#[tokio::test]
+async fn a_cleanly_closed_log_leaves_no_wal_to_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = Recorder::open(&cfg(dir.path(), Durability::Sync)).unwrap();
+    let text = format!("SELECT '{}'", "x".repeat(1000));
+    for op in 0..2000u64 {
+        rec.append_nowait(query("s1", 1_000 + op as i64, op, &text, allow("p")));
+    }
+    rec.append(end("s1", 9_000)).await.unwrap();
+    let wal = |dir: &Path| -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    };
+    assert!(
+        wal(dir.path()) > 500_000,
+        "the events are in the WAL while it runs"
+    );
+    rec.shutdown();
+    // Its memtables were written out: whoever opens it next has nothing to replay.
+    assert!(
+        wal(dir.path()) < 64 << 10,
+        "{} bytes of WAL left",
+        wal(dir.path())
+    );
+    let r = LogReader::open(dir.path()).unwrap();
+    assert_eq!(r.last_seq().unwrap(), 2001);
+    assert_eq!(r.verify_chain().unwrap().events_checked, 2001);
+}
