@@ -4,6 +4,9 @@
 //!
 //! `sync_signed` adds Ed25519 checkpoints every 1,000 events (the cost of signing rides on the
 //! group commit), and `verify` measures offline verification of that log with the public key.
+//! `sync_shipped` signs every 10,000 events, as the example config does, and runs the shipper
+//! as the gateway runs it, copying sealed segments (one per checkpoint) to a filesystem sink
+//! every second (its cost shares the CPUs with the writer's).
 //!
 //! `restore` rebuilds a shipped log from a filesystem sink, as `gatehouse audit restore` does.
 //!
@@ -122,25 +125,60 @@ fn bench_append(c: &mut Criterion) {
     keys.add_pem(&public)
         .unwrap_or_else(|e| fail("reading the public key", e));
 
-    for (name, durability, signed) in [
-        ("sync", Durability::Sync, false),
-        ("sync_signed", Durability::Sync, true),
-        ("buffered", Durability::Buffered, false),
+    for (name, durability, signed, shipped) in [
+        ("sync", Durability::Sync, false, false),
+        ("sync_signed", Durability::Sync, true, false),
+        ("sync_shipped", Durability::Sync, true, true),
+        ("buffered", Durability::Buffered, false, false),
     ] {
-        let rec = Recorder::open(&RecorderConfig {
+        let cfg = RecorderConfig {
             dir: tmp.path().join(name),
             durability,
             max_batch: 4096,
             checkpoints: signed.then(|| CheckpointConfig {
                 key: SecretRef::File(key_file.clone()),
-                every_events: 1000,
+                // Shipped: as `deploy/gatehouse.example.toml` (a segment per checkpoint).
+                every_events: if shipped { 10_000 } else { 1000 },
                 every_secs: 10,
             }),
-            shipping: None,
+            shipping: shipped.then(|| ShippingConfig {
+                sink: format!("file://{}", tmp.path().join(format!("{name}-sink")).display()),
+                endpoint: None,
+                region: "us-east-1".to_string(),
+                access_key_id: None,
+                secret_access_key: None,
+                allow_http: false,
+                interval_secs: 1,
+                backlog_alert_events: u64::MAX,
+                encryption_key: None,
+                keep_local_secs: None,
+                retention_interval_secs: 300,
+                sink_check_interval_secs: 3600,
+                sink_expires: false,
+                sink_lost_accepted: Vec::new(),
+            }),
             literals: Default::default(),
             results: Default::default(),
-        })
-        .unwrap_or_else(|e| fail("opening the recorder", e));
+        };
+        let rec = Recorder::open(&cfg).unwrap_or_else(|e| fail("opening the recorder", e));
+        // The shipper runs in the benchmark's runtime, as the gateway runs it in its own.
+        let shipping = Shipper::from_config(&cfg, rec.clone())
+            .unwrap_or_else(|e| fail("configuring the shipper", e))
+            .map(|shipper| {
+                let shipper = Arc::new(shipper);
+                let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+                let task = rt.spawn({
+                    let shipper = shipper.clone();
+                    async move {
+                        shipper
+                            .run(async {
+                                let _ = stop_rx.await;
+                            })
+                            .await
+                    }
+                });
+                (shipper, stop_tx, task)
+            });
 
         let mut g = c.benchmark_group(format!("recorder_{name}"));
         if durability == Durability::Sync {
@@ -260,6 +298,19 @@ fn bench_append(c: &mut Criterion) {
             stats.last_seq.saturating_sub(stats.indexed_seq),
             caught_up.elapsed().as_secs_f64()
         );
+        if let Some((shipper, stop, task)) = shipping {
+            let status = shipper.status();
+            let acked = status.acked_seq.load(std::sync::atomic::Ordering::Relaxed);
+            eprintln!(
+                "recorder_{name}: the shipper stored {} segments ({} bytes); {} events not \
+                 yet acknowledged at the end",
+                status.segments.load(std::sync::atomic::Ordering::Relaxed),
+                status.bytes.load(std::sync::atomic::Ordering::Relaxed),
+                stats.last_seq.saturating_sub(acked)
+            );
+            let _ = stop.send(());
+            let _ = rt.block_on(task);
+        }
         rec.shutdown();
     }
 

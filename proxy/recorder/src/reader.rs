@@ -20,7 +20,7 @@ type Unindexed = Arc<HashMap<String, Vec<u64>>>;
 /// A read-only view of a log, safe to open while a gateway process is writing to it (it takes
 /// no lock). It sees the events committed when it was opened; open a new one to see more.
 pub struct LogReader {
-    db: DB,
+    db: Arc<DB>,
     /// Summaries with the events past their mark applied (see `summaries.rs`), read once.
     pending: Mutex<Option<Pending>>,
     /// The events past the search indexes' mark by session, read once (a bundle lists many
@@ -31,11 +31,25 @@ pub struct LogReader {
 impl LogReader {
     /// Open the log in `dir` read-only.
     pub fn open(dir: &Path) -> Result<LogReader, RecorderError> {
-        Ok(LogReader {
-            db: store::open_ro(dir)?,
+        Ok(LogReader::over(Arc::new(store::open_ro(dir)?)))
+    }
+
+    /// A view of the writer's own database, in its process: nothing is opened and no WAL is
+    /// replayed. Unlike [`LogReader::open`]'s, this view is live: it also sees what is
+    /// committed after it was made, and events not yet durable. For the shipper, which reads
+    /// only what is durable and never changes (events and checkpoints up to a durable seq,
+    /// the floor). Hold it briefly: the writer waits for every handle to go before it reopens
+    /// the database after a failed write.
+    pub(crate) fn live(db: Arc<DB>) -> LogReader {
+        LogReader::over(db)
+    }
+
+    fn over(db: Arc<DB>) -> LogReader {
+        LogReader {
+            db,
             pending: Mutex::new(None),
             unindexed: Mutex::new(None),
-        })
+        }
     }
 
     /// Summaries whose counters the writer had not written when this view was opened, as

@@ -13,8 +13,9 @@
 //! - delivery is at least once, in order: the cursor (the last acknowledged seq and its hash,
 //!   `<log dir>/shipping/cursor.json`, replaced atomically) moves only after the sink
 //!   acknowledged the put; after an outage or a restart shipping resumes from it;
-//! - the shipper reads the log through a read-only view and holds one segment in memory:
-//!   a slow or unreachable sink never slows down recording, the backlog just stays on disk.
+//! - the shipper reads the log through the writer's own database (see `view`) and holds one
+//!   segment in memory: a slow or unreachable sink never slows down recording, the backlog
+//!   just stays on disk.
 //!   The backlog is exposed (metrics, `/healthz`) and logged and recorded when shipping starts
 //!   failing, when it lags past `backlog_alert_events`, and when it recovers;
 //! - before a segment leaves, its chain is checked (every hash, every link to the cursor's
@@ -452,6 +453,17 @@ pub(crate) fn sink_since(
     }
 }
 
+/// The log as the shipper reads it: through the writer's own database while it is open (in
+/// this process: no open of the log's files and no replay of its WAL, which a read-only open
+/// pays, up to `store::MAX_TOTAL_WAL_SIZE`, for every segment), else opened read-only (the
+/// writer is reopening it after a failed write, or shut down).
+fn view(recorder: &Recorder, dir: &Path) -> Result<LogReader, RecorderError> {
+    match recorder.live_reader() {
+        Some(r) => Ok(r),
+        None => LogReader::open(dir),
+    }
+}
+
 /// A segment ready to go.
 struct Segment {
     first: u64,
@@ -862,12 +874,12 @@ impl Shipper {
     pub async fn ship_sealed(&self) -> Result<u64, String> {
         let mut shipped = 0;
         loop {
-            let dir = self.log_dir.clone();
-            // Read before the log is opened: what it shows through this seq is durable.
+            let (dir, recorder) = (self.log_dir.clone(), self.recorder.clone());
+            // Read before the log is read: what it shows through this seq is durable.
             let durable = self.recorder.stats().durable_seq;
             let cut = tokio::task::spawn_blocking(move || -> Result<_, RecorderError> {
                 let cursor = load_cursor(&dir)?;
-                let reader = LogReader::open(&dir)?;
+                let reader = view(&recorder, &dir)?;
                 Ok((next_segment(&reader, &cursor, durable)?, cursor))
             })
             .await
@@ -935,10 +947,10 @@ impl Shipper {
     ///    listed whole once since start, nor unless the segment ending at the new floor, read
     ///    back, carries this log's checkpoint and last event; the deletion is itself recorded.
     pub async fn retention_pass_listing(&self, whole_sink: bool) -> Result<RetentionPass, String> {
-        let dir = self.log_dir.clone();
+        let (dir, recorder) = (self.log_dir.clone(), self.recorder.clone());
         let (cursor, floor, cps) = tokio::task::spawn_blocking(move || -> Result<_, RecorderError> {
             let cursor = load_cursor(&dir)?;
-            let reader = LogReader::open(&dir)?;
+            let reader = view(&recorder, &dir)?;
             Ok((cursor, reader.floor()?, reader.checkpoints()?))
         })
         .await
@@ -1185,7 +1197,7 @@ impl Shipper {
         last: u64,
         floor: Option<&crate::store::Floor>,
     ) -> Result<u64, String> {
-        let dir = self.log_dir.clone();
+        let (dir, recorder) = (self.log_dir.clone(), self.recorder.clone());
         let prev = first - 1;
         let floor = floor.cloned();
         let mut cursor = tokio::task::spawn_blocking(move || -> Result<Cursor, RecorderError> {
@@ -1198,7 +1210,7 @@ impl Shipper {
                     hash: f.hash,
                 });
             }
-            let reader = LogReader::open(&dir)?;
+            let reader = view(&recorder, &dir)?;
             let ev = reader
                 .events(prev, 1)?
                 .into_iter()
@@ -1215,11 +1227,11 @@ impl Shipper {
         .map_err(|e| e.to_string())?;
         let mut sent = 0;
         while cursor.seq < last {
-            let dir = self.log_dir.clone();
+            let (dir, recorder) = (self.log_dir.clone(), self.recorder.clone());
             let c = cursor.clone();
             let seg = tokio::task::spawn_blocking(move || -> Result<_, RecorderError> {
                 // Segments the sink acknowledged before: durable.
-                next_segment(&LogReader::open(&dir)?, &c, u64::MAX)
+                next_segment(&view(&recorder, &dir)?, &c, u64::MAX)
             })
             .await
             .map_err(|e| format!("segment task: {e}"))?

@@ -313,6 +313,16 @@ impl Recorder {
         rx.await.unwrap_or(Err(RecorderError::Closed))
     }
 
+    /// A live view of the log through the writer's own database (see [`LogReader::live`]);
+    /// `None` while the writer reopens it after a failed write, or once it shut down.
+    pub(crate) fn live_reader(&self) -> Option<crate::reader::LogReader> {
+        let db = match self.inner.index.db.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        db.map(crate::reader::LogReader::live)
+    }
+
     pub fn stats(&self) -> RecorderStats {
         let c = &self.inner.counters;
         RecorderStats {
@@ -837,6 +847,9 @@ impl Writer {
                 Err(e) => tracing::warn!(error = %e, "cannot flush the event log at shutdown"),
             }
         }
+        // The shipper may be reading a segment through the database: the log is closed once
+        // it is done, so that it can be opened again as soon as the recorder shut down.
+        self.close_db();
         tracing::info!(last_seq = self.head.seq, "event log closed");
     }
 
@@ -1303,8 +1316,8 @@ impl Writer {
     }
 
     /// Close the database after a failed write (the next batch reopens it). The indexer may be
-    /// writing with it: wait for that write (it fails too, or finishes) so the files are
-    /// released before they are opened again.
+    /// writing with it, the shipper reading a segment: wait for them (a failed write fails
+    /// too, or finishes) so the files are released before they are opened again.
     fn close_db(&mut self) {
         self.indexer.shared.set_db(None);
         let Some(mut db) = self.db.take() else { return };
@@ -1319,7 +1332,7 @@ impl Writer {
                     db = shared;
                     if started.elapsed() > Duration::from_secs(10) {
                         // The reopen then fails on the lock and is retried with the next batch.
-                        tracing::error!("the search indexer holds the event log open");
+                        tracing::error!("the search indexer or the shipper holds the event log open");
                         return;
                     }
                     std::thread::sleep(Duration::from_millis(1));
