@@ -470,7 +470,12 @@ fn bench_search(c: &mut Criterion) {
     });
     // Once the gateway stopped (its shutdown writes the memtables out): no WAL to replay.
     drop(reader);
+    let closing = Instant::now();
     rec.shutdown();
+    eprintln!(
+        "recorder_search: the writer shut down in {:.2}s (its memtables written out)",
+        closing.elapsed().as_secs_f64()
+    );
     g.bench_function("principal_new_reader_stopped", |b| {
         b.iter(|| {
             let r = open().search(principal).unwrap_or_else(|e| fail("search", e));
