@@ -95,6 +95,26 @@ fn result(session: u64, op: u64) -> NewEvent {
     )
 }
 
+/// Shipping to a filesystem sink at `dir` every second, with no alert and no retention.
+fn file_sink(dir: &std::path::Path) -> ShippingConfig {
+    ShippingConfig {
+        sink: format!("file://{}", dir.display()),
+        endpoint: None,
+        region: "us-east-1".to_string(),
+        access_key_id: None,
+        secret_access_key: None,
+        allow_http: false,
+        interval_secs: 1,
+        backlog_alert_events: u64::MAX,
+        encryption_key: None,
+        keep_local_secs: None,
+        retention_interval_secs: 300,
+        sink_check_interval_secs: 3600,
+        sink_expires: false,
+        sink_lost_accepted: Vec::new(),
+    }
+}
+
 /// A temporary directory under `$GATEHOUSE_BENCH_DIR` (default: the system temp dir).
 fn bench_dir(prefix: &str) -> tempfile::TempDir {
     let base = std::env::var_os("GATEHOUSE_BENCH_DIR")
@@ -141,22 +161,7 @@ fn bench_append(c: &mut Criterion) {
                 every_events: if shipped { 10_000 } else { 1000 },
                 every_secs: 10,
             }),
-            shipping: shipped.then(|| ShippingConfig {
-                sink: format!("file://{}", tmp.path().join(format!("{name}-sink")).display()),
-                endpoint: None,
-                region: "us-east-1".to_string(),
-                access_key_id: None,
-                secret_access_key: None,
-                allow_http: false,
-                interval_secs: 1,
-                backlog_alert_events: u64::MAX,
-                encryption_key: None,
-                keep_local_secs: None,
-                retention_interval_secs: 300,
-                sink_check_interval_secs: 3600,
-                sink_expires: false,
-                sink_lost_accepted: Vec::new(),
-            }),
+            shipping: shipped.then(|| file_sink(&tmp.path().join(format!("{name}-sink")))),
             literals: Default::default(),
             results: Default::default(),
         };
@@ -504,22 +509,7 @@ fn bench_restore(c: &mut Criterion) {
     let mut keys = PublicKeys::default();
     keys.add_pem(&public)
         .unwrap_or_else(|e| fail("reading the public key", e));
-    let shipping = ShippingConfig {
-        sink: format!("file://{}", tmp.path().join("sink").display()),
-        endpoint: None,
-        region: "us-east-1".to_string(),
-        access_key_id: None,
-        secret_access_key: None,
-        allow_http: false,
-        interval_secs: 1,
-        backlog_alert_events: u64::MAX,
-        encryption_key: None,
-        keep_local_secs: None,
-        retention_interval_secs: 300,
-        sink_check_interval_secs: 3600,
-        sink_expires: false,
-        sink_lost_accepted: Vec::new(),
-    };
+    let shipping = file_sink(&tmp.path().join("sink"));
     let cfg = RecorderConfig {
         dir: tmp.path().join("log"),
         durability: Durability::Buffered,
